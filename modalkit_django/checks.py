@@ -1,0 +1,121 @@
+"""System checks: every configuration mistake we can see before the first request.
+
+=====================  ===============================================================
+``modalkit_django.E001``  ``settings.MODALKIT`` does not match its schema
+``modalkit_django.E002``  ``modalkit.yaml`` is missing, unreadable or invalid
+``modalkit_django.E003``  ``MODALKIT["PIPELINE"]`` is unset, unimportable or not a pipeline
+``modalkit_django.E004``  the default model is not one of ``model_entries``
+``modalkit_django.E005``  a backend class (queue or inference) cannot be imported
+``modalkit_django.E006``  a queue alias used by routing is not in ``MODALKIT["QUEUES"]``
+``modalkit_django.E007``  the broker URL is not usable
+=====================  ===============================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.core import checks
+from django.utils.module_loading import import_string
+
+from . import conf
+from .exceptions import ModalkitImproperlyConfigured
+
+__all__ = ["check_modalkit", "register"]
+
+
+def register() -> None:
+    checks.register(check_modalkit, "modalkit")
+
+
+def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    try:
+        settings = conf.get_settings()
+    except ModalkitImproperlyConfigured as exc:
+        return [checks.Error(str(exc), hint="See the MODALKIT section of the README.", id="modalkit_django.E001")]
+    errors: list[checks.CheckMessage] = []
+    errors += _check_pipeline()
+    try:
+        config = conf.get_config()
+    except ModalkitImproperlyConfigured as exc:
+        errors.append(
+            checks.Error(
+                str(exc),
+                hint="Set MODALKIT['CONFIG'] or MODALKIT_CONFIG to readable YAML files in ModalKit's schema.",
+                id="modalkit_django.E002",
+            )
+        )
+        return errors
+    errors += _check_default_model(config.model_settings.model_entries)
+    errors += _check_imports(settings)
+    aliases = {config.app_settings.queue_config.backend, *(alias for _, alias in settings.queue_routes)}
+    for alias in sorted(aliases - set(settings.queues)):
+        errors.append(
+            checks.Error(
+                f"Queue backend alias {alias!r} is used but not defined in MODALKIT['QUEUES'].",
+                hint="Define it in MODALKIT['QUEUES'], or fix modalkit.yaml queue_config.backend / QUEUE_ROUTES.",
+                id="modalkit_django.E006",
+            )
+        )
+    url = settings.broker.url
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        errors.append(
+            checks.Error(
+                f"MODALKIT['BROKER']['URL'] {url!r} is not a Redis URL.",
+                hint="Use redis://host:port/db, or None for the in-process broker.",
+                id="modalkit_django.E007",
+            )
+        )
+    return errors
+
+
+def _check_pipeline() -> list[checks.CheckMessage]:
+    try:
+        conf.get_pipeline_class()
+    except ModalkitImproperlyConfigured as exc:
+        return [
+            checks.Error(
+                str(exc),
+                hint="Set MODALKIT['PIPELINE'] to the dotted path of your InferencePipeline subclass.",
+                id="modalkit_django.E003",
+            )
+        ]
+    return []
+
+
+def _check_default_model(entries: dict[str, Any]) -> list[checks.CheckMessage]:
+    try:
+        name = conf.default_model_name()
+    except ModalkitImproperlyConfigured as exc:
+        message = str(exc)
+    else:
+        if name in entries:
+            return []
+        message = f"The default model {name!r} is not in model_settings.model_entries."
+    return [
+        checks.Error(
+            message,
+            hint=f"Set MODALKIT['DEFAULT_MODEL'] to one of: {', '.join(entries) or '(no entries)'}.",
+            id="modalkit_django.E004",
+        )
+    ]
+
+
+def _check_imports(settings: conf.ModalkitSettings) -> list[checks.CheckMessage]:
+    specs = [(f"MODALKIT['QUEUES'][{alias!r}]", spec) for alias, spec in settings.queues.items()]
+    specs.append(("MODALKIT['INFERENCE']", settings.inference))
+    errors: list[checks.CheckMessage] = []
+    for where, spec in specs:
+        try:
+            import_string(spec.backend)
+        except ImportError as exc:
+            errors.append(
+                checks.Error(
+                    f"{where} names {spec.backend!r}, which cannot be imported: {exc}",
+                    hint="Check the dotted path, and install the backend's optional dependency if it has one.",
+                    id="modalkit_django.E005",
+                )
+            )
+    return errors

@@ -1,0 +1,169 @@
+"""The ``MODALKIT`` setting and ``modalkit.yaml``, read lazily and cached.
+
+Both caches are cleared when ``MODALKIT`` changes (``override_settings`` in tests),
+so nothing here is read at import time.
+
+A complete ``MODALKIT`` setting, with the defaults::
+
+    MODALKIT = {
+        "CONFIG": BASE_DIR / "modalkit.yaml",   # or a list; MODALKIT_CONFIG wins
+        "PIPELINE": "project.sentiment.SentimentPipeline",
+        "DEFAULT_MODEL": None,                  # None: the only model entry
+        "INFERENCE": {"BACKEND": "modalkit_django.inference.local.LocalBackend", "OPTIONS": {}},
+        "BROKER": {"URL": None, "QUEUE_NAME": "modalkit", "OPTIONS": {}},  # None: in-process
+        "QUEUES": {"memory": {"BACKEND": "modalkit_django.queues.memory.MemoryBackend"}},
+        "QUEUE_ROUTES": [],                     # [("ml_*", "taskiq"), ...], first match wins
+        "DELIVERY": {...},                      # see DeliverySettings
+        "WORKER": {...},                        # see WorkerSettings
+    }
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.utils.module_loading import import_string
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .exceptions import ModalkitImproperlyConfigured, UnknownModel
+from .inference.config import ConfigError, ModalkitConfig, config_paths, load_config
+from .inference.pipeline import InferencePipeline
+
+__all__ = [
+    "BackendSpec",
+    "ModalkitSettings",
+    "clear_caches",
+    "get_config",
+    "get_pipeline_class",
+    "get_settings",
+    "resolve_model",
+]
+
+
+class _Setting(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=str.upper,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class BackendSpec(_Setting):
+    backend: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class BrokerSettings(_Setting):
+    # redis://… selects TaskIQ's acknowledged RedisStreamBroker; None runs tasks in-process.
+    url: str | None = None
+    queue_name: str = "modalkit"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeliverySettings(_Setting):
+    max_attempts: int = Field(default=10, ge=1)
+    backoff_seconds: float = Field(default=2.0, gt=0)
+    max_backoff_seconds: float = Field(default=600.0, gt=0)
+    # A delivery still unsent this long after its job finished is dead.
+    max_age_seconds: float = Field(default=86400.0, gt=0)
+    # How long the sweep leaves a delivery to the worker sending it before taking over.
+    claim_seconds: float = Field(default=60.0, gt=0)
+
+
+class WorkerSettings(_Setting):
+    # Jobs claimed, inferred and finished together.
+    batch_size: int = Field(default=100, ge=1)
+    # A running job whose worker has not finished it by then is reclaimed.
+    lease_seconds: float = Field(default=900.0, gt=0)
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    # A queued job not picked up this long after its wake-up message was sent is sent again.
+    requeue_after_seconds: float = Field(default=300.0, gt=0)
+    # Runs per job, counting retries after transient errors and reclaimed leases.
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_seconds: float = Field(default=5.0, gt=0)
+    # Rows the sweep handles per kind per pass.
+    sweep_limit: int = Field(default=500, ge=1)
+
+
+class ModalkitSettings(_Setting):
+    config: Path | list[Path] = Path("modalkit.yaml")
+    pipeline: str = ""
+    default_model: str | None = None
+    inference: BackendSpec = BackendSpec(backend="modalkit_django.inference.local.LocalBackend")
+    broker: BrokerSettings = BrokerSettings()
+    queues: dict[str, BackendSpec] = Field(
+        default_factory=lambda: {"memory": BackendSpec(backend="modalkit_django.queues.memory.MemoryBackend")}
+    )
+    queue_routes: list[tuple[str, str]] = Field(default_factory=list)
+    delivery: DeliverySettings = DeliverySettings()
+    worker: WorkerSettings = WorkerSettings()
+
+
+@functools.cache
+def get_settings() -> ModalkitSettings:
+    raw = getattr(django_settings, "MODALKIT", {})
+    try:
+        return ModalkitSettings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise ModalkitImproperlyConfigured(f"settings.MODALKIT is invalid: {problems}") from exc
+
+
+@functools.cache
+def get_config() -> ModalkitConfig:
+    try:
+        return load_config(config_paths(get_settings().config))
+    except ConfigError as exc:
+        raise ModalkitImproperlyConfigured(f"modalkit.yaml: {exc}") from exc
+
+
+@functools.cache
+def get_pipeline_class() -> type[InferencePipeline]:
+    path = get_settings().pipeline
+    if not path:
+        raise ModalkitImproperlyConfigured("settings.MODALKIT['PIPELINE'] is not set")
+    try:
+        pipeline = import_string(path)
+    except ImportError as exc:
+        raise ModalkitImproperlyConfigured(f"cannot import MODALKIT['PIPELINE'] {path!r}: {exc}") from exc
+    if not (isinstance(pipeline, type) and issubclass(pipeline, InferencePipeline)):
+        raise ModalkitImproperlyConfigured(f"MODALKIT['PIPELINE'] {path!r} is not an InferencePipeline")
+    return pipeline
+
+
+def resolve_model(model_name: str | None) -> str:
+    """The model to run: ``model_name`` if configured, else the default."""
+    entries = list(get_config().model_settings.model_entries)
+    if model_name is None:
+        model_name = default_model_name()
+    if model_name not in entries:
+        raise UnknownModel(model_name, entries)
+    return model_name
+
+
+def default_model_name() -> str:
+    configured = get_settings().default_model
+    if configured:
+        return configured
+    entries = list(get_config().model_settings.model_entries)
+    if len(entries) != 1:
+        raise ModalkitImproperlyConfigured(
+            f"MODALKIT['DEFAULT_MODEL'] must name a model when modalkit.yaml has {len(entries)} model entries"
+        )
+    return entries[0]
+
+
+def clear_caches(**kwargs: Any) -> None:
+    """``setting_changed`` receiver: forget everything derived from ``MODALKIT``."""
+    if kwargs.get("setting", "MODALKIT") != "MODALKIT":
+        return
+    get_settings.cache_clear()
+    get_config.cache_clear()
+    get_pipeline_class.cache_clear()

@@ -1,0 +1,117 @@
+"""Every error modalkit-django raises on purpose.
+
+::
+
+    ModalkitError                       base, not raised directly
+    ├── ModalkitImproperlyConfigured    also a django ImproperlyConfigured
+    ├── UnknownModel                    model_name is not in model_entries        → 404
+    ├── JobNotFound                     no such job for this owner                → 404
+    ├── InvalidJobState                 e.g. cancelling a finished job            → 409
+    ├── InferenceError                  the model did not produce an output
+    │   ├── PipelineError               the pipeline raised for this input (final)
+    │   ├── InferenceNotDeployed        the Modal class cannot be found           → 502
+    │   ├── InferenceAuthError          Modal refused the credentials             → 502
+    │   ├── InferenceUnavailable        connection / service failure (transient)  → 503
+    │   └── InferenceTimeout            our deadline passed (transient)           → 504
+    └── DeliveryError                   a queue backend did not take a message
+        └── PermanentDeliveryError      it never will: do not retry
+
+A transient error (``retryable = True``) sends a job back to the queue with backoff;
+any other inference error fails the job at once.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ImproperlyConfigured
+
+__all__ = [
+    "DeliveryError",
+    "InferenceAuthError",
+    "InferenceError",
+    "InferenceNotDeployed",
+    "InferenceTimeout",
+    "InferenceUnavailable",
+    "InvalidJobState",
+    "JobNotFound",
+    "ModalkitError",
+    "ModalkitImproperlyConfigured",
+    "PermanentDeliveryError",
+    "PipelineError",
+    "UnknownModel",
+]
+
+
+class ModalkitError(Exception):
+    """Base of the tree; catch it, do not raise it."""
+
+
+class ModalkitImproperlyConfigured(ModalkitError, ImproperlyConfigured):
+    """The ``MODALKIT`` setting or ``modalkit.yaml`` cannot be used."""
+
+
+class UnknownModel(ModalkitError):
+    def __init__(self, model_name: str, available: list[str]) -> None:
+        self.model_name = model_name
+        self.available = available
+        names = ", ".join(available) or "none configured"
+        super().__init__(f"Unknown model {model_name!r}; available: {names}")
+
+
+class JobNotFound(ModalkitError):
+    def __init__(self, job_id: object) -> None:
+        self.job_id = job_id
+        super().__init__(f"Job {job_id} not found")
+
+
+class InvalidJobState(ModalkitError):
+    def __init__(self, job_id: object, status: str, action: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"Cannot {action} job {job_id}: it is {status}")
+
+
+class InferenceError(ModalkitError):
+    """The model produced no output. ``error_type`` names the original error."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type or type(self).__name__
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.error_type, "message": self.message}
+
+
+class PipelineError(InferenceError):
+    """The pipeline raised (or reported an error) for this input."""
+
+
+class InferenceNotDeployed(InferenceError):
+    pass
+
+
+class InferenceAuthError(InferenceError):
+    pass
+
+
+class InferenceUnavailable(InferenceError):
+    retryable = True
+
+
+class InferenceTimeout(InferenceError):
+    retryable = True
+
+
+class DeliveryError(ModalkitError):
+    """A backend failed to send; the delivery will be retried."""
+
+    def __init__(self, message: str, *, alias: str = "", queue_name: str = "") -> None:
+        super().__init__(message)
+        self.alias = alias
+        self.queue_name = queue_name
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Retrying cannot help (e.g. the receiver answered 400); the delivery is dead."""

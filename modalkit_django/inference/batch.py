@@ -1,0 +1,89 @@
+"""Run a pipeline over a batch so that one bad input cannot fail its batchmates.
+
+Both the local backend and the Modal service call :func:`run_batch`, so a job
+fails in the same way wherever its model runs. Each input yields one *outcome*,
+a JSON-ready dict that crosses the wire to Django unchanged::
+
+    {"ok": True, "output": {...}}
+    {"ok": False, "error": {"type": "ValueError", "message": "..."}}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .pipeline import InferenceOutputModel, InferencePipeline
+
+__all__ = ["Outcome", "failure", "run_batch", "success"]
+
+logger = logging.getLogger(__name__)
+
+Outcome = dict[str, Any]
+
+
+def success(output: Mapping[str, Any]) -> Outcome:
+    return {"ok": True, "output": dict(output)}
+
+
+def failure(error_type: str, message: str) -> Outcome:
+    return {"ok": False, "error": {"type": error_type, "message": message}}
+
+
+def run_batch(
+    pipeline: InferencePipeline,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    on_exception: Callable[[Exception], None] | None = None,
+) -> list[Outcome]:
+    """One outcome per message, in order.
+
+    ``on_exception`` sees every exception the pipeline raised (the Modal service
+    uses it to retire a container after a CUDA error).
+    """
+    outcomes: list[Outcome | None] = [None] * len(messages)
+    valid: list[tuple[int, BaseModel]] = []
+    for index, message in enumerate(messages):
+        try:
+            valid.append((index, pipeline.input_model.model_validate(message)))
+        except ValidationError as exc:
+            outcomes[index] = failure("ValidationError", str(exc))
+    for (index, _), outcome in zip(valid, _infer(pipeline, [item for _, item in valid], on_exception), strict=True):
+        outcomes[index] = outcome
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _infer(
+    pipeline: InferencePipeline,
+    inputs: list[BaseModel],
+    on_exception: Callable[[Exception], None] | None,
+) -> list[Outcome]:
+    if not inputs:
+        return []
+    try:
+        outputs = pipeline.run_inference(inputs)
+        if len(outputs) != len(inputs):
+            raise RuntimeError(
+                f"{type(pipeline).__name__}.run_inference returned {len(outputs)} outputs for {len(inputs)} inputs"
+            )
+        return [_to_outcome(pipeline, output) for output in outputs]
+    except Exception as exc:
+        if on_exception is not None:
+            on_exception(exc)
+        if len(inputs) == 1:
+            logger.warning("Inference failed for one input of %s", pipeline.model_name, exc_info=True)
+            return [failure(type(exc).__name__, str(exc))]
+        # Find the culprit: rerun each input alone so its batchmates still succeed.
+        return [outcome for item in inputs for outcome in _infer(pipeline, [item], on_exception)]
+
+
+def _to_outcome(pipeline: InferencePipeline, output: Any) -> Outcome:
+    model = output if isinstance(output, BaseModel) else pipeline.output_model.model_validate(output)
+    data = model.model_dump(mode="json")
+    if isinstance(model, InferenceOutputModel) and model.status != "success":
+        return failure("InferenceError", model.error or f"status {model.status!r}")
+    data.pop("error", None)
+    return success(data)

@@ -1,0 +1,38 @@
+"""``manage.py taskiq worker [TaskIQ worker options]``: TaskIQ's worker, with Django set up.
+
+TaskIQ's own ``taskiq worker`` imports task modules before any startup hook runs,
+so tasks that import models crash there. Here Django is set up first, then TaskIQ's
+runner takes over with its usual options (``--workers``, ``--max-async-tasks``,
+``--log-level``, ``--ack-type``, …); extra positional arguments name more task
+modules, e.g. your own TaskIQ consumers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+
+BROKER_FACTORY = "modalkit_django.broker:get_broker"
+TASK_MODULES = ["modalkit_django.tasks"]
+
+
+class Command(BaseCommand):
+    help = "Run TaskIQ workers for modalkit-django (try: taskiq worker --help)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("subcommand", choices=["worker"], help="Only 'worker' for now.")
+        parser.add_argument("taskiq_args", nargs=argparse.REMAINDER, help="Options passed to TaskIQ's worker.")
+
+    def handle(self, *args: Any, subcommand: str, taskiq_args: list[str], **options: Any) -> None:
+        from taskiq.cli.worker.args import WorkerArgs
+        from taskiq.cli.worker.run import run_worker
+
+        worker_args = WorkerArgs.from_cli([BROKER_FACTORY, *TASK_MODULES, *taskiq_args])
+        # Children are forked: they must not share the parent's database sockets.
+        connections.close_all()
+        status = run_worker(worker_args)
+        if status:
+            raise CommandError(f"taskiq worker exited with status {status}", returncode=status)

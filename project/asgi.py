@@ -1,0 +1,12 @@
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+application = get_asgi_application()
+
+# See wsgi.py.
+from modalkit_django import broker  # noqa: E402
+
+broker.start()

@@ -1,0 +1,14 @@
+from django.contrib import admin
+from django.urls import path
+from ninja import NinjaAPI
+
+import modalkit_django
+from modalkit_django.api import build_router
+
+api = NinjaAPI(title="modalkit-django", version=modalkit_django.__version__, urls_namespace="modalkit")
+api.add_router("/", build_router())
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/", api.urls),
+]

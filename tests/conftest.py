@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.db import connection
+from django.test import Client, override_settings
+
+from modalkit_django import broker, services
+from modalkit_django.queues import queues
+from modalkit_django.queues.memory import MemoryBackend
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_in_process_broker(django_db_setup: Any) -> Iterator[None]:
+    """Stop the embedded worker before the test database is dropped: it holds a connection."""
+    yield
+    broker.reset()
+
+
+@pytest.fixture
+def user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("alice", password="pw")
+
+
+@pytest.fixture
+def other_user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("bob", password="pw")
+
+
+@pytest.fixture
+def api_key(user: Any) -> str:
+    _, raw_key = services.create_api_key(owner=user, name="test")
+    return raw_key
+
+
+@pytest.fixture
+def api(api_key: str) -> Client:
+    """A test client that sends the user's key, as an API caller would."""
+    return Client(headers={"Authorization": f"Bearer {api_key}"})
+
+
+@pytest.fixture
+def memory_queue() -> Iterator[MemoryBackend]:
+    backend = queues["memory"]
+    assert isinstance(backend, MemoryBackend)
+    backend.clear()
+    yield backend
+    backend.clear()
+
+
+@pytest.fixture
+def run_async() -> Callable[..., Any]:
+    """Run a coroutine function from a test. Its ``sync_to_async`` database calls run
+    on this thread, inside the test's transaction."""
+
+    def run(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return async_to_sync(function)(*args, **kwargs)
+
+    return run
+
+
+# --- Real processes ------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.ping()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_broker(redis_client: redis.Redis) -> Iterator[dict[str, str]]:
+    """Switch this process to the Redis stream broker, on a stream of the test's own."""
+    queue = f"modalkit-test-{uuid.uuid4().hex[:8]}"
+    modalkit = {**settings.MODALKIT, "BROKER": {"URL": settings.REDIS_URL, "QUEUE_NAME": queue}}
+    with override_settings(MODALKIT=modalkit):
+        yield {"url": settings.REDIS_URL, "queue": queue}
+    redis_client.delete(queue)
+
+
+class WorkerProcess:
+    """``manage.py taskiq worker`` in a subprocess, on the test database and stream."""
+
+    def __init__(self, broker: dict[str, str], extra_env: dict[str, str] | None = None) -> None:
+        self.broker = broker
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "MODALKIT_TEST_DATABASE_NAME": connection.settings_dict["NAME"],
+            "MODALKIT_TEST_BROKER_URL": broker["url"],
+            "MODALKIT_TEST_BROKER_QUEUE": broker["queue"],
+            "MODALKIT_TEST_SWEEP_INTERVAL": "0.5",
+            **(extra_env or {}),
+        }
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"{broker['queue']}-worker.log"
+        self.log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "taskiq", "worker", "--workers", "1", "--log-level", "WARNING"],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def check_alive(self) -> None:
+        # Messages wait in the stream until the worker reads them (the consumer group
+        # exists before anything is sent), so there is no need to wait for it here.
+        time.sleep(0.2)
+        if self.process.poll() is not None:
+            pytest.fail(f"worker exited with {self.process.returncode}:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the whole process group (the TaskIQ manager and its worker child)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=15)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def start_worker(redis_broker: dict[str, str], redis_client: redis.Redis) -> Iterator[Callable[..., WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(**extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess(redis_broker, extra_env)
+        workers.append(worker)
+        worker.check_alive()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()

@@ -1,0 +1,49 @@
+"""Test settings: the demo project on PostgreSQL, with the in-process broker.
+
+Tests that start a real worker switch the broker to Redis with ``override_settings``;
+the worker subprocess gets the same through ``MODALKIT_TEST_BROKER_URL``.
+"""
+
+import os
+
+import dj_database_url
+
+from project.settings import *  # noqa: F403
+from project.settings import MODALKIT
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/modalkit"),
+        conn_max_age=600,
+        conn_health_checks=True,
+    )
+}
+if "MODALKIT_TEST_DATABASE_NAME" in os.environ:
+    # A worker subprocess must use the test database the test run created.
+    DATABASES["default"]["NAME"] = os.environ["MODALKIT_TEST_DATABASE_NAME"]
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+MODALKIT = {
+    **MODALKIT,
+    "BROKER": {
+        "URL": os.environ.get("MODALKIT_TEST_BROKER_URL") or None,
+        "QUEUE_NAME": os.environ.get("MODALKIT_TEST_BROKER_QUEUE", "modalkit-test"),
+    },
+    "PIPELINE": os.environ.get("MODALKIT_TEST_PIPELINE", MODALKIT["PIPELINE"]),
+    # Fault tests shorten these in the worker subprocess they start.
+    "WORKER": {
+        "SWEEP_INTERVAL_SECONDS": float(os.environ.get("MODALKIT_TEST_SWEEP_INTERVAL", "60")),
+        "LEASE_SECONDS": float(os.environ.get("MODALKIT_TEST_LEASE_SECONDS", "900")),
+        "REQUEUE_AFTER_SECONDS": float(os.environ.get("MODALKIT_TEST_REQUEUE_AFTER", "300")),
+    },
+}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+DEBUG = False
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"modalkit_django": {"handlers": ["console"], "level": "WARNING"}},
+}

@@ -1,0 +1,310 @@
+"""The HTTP API: every success and every client mistake, with its status and message."""
+
+from __future__ import annotations
+
+import json
+import types
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import Client, override_settings
+from django.urls import path
+from ninja import NinjaAPI
+
+from modalkit_django import services
+from modalkit_django.api import build_router
+from modalkit_django.models import Job, QueueDelivery
+
+from .conftest import wait_until
+
+pytestmark = pytest.mark.django_db
+
+
+def post(client: Client, url: str, body: Any) -> Any:
+    return client.post(url, data=json.dumps(body), content_type="application/json")
+
+
+def assert_no_traceback(response: Any) -> None:
+    assert response["Content-Type"].startswith("application/json")
+    assert "Traceback" not in response.content.decode()
+
+
+# --- /predict ---------------------------------------------------------------------
+
+
+def test_predict_returns_the_models_output(api: Client) -> None:
+    response = post(api, "/api/predict", {"message": {"text": "what a great day"}})
+    assert response.status_code == 200
+    assert response.json() == {"status": "success", "error": None, "sentiment": "positive", "confidence": 0.95}
+
+
+def test_predict_names_the_invalid_field(api: Client) -> None:
+    response = post(api, "/api/predict", {"message": {"txt": "typo"}})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"][-2:] == ["message", "text"]
+    assert error["msg"] == "Field required"
+
+
+def test_predict_rejects_extra_fields(api: Client) -> None:
+    response = post(api, "/api/predict", {"message": {"text": "x"}, "success_queue": "q"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-1] == "success_queue"
+
+
+def test_predict_pipeline_error_is_a_502_with_the_message(api: Client) -> None:
+    response = post(api, "/api/predict", {"message": {"text": "explode"}})
+    assert response.status_code == 502
+    assert response.json() == {"detail": "the model cannot read 'explode'"}
+    assert_no_traceback(response)
+
+
+def test_unknown_model_is_a_404(api: Client) -> None:
+    response = post(api, "/api/predict?model_name=gpt-9", {"message": {"text": "x"}})
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Unknown model 'gpt-9'; available: sentiment"}
+    response = post(api, "/api/async/predict?model_name=gpt-9", {"message": {"text": "x"}})
+    assert response.status_code == 404
+    assert not Job.objects.exists()
+
+
+def test_model_name_selects_the_model(api: Client) -> None:
+    response = post(api, "/api/async/predict?model_name=sentiment", {"message": {"text": "x"}})
+    assert response.status_code == 202
+    assert Job.objects.get().model_name == "sentiment"
+
+
+def test_malformed_json_is_a_400(api: Client) -> None:
+    response = api.post("/api/predict", data="{nope", content_type="application/json")
+    assert response.status_code == 400
+    assert "Cannot parse request body" in response.json()["detail"]
+
+
+# --- authentication ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer mk_wrong"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}],
+)
+def test_missing_or_bad_key_is_a_401(headers: dict[str, str]) -> None:
+    client = Client(headers=headers)
+    for response in (
+        post(client, "/api/predict", {"message": {"text": "x"}}),
+        post(client, "/api/async/predict", {"message": {"text": "x"}}),
+        client.get(f"/api/jobs/{uuid.uuid4()}"),
+    ):
+        assert response.status_code == 401
+        assert response.json() == {"detail": "Unauthorized"}
+    assert not Job.objects.exists()
+
+
+def test_revoked_key_is_a_401(user: Any) -> None:
+    api_key, raw_key = services.create_api_key(owner=user, name="old")
+    client = Client(headers={"Authorization": f"Bearer {raw_key}"})
+    assert post(client, "/api/predict", {"message": {"text": "x"}}).status_code == 200
+    api_key.revoked_at = api_key.created_at
+    api_key.save()
+    assert post(client, "/api/predict", {"message": {"text": "x"}}).status_code == 401
+
+
+def test_inactive_users_key_is_a_401(user: Any, api: Client) -> None:
+    user.is_active = False
+    user.save()
+    assert post(api, "/api/predict", {"message": {"text": "x"}}).status_code == 401
+
+
+def test_only_the_digest_of_a_key_is_stored(user: Any) -> None:
+    api_key, raw_key = services.create_api_key(owner=user, name="k")
+    api_key.refresh_from_db()
+    assert raw_key.startswith("mk_")
+    assert raw_key not in {api_key.digest, api_key.prefix, api_key.name}
+    assert raw_key.startswith(api_key.prefix)
+    assert len(api_key.digest) == 64
+
+
+def test_static_modalkit_key_from_auth_config(tmp_path: Path) -> None:
+    config = tmp_path / "modalkit.yaml"
+    text = (
+        (Path(settings.BASE_DIR) / "modalkit.yaml")
+        .read_text()
+        .replace("app_settings:\n", "app_settings:\n  auth_config: {api_key: s3cret, auth_header: x-api-key}\n", 1)
+    )
+    config.write_text(text)
+    with override_settings(MODALKIT={**settings.MODALKIT, "CONFIG": config}):
+        static_api = NinjaAPI(urls_namespace=f"static-{uuid.uuid4().hex}")
+        static_api.add_router("/", build_router())
+        urlconf = types.ModuleType("static_urls")
+        urlconf.urlpatterns = [path("api/", static_api.urls)]  # type: ignore[attr-defined]
+        with override_settings(ROOT_URLCONF=urlconf):
+            assert (
+                post(Client(headers={"x-api-key": "s3cret"}), "/api/predict", {"message": {"text": "x"}}).status_code
+                == 200
+            )
+            assert (
+                post(Client(headers={"x-api-key": "wrong"}), "/api/predict", {"message": {"text": "x"}}).status_code
+                == 401
+            )
+            job_id = post(
+                Client(headers={"x-api-key": "s3cret"}), "/api/async/predict", {"message": {"text": "x"}}
+            ).json()["job_id"]
+            assert Job.objects.get(id=job_id).owner is None
+
+
+# --- /async/predict ----------------------------------------------------------------
+
+
+def test_async_predict_stores_a_queued_job_and_wakes_a_worker_on_commit(
+    api: Client, user: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    body = {"message": {"text": "good"}, "success_queue": "ok_q", "failure_queue": "err_q", "meta": {"id": 7}}
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = post(api, "/api/async/predict", body)
+    assert response.status_code == 202
+    data = response.json()
+    job = Job.objects.get(id=data["job_id"])
+    assert data == {
+        "job_id": str(job.id),
+        "status": "queued",
+        "model_name": "sentiment",
+        "created_at": data["created_at"],
+    }
+    assert (job.status, job.message, job.meta, job.owner) == ("queued", {"text": "good"}, {"id": 7}, user)
+    assert (job.success_queue, job.failure_queue) == ("ok_q", "err_q")
+    # The wake-up goes out only after the row is committed.
+    assert len(callbacks) == 1
+
+
+def test_async_predict_queues_are_optional(api: Client) -> None:
+    response = post(api, "/api/async/predict", {"message": {"text": "good"}})
+    assert response.status_code == 202
+    job = Job.objects.get()
+    assert (job.success_queue, job.failure_queue, job.meta) == ("", "", {})
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"message": {"text": "x"}, "callback": "http://x"}, ["callback"]),
+        ({"success_queue": "q"}, ["message"]),
+        ({"message": {"text": ""}}, ["message", "text"]),
+        ({"message": {"text": "x"}, "meta": [1, 2]}, ["meta"]),
+        ({"message": {"text": "x"}, "success_queue": "q" * 256}, ["success_queue"]),
+    ],
+)
+def test_async_predict_validation_errors_name_the_field(api: Client, body: dict[str, Any], loc: list[str]) -> None:
+    response = post(api, "/api/async/predict", body)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][-len(loc) :] == loc
+    assert not Job.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_async_job_runs_on_the_in_process_broker(api: Client) -> None:
+    """The embedded default on Postgres: the job runs in this process after commit."""
+    job_id = post(api, "/api/async/predict", {"message": {"text": "love it"}, "success_queue": "q"}).json()["job_id"]
+    wait_until(lambda: api.get(f"/api/jobs/{job_id}").json()["status"] == "succeeded", what="the job")
+    body = api.get(f"/api/jobs/{job_id}").json()
+    assert body["result"]["sentiment"] == "positive"
+    wait_until(lambda: api.get(f"/api/jobs/{job_id}").json()["deliveries"][0]["status"] == "sent", what="delivery")
+
+
+# --- /jobs/{id} --------------------------------------------------------------------
+
+
+def test_job_shows_status_result_meta_timestamps_and_deliveries(api: Client, user: Any) -> None:
+    job = services.submit_job(message={"text": "good"}, success_queue="q", meta={"k": "v"}, owner=user)
+    [job] = services.claim_jobs(job_ids=[job.id])
+    [delivery] = services.finish_jobs(
+        results=[(job, {"status": "success", "sentiment": "positive", "confidence": 0.5})]
+    )
+    body = api.get(f"/api/jobs/{job.id}").json()
+    assert body["status"] == "succeeded"
+    assert body["result"] == {"status": "success", "error": None, "sentiment": "positive", "confidence": 0.5}
+    assert body["meta"] == {"k": "v"}
+    assert body["attempts"] == 1
+    assert body["created_at"] and body["started_at"] and body["finished_at"]
+    assert body["deliveries"] == [
+        {
+            "route": "success",
+            "queue_name": "q",
+            "backend": "memory",
+            "message_id": f"{job.id}:success",
+            "status": "pending",
+            "attempts": 0,
+            "last_error": "",
+            "next_attempt_at": body["deliveries"][0]["next_attempt_at"],
+            "sent_at": None,
+        }
+    ]
+    assert delivery.status == QueueDelivery.Status.PENDING
+
+
+def test_failed_job_shows_its_error(api: Client, user: Any) -> None:
+    job = services.submit_job(message={"text": "x"}, owner=user)
+    [job] = services.claim_jobs(job_ids=[job.id])
+    from modalkit_django.exceptions import PipelineError
+
+    services.finish_jobs(results=[(job, PipelineError("boom", error_type="ValueError"))])
+    body = api.get(f"/api/jobs/{job.id}").json()
+    assert (body["status"], body["result"], body["error"]) == (
+        "failed",
+        None,
+        {"type": "ValueError", "message": "boom"},
+    )
+
+
+@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid", "1"])
+def test_unknown_job_is_a_404(api: Client, job_id: str) -> None:
+    response = api.get(f"/api/jobs/{job_id}")
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"Job {job_id} not found"}
+
+
+def test_someone_elses_job_is_a_404(api: Client, other_user: Any) -> None:
+    job = services.submit_job(message={"text": "secret"}, owner=other_user)
+    response = api.get(f"/api/jobs/{job.id}")
+    assert response.status_code == 404
+    assert "secret" not in response.content.decode()
+    assert post(api, f"/api/jobs/{job.id}/cancel", {}).status_code == 404
+    assert Job.objects.get(id=job.id).status == "queued"
+
+
+# --- cancel ------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_job_tells_its_failure_queue(api: Client, user: Any) -> None:
+    job = services.submit_job(message={"text": "x"}, failure_queue="errs", owner=user)
+    response = post(api, f"/api/jobs/{job.id}/cancel", {})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "canceled"
+    assert body["error"]["type"] == "Canceled"
+    assert body["deliveries"][0]["route"] == "failure"
+    assert body["deliveries"][0]["queue_name"] == "errs"
+
+
+def test_cancel_a_finished_job_is_a_409(api: Client, user: Any) -> None:
+    job = services.submit_job(message={"text": "x"}, owner=user)
+    [job] = services.claim_jobs(job_ids=[job.id])
+    response = post(api, f"/api/jobs/{job.id}/cancel", {})
+    assert response.status_code == 409
+    assert response.json() == {"detail": f"Cannot cancel job {job.id}: it is running"}
+
+
+# --- OpenAPI -----------------------------------------------------------------------
+
+
+def test_openapi_documents_the_models_types_and_auth(client: Client) -> None:
+    schema = client.get("/api/openapi.json").json()
+    components = schema["components"]["schemas"]
+    assert components["SentimentRequest"]["properties"]["text"]["type"] == "string"
+    assert "sentiment" in components["SentimentResponse"]["properties"]
+    job = components["Job"]["properties"]["result"]
+    assert {"$ref": "#/components/schemas/SentimentResponse"} in job["anyOf"]
+    assert components["AsyncPredictRequest"]["additionalProperties"] is False
+    assert "BearerAuth" in str(schema["components"]["securitySchemes"]) or schema["components"]["securitySchemes"]
+    assert client.get("/api/docs").status_code == 200

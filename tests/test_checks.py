@@ -1,0 +1,72 @@
+"""One test per system check id: each configuration mistake is reported, with a hint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core import checks
+from django.test import override_settings
+
+from modalkit_django.checks import check_modalkit
+
+TWO_MODELS = "model_settings:\n  model_entries:\n    a: {}\n    b: {}\n"
+
+
+def ids_with(**modalkit: Any) -> list[str]:
+    with override_settings(MODALKIT={**settings.MODALKIT, **modalkit}):
+        messages = check_modalkit()
+    for message in messages:
+        assert message.hint, message
+    return [message.id for message in messages if message.level >= checks.ERROR]
+
+
+def test_the_demo_configuration_is_clean() -> None:
+    assert check_modalkit() == []
+
+
+def test_e001_invalid_setting() -> None:
+    assert ids_with(WORKER={"BATCH_SIZE": -1}) == ["modalkit_django.E001"]
+
+
+def test_e002_unreadable_yaml(tmp_path: Path) -> None:
+    assert ids_with(CONFIG=tmp_path / "absent.yaml") == ["modalkit_django.E002"]
+
+
+@pytest.mark.parametrize("path", ["", "project.nowhere.Pipeline", "project.sentiment.SentimentRequest"])
+def test_e003_bad_pipeline(path: str) -> None:
+    assert ids_with(PIPELINE=path) == ["modalkit_django.E003"]
+
+
+def test_e004_default_model_not_configured(tmp_path: Path) -> None:
+    assert ids_with(DEFAULT_MODEL="missing") == ["modalkit_django.E004"]
+    two = tmp_path / "two.yaml"
+    two.write_text(TWO_MODELS)
+    assert ids_with(CONFIG=two, DEFAULT_MODEL=None) == ["modalkit_django.E004"]
+
+
+def test_e005_backend_cannot_be_imported() -> None:
+    queues = {**settings.MODALKIT["QUEUES"], "sqs": {"BACKEND": "nowhere.SQSBackend"}}
+    assert ids_with(QUEUES=queues) == ["modalkit_django.E005"]
+    assert ids_with(INFERENCE={"BACKEND": "nowhere.Backend"}) == ["modalkit_django.E005"]
+
+
+def test_e006_queue_alias_used_but_not_defined() -> None:
+    assert ids_with(QUEUE_ROUTES=[("ml_*", "kafka")]) == ["modalkit_django.E006"]
+
+
+def test_e007_broker_url_not_redis() -> None:
+    assert ids_with(BROKER={"URL": "amqp://guest@localhost"}) == ["modalkit_django.E007"]
+
+
+def test_checks_run_with_manage_py_check() -> None:
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    with (
+        override_settings(MODALKIT={**settings.MODALKIT, "DEFAULT_MODEL": "missing"}),
+        pytest.raises(SystemCheckError, match=r"modalkit_django\.E004"),
+    ):
+        call_command("check")

@@ -1,0 +1,62 @@
+"""Management commands: API keys, the demo setup, and the worker command's arguments."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from django.contrib.auth import authenticate
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from modalkit_django import services
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def test_api_key_command_prints_a_working_key(user: Any) -> None:
+    output = run("modalkit_api_key", "alice", "--name", "laptop")
+    assert output.startswith("API key: mk_")
+    api_key = services.authenticate_api_key(raw_key=output.split()[2])
+    assert api_key is not None
+    assert (api_key.owner, api_key.name) == (user, "laptop")
+
+
+def test_api_key_command_rejects_unknown_users() -> None:
+    with pytest.raises(CommandError, match="No user 'nobody'"):
+        run("modalkit_api_key", "nobody")
+
+
+def test_demo_setup_prints_admin_credentials_and_a_key() -> None:
+    output = run("demo_setup").splitlines()
+    assert output[0].startswith("Admin user: admin / ")
+    password = output[0].split(" / ")[1]
+    assert authenticate(username="admin", password=password) is not None
+    assert services.authenticate_api_key(raw_key=output[1].removeprefix("API key: ")) is not None
+    # Running it again resets the password and adds a key.
+    again = run("demo_setup").splitlines()
+    assert authenticate(username="admin", password=again[0].split(" / ")[1]) is not None
+
+
+def test_worker_command_passes_taskiq_options_through() -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "taskiq", "worker", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--max-async-tasks" in result.stdout
+    assert "--workers" in result.stdout

@@ -1,0 +1,65 @@
+"""Nothing is lost: a dead worker and a lost broker message, caused for real."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+
+from modalkit_django import services
+from modalkit_django.models import Job
+
+from .conftest import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def status_of(job_id: Any) -> str:
+    return Job.objects.get(id=job_id).status
+
+
+def test_a_job_survives_its_worker_being_killed(start_worker: Any, tmp_path: Path) -> None:
+    env = {"MODALKIT_TEST_PIPELINE": "tests.pipelines.HangOncePipeline", "MODALKIT_TEST_LEASE_SECONDS": "2"}
+    first = start_worker(**env)
+    marker = tmp_path / "hung"
+    job = services.submit_job(message={"text": f"hang {marker} good"}, success_queue="results")
+    wait_until(marker.exists, what="the first worker to start the job")
+    assert status_of(job.id) == "running"
+
+    first.kill()  # SIGKILL: no cleanup, no acknowledgement
+    start_worker(**env)
+
+    wait_until(lambda: status_of(job.id) == "succeeded", timeout=30, what="the second worker to finish the job")
+    job.refresh_from_db()
+    assert job.attempts == 2
+    assert job.result["sentiment"] == "positive"
+    wait_until(lambda: job.deliveries.filter(status="sent").exists(), what="the result to be delivered")
+
+
+def test_a_job_whose_wake_up_message_was_lost_still_runs(start_worker: Any, redis_broker: dict[str, str]) -> None:
+    # Nothing listens on port 1: sending the wake-up fails after the job is committed.
+    unreachable = {**settings.MODALKIT, "BROKER": {"URL": "redis://127.0.0.1:1/0", "QUEUE_NAME": redis_broker["queue"]}}
+    with override_settings(MODALKIT=unreachable):
+        job = services.submit_job(message={"text": "good"}, success_queue="results")
+    assert status_of(job.id) == "queued"
+
+    start_worker(MODALKIT_TEST_REQUEUE_AFTER="1")
+    wait_until(lambda: status_of(job.id) == "succeeded", timeout=30, what="the sweep to re-send the wake-up")
+    assert Job.objects.get(id=job.id).attempts == 1
+
+
+def test_a_stream_message_for_a_finished_job_is_harmless(start_worker: Any) -> None:
+    from modalkit_django import broker, tasks
+
+    start_worker()
+    job = services.submit_job(message={"text": "good"})
+    wait_until(lambda: status_of(job.id) == "succeeded", what="the job")
+    broker.kick(tasks.run_job, str(job.id))
+    broker.kick(tasks.run_job, str(uuid.uuid4()))  # a job that does not exist
+    done = services.submit_job(message={"text": "bad"})
+    wait_until(lambda: status_of(done.id) == "succeeded", what="a later job")
+    assert Job.objects.get(id=job.id).attempts == 1

@@ -1,0 +1,170 @@
+"""The worker's batch path, run in this process against Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+
+from modalkit_django import services, worker
+from modalkit_django.exceptions import InferenceUnavailable
+from modalkit_django.inference.backends import get_inference_backend
+from modalkit_django.models import Job, QueueDelivery
+from modalkit_django.queues.memory import MemoryBackend
+
+from .doubles import FailingQueue, ScriptedInference
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedInference]:
+    modalkit = {**settings.MODALKIT, "INFERENCE": {"BACKEND": "tests.doubles.ScriptedInference"}}
+    with override_settings(MODALKIT=modalkit):
+        backend = get_inference_backend()
+        assert isinstance(backend, ScriptedInference)
+        yield backend
+
+
+def submit(text: str = "good", **kwargs: Any) -> Job:
+    return services.submit_job(message={"text": text}, **kwargs)
+
+
+def test_a_batch_runs_the_real_pipeline_and_delivers(run_async: Any, memory_queue: MemoryBackend) -> None:
+    good = submit("a great film", success_queue="results", meta={"n": 1})
+    bad = submit("explode", success_queue="results", failure_queue="errors")
+    run_async(worker.process_jobs, [str(good.id), str(bad.id)])
+
+    good.refresh_from_db()
+    bad.refresh_from_db()
+    assert (good.status, good.result["sentiment"]) == ("succeeded", "positive")
+    assert (bad.status, bad.error["type"]) == ("failed", "ValueError")
+    [success] = memory_queue.messages["results"]
+    [failure] = memory_queue.messages["errors"]
+    assert success.payload["job_id"] == str(good.id)
+    assert success.payload["meta"] == {"n": 1}
+    assert success.message_id == f"{good.id}:success"
+    assert failure.payload["original_message"]["message"] == {"text": "explode"}
+    assert set(QueueDelivery.objects.values_list("status", "attempts")) == {("sent", 1)}
+
+
+def test_concurrent_messages_share_one_claim_and_one_model_call(run_async: Any, scripted: ScriptedInference) -> None:
+    jobs = [submit(f"text {n}") for n in range(20)]
+
+    async def deliver_all() -> None:
+        await asyncio.gather(*(worker.run_job(str(job.id)) for job in jobs))
+
+    run_async(deliver_all)
+    assert len(scripted.calls) == 1
+    assert len(scripted.inputs) == 20
+    assert set(Job.objects.values_list("status", flat=True)) == {"succeeded"}
+
+
+def test_duplicate_messages_run_the_inference_once(run_async: Any, scripted: ScriptedInference) -> None:
+    job = submit()
+
+    async def duplicates() -> None:
+        # Two copies in the same batch, then a late third.
+        await asyncio.gather(worker.run_job(str(job.id)), worker.run_job(str(job.id)))
+        await worker.run_job(str(job.id))
+
+    run_async(duplicates)
+    assert scripted.inputs == [{"text": "good"}]
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == ("succeeded", 1)
+
+
+def test_batches_never_exceed_the_batch_size(run_async: Any, scripted: ScriptedInference) -> None:
+    jobs = [submit() for _ in range(7)]
+    batcher = worker.JobBatcher(batch_size=3)
+
+    async def run() -> None:
+        await asyncio.gather(*(batcher.run(str(job.id)) for job in jobs))
+
+    run_async(run)
+    assert sorted(len(messages) for _, messages in scripted.calls) == [1, 3, 3]
+
+
+def test_transient_inference_error_requeues_the_job(run_async: Any, scripted: ScriptedInference) -> None:
+    scripted.script = lambda messages: [InferenceUnavailable("modal is down")] * len(messages)
+    job = submit(failure_queue="errors")
+    run_async(worker.process_jobs, [str(job.id)])
+    job.refresh_from_db()
+    assert job.status == Job.Status.QUEUED
+    assert job.run_after is not None
+    assert not QueueDelivery.objects.exists()
+
+
+def test_a_backend_bug_fails_the_jobs_visibly(run_async: Any, scripted: ScriptedInference) -> None:
+    def crash(messages: list[dict[str, Any]]) -> list[Any]:
+        raise KeyError("oops")
+
+    scripted.script = crash
+    job = submit(failure_queue="errors")
+    run_async(worker.process_jobs, [str(job.id)])
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert job.error == {"type": "KeyError", "message": "'oops'"}
+    assert job.deliveries.get().route == "failure"
+
+
+@pytest.fixture
+def failing_queue() -> Iterator[type[FailingQueue]]:
+    queues = {**settings.MODALKIT["QUEUES"], "flaky": {"BACKEND": "tests.doubles.FailingQueue"}}
+    FailingQueue.healthy = False
+    FailingQueue.sent = []
+    with override_settings(MODALKIT={**settings.MODALKIT, "QUEUES": queues, "QUEUE_ROUTES": [("flaky_*", "flaky")]}):
+        yield FailingQueue
+
+
+def test_a_failed_send_is_kept_for_retry_and_sent_later(run_async: Any, failing_queue: type[FailingQueue]) -> None:
+    job = submit(success_queue="flaky_results")
+    run_async(worker.process_jobs, [str(job.id)])
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED  # the result is safe whatever the queue does
+    delivery = job.deliveries.get()
+    assert (delivery.backend, delivery.status, delivery.attempts) == ("flaky", "retrying", 1)
+    assert delivery.last_error == "DeliveryError: the queue is down"
+
+    failing_queue.healthy = True
+    run_async(worker.deliver, str(delivery.id))
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.external_id) == ("sent", 2, f"ext-{delivery.message_id}")
+    assert [message.message_id for message in failing_queue.sent] == [delivery.message_id]
+    # A late duplicate of the delivery task sends nothing more.
+    run_async(worker.deliver, str(delivery.id))
+    assert len(failing_queue.sent) == 1
+
+
+def test_an_unknown_backend_alias_is_a_failed_send_not_a_lost_result(run_async: Any) -> None:
+    job = submit(success_queue="q")
+    with override_settings(MODALKIT={**settings.MODALKIT, "QUEUE_ROUTES": [("*", "gone")]}):
+        run_async(worker.process_jobs, [str(job.id)])
+    delivery = QueueDelivery.objects.get(job=job)
+    assert delivery.status == "retrying"
+    assert "No queue backend 'gone'" in delivery.last_error
+
+
+def test_sweep_once_sends_the_wake_ups_it_found(run_async: Any, scripted: ScriptedInference) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from modalkit_django.broker import get_broker
+
+    job = submit()
+    Job.objects.filter(id=job.id).update(enqueued_at=timezone.now() - dt.timedelta(hours=1))
+
+    async def sweep_and_drain() -> services.SweepResult:
+        result = await worker.sweep_once()
+        await get_broker().wait_all()  # type: ignore[attr-defined]
+        return result
+
+    result = run_async(sweep_and_drain)
+    assert result.jobs_to_wake == [job.id]
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
