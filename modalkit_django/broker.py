@@ -21,8 +21,12 @@ import asyncio
 import contextvars
 import logging
 import threading
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import taskiq_redis
+from redis.asyncio import Redis
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqEvents, TaskiqState
 from taskiq.brokers.shared_broker import async_shared_broker
 from taskiq.decor import AsyncTaskiqDecoratedTask
@@ -59,8 +63,6 @@ def build_broker(spec: BrokerSettings) -> AsyncBroker:
     if spec.url is None:
         broker = InMemoryBroker(await_inplace=False, **spec.options)
     elif spec.url.startswith(("redis://", "rediss://", "unix://")):
-        from taskiq_redis import RedisStreamBroker
-
         broker = RedisStreamBroker(spec.url, queue_name=spec.queue_name, **spec.options)
     else:
         raise ModalkitImproperlyConfigured(
@@ -69,6 +71,53 @@ def build_broker(spec: BrokerSettings) -> AsyncBroker:
     broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, _on_worker_startup)
     broker.add_event_handler(TaskiqEvents.WORKER_SHUTDOWN, _on_worker_shutdown)
     return broker
+
+
+class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
+    """TaskIQ's acknowledged Redis stream broker, acknowledging in batches.
+
+    Upstream builds a client and sends one ``XACK`` per message; at a few hundred
+    messages a second that was a third of a worker's event loop (py-spy). Here the
+    acknowledgements made in the same moment share one ``XACK``. Each still waits for
+    it, so a message is acknowledged only after its task is done, as before.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acks: defaultdict[str, list[tuple[str, asyncio.Future[None]]]] = defaultdict(list)
+        self._ack_flush: asyncio.Handle | None = None
+        self._ack_tasks: set[asyncio.Task[None]] = set()
+
+    def _ack_generator(self, id: str, queue_name: str) -> Callable[[], Awaitable[None]]:
+        async def ack() -> None:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[None] = loop.create_future()
+            self._acks[queue_name].append((id, done))
+            if self._ack_flush is None:
+                # After the acks already on their way this loop iteration have joined.
+                self._ack_flush = loop.call_soon(self._start_flush)
+            await done
+
+        return ack
+
+    def _start_flush(self) -> None:
+        self._ack_flush = None
+        task = asyncio.get_running_loop().create_task(self._flush_acks(self._acks))
+        self._acks = defaultdict(list)
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
+    async def _flush_acks(self, batches: dict[str, list[tuple[str, asyncio.Future[None]]]]) -> None:
+        async with Redis(connection_pool=self.connection_pool) as redis:
+            for queue_name, waiting in batches.items():
+                try:
+                    await redis.xack(queue_name, self.consumer_group_name, *(id for id, _ in waiting))
+                except Exception as exc:
+                    for _, done in waiting:
+                        done.set_exception(exc)
+                else:
+                    for _, done in waiting:
+                        done.set_result(None)
 
 
 def start() -> None:

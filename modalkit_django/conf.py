@@ -78,6 +78,8 @@ class DeliverySettings(_Setting):
 class WorkerSettings(_Setting):
     # Jobs claimed, inferred and finished together.
     batch_size: int = Field(default=100, ge=1)
+    # Batches one worker process runs at once; more keeps more model calls in flight.
+    batches_in_flight: int = Field(default=2, ge=1)
     # A running job whose worker has not finished it by then is reclaimed.
     lease_seconds: float = Field(default=900.0, gt=0)
     sweep_interval_seconds: float = Field(default=5.0, gt=0)

@@ -112,7 +112,7 @@ def cancel_job(*, job: Job) -> Job:
             raise InvalidJobState(job.id, locked.status, "cancel")
         error = {"type": "Canceled", "message": "The job was canceled before it ran."}
         _finish(locked, Job.Status.CANCELED, now, error=error)
-        locked.save(update_fields=_FINISH_FIELDS)
+        locked.save(update_fields=_OUTCOME_FIELDS)
         deliveries = _deliveries_for(locked, now, prediction=None, due_now=True)
         QueueDelivery.objects.bulk_create(deliveries)
         for delivery in deliveries:
@@ -166,12 +166,22 @@ def _wake_delivery(delivery_id: uuid.UUID) -> None:
 
 # --- The worker's batch path ---------------------------------------------------------
 
-_CLAIM_FIELDS = (
-    "id", "model_name", "message", "meta", "success_queue", "failure_queue",
-    "attempts", "reruns", "created_at", "owner_id",
-)  # fmt: skip
-_FINISH_FIELDS = ["status", "result", "error", "finished_at", "lease_token", "lease_expires_at"]
-_REQUEUE_FIELDS = ["status", "error", "run_after", "enqueued_at", "lease_token", "lease_expires_at"]
+# What finishing or requeueing a job writes.
+_OUTCOME_FIELDS = [
+    "status", "result", "error", "finished_at", "run_after", "enqueued_at", "lease_token", "lease_expires_at",
+]  # fmt: skip
+_SEND_FIELDS = ["status", "attempts", "sent_at", "external_id", "next_attempt_at", "last_error"]
+
+
+def _save_rows(model: type[Job] | type[QueueDelivery], rows: Sequence[Any], fields: list[str]) -> None:
+    """Write ``fields`` of existing ``rows`` in one statement.
+
+    An upsert (``INSERT … ON CONFLICT (id) DO UPDATE``) is Django's cheapest multi-row
+    update: ``bulk_update`` builds a ``CASE`` per field per row and measured 7 times slower
+    for a batch of 100 jobs. Callers lock the rows first, so none is inserted anew.
+    """
+    if rows:
+        model._default_manager.bulk_create(rows, update_conflicts=True, unique_fields=["id"], update_fields=fields)
 
 
 def claim_jobs(*, job_ids: Sequence[uuid.UUID | str]) -> list[Job]:
@@ -184,9 +194,7 @@ def claim_jobs(*, job_ids: Sequence[uuid.UUID | str]) -> list[Job]:
     lease_token = uuid.uuid4()
     lease_expires_at = now + dt.timedelta(seconds=get_settings().worker.lease_seconds)
     with transaction.atomic():
-        jobs = list(
-            Job.objects.runnable(now).filter(id__in=job_ids).select_for_update(skip_locked=True).only(*_CLAIM_FIELDS)
-        )
+        jobs = list(Job.objects.runnable(now).filter(id__in=job_ids).select_for_update(skip_locked=True))
         if not jobs:
             return []
         Job.objects.filter(id__in=[job.id for job in jobs]).update(
@@ -242,10 +250,7 @@ def finish_jobs(*, results: Sequence[tuple[Job, Prediction]]) -> list[QueueDeliv
                 _finish(job, Job.Status.SUCCEEDED, now, result=prediction)
             finished.append(job)
             deliveries.extend(_deliveries_for(job, now, prediction=prediction))
-        if finished:
-            Job.objects.bulk_update(finished, _FINISH_FIELDS)
-        if requeued:
-            Job.objects.bulk_update(requeued, _REQUEUE_FIELDS)
+        _save_rows(Job, finished + requeued, _OUTCOME_FIELDS)
         QueueDelivery.objects.bulk_create(deliveries)
     return deliveries
 
@@ -374,9 +379,14 @@ def record_sends(*, results: Iterable[SendResult]) -> None:
                 delivery.status = QueueDelivery.Status.RETRYING
                 delivery.next_attempt_at = retry_at
         updated.append(delivery)
-    QueueDelivery.objects.bulk_update(
-        updated, ["status", "attempts", "sent_at", "external_id", "next_attempt_at", "last_error"]
-    )
+    with transaction.atomic():
+        # Lock what still exists: a delivery deleted meanwhile (with its job) stays deleted.
+        existing = set(
+            QueueDelivery.objects.select_for_update()
+            .filter(id__in=[delivery.id for delivery in updated])
+            .values_list("id", flat=True)
+        )
+        _save_rows(QueueDelivery, [delivery for delivery in updated if delivery.id in existing], _SEND_FIELDS)
 
 
 # --- The sweep ----------------------------------------------------------------------
@@ -415,11 +425,7 @@ def sweep() -> SweepResult:
 def _reclaim_expired_leases(now: dt.datetime) -> int:
     worker = get_settings().worker
     with transaction.atomic():
-        jobs = list(
-            Job.objects.lease_expired(now)
-            .select_for_update(skip_locked=True)
-            .only(*_CLAIM_FIELDS)[: worker.sweep_limit]
-        )
+        jobs = list(Job.objects.lease_expired(now).select_for_update(skip_locked=True)[: worker.sweep_limit])
         lost = {"type": "WorkerLost", "message": "The worker running this job stopped before finishing it."}
         requeue = [job for job in jobs if job.attempts < worker.max_attempts]
         fail = [job for job in jobs if job.attempts >= worker.max_attempts]
@@ -428,8 +434,7 @@ def _reclaim_expired_leases(now: dt.datetime) -> int:
             job.run_after = None
         for job in fail:
             _finish(job, Job.Status.FAILED, now, error=lost)
-        Job.objects.bulk_update(requeue, _REQUEUE_FIELDS)
-        Job.objects.bulk_update(fail, _FINISH_FIELDS)
+        _save_rows(Job, jobs, _OUTCOME_FIELDS)
         QueueDelivery.objects.bulk_create(
             [delivery for job in fail for delivery in _deliveries_for(job, now, prediction=None, due_now=True)]
         )
@@ -444,14 +449,14 @@ def _expire_waiting_jobs(now: dt.datetime) -> int:
         return 0
     with transaction.atomic():
         jobs = list(
-            Job.objects.waited_since(now - dt.timedelta(seconds=timeout))
-            .select_for_update(skip_locked=True)
-            .only(*_CLAIM_FIELDS)[: get_settings().worker.sweep_limit]
+            Job.objects.waited_since(now - dt.timedelta(seconds=timeout)).select_for_update(skip_locked=True)[
+                : get_settings().worker.sweep_limit
+            ]
         )
         error = {"type": "Expired", "message": f"The job waited more than {timeout} s in the queue."}
         for job in jobs:
             _finish(job, Job.Status.EXPIRED, now, error=error)
-        Job.objects.bulk_update(jobs, _FINISH_FIELDS)
+        _save_rows(Job, jobs, _OUTCOME_FIELDS)
         QueueDelivery.objects.bulk_create(
             [delivery for job in jobs for delivery in _deliveries_for(job, now, prediction=None, due_now=True)]
         )

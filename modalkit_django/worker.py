@@ -42,52 +42,56 @@ logger = logging.getLogger(__name__)
 
 
 def _db[**P, R](function: Callable[P, R]) -> Callable[P, Any]:
-    """Run ``function`` on Django's sync thread with a healthy connection."""
+    """Run ``function`` on Django's sync thread, where this worker's connection lives."""
+    return sync_to_async(function, thread_sensitive=True)
 
-    def with_fresh_connection(*args: P.args, **kwargs: P.kwargs) -> R:
-        # Django's close_old_connections(), minus closing a connection mid-transaction
-        # (as it would inside a test's transaction).
-        for connection in connections.all(initialized_only=True):
-            if not connection.in_atomic_block:
-                connection.close_if_unusable_or_obsolete()
-        return function(*args, **kwargs)
 
-    return sync_to_async(with_fresh_connection, thread_sensitive=True)
+def _refresh_connections() -> None:
+    """Django's ``close_old_connections()`` for a worker, once per batch.
+
+    It also never closes a connection in the middle of a transaction (as inside a
+    test's transaction).
+    """
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+
+
+def _claim(job_ids: Sequence[str]) -> list[Job]:
+    _refresh_connections()
+    return services.claim_jobs(job_ids=job_ids)
 
 
 class JobBatcher:
-    """Collects job ids for a moment and processes them together.
+    """Collects job ids and processes them in batches.
 
-    A batch goes as soon as it is full, or ``wait`` seconds after its first job
-    arrived. Each caller waits for its own batch, so the broker acknowledges a
-    message only once its job is stored.
+    At most ``in_flight`` batches run at once; while they do, new ids wait and the
+    next batch grows, up to ``batch_size``. A batch that is not full waits ``wait``
+    seconds for company before it goes. Each caller waits for its own batch, so the
+    broker acknowledges a message only once its job is stored.
     """
 
-    def __init__(self, *, batch_size: int, wait: float = 0.002) -> None:
+    def __init__(self, *, batch_size: int, in_flight: int = 2, wait: float = 0.002) -> None:
         self.batch_size = batch_size
         self.wait = wait
         self._waiting: list[tuple[str, asyncio.Future[None]]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._slots = asyncio.Semaphore(in_flight)
+        self._pump: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
 
     async def run(self, job_id: str) -> None:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((job_id, done))
-        if len(self._waiting) >= self.batch_size:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.wait, self._flush)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._form_batches())
         await done
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._waiting = self._waiting[: self.batch_size], self._waiting[self.batch_size :]
-        if self._waiting:
-            self._timer = asyncio.get_running_loop().call_later(self.wait, self._flush)
-        if batch:
+    async def _form_batches(self) -> None:
+        while self._waiting:
+            await self._slots.acquire()
+            if len(self._waiting) < self.batch_size:
+                await asyncio.sleep(self.wait)
+            batch, self._waiting = self._waiting[: self.batch_size], self._waiting[self.batch_size :]
             task = asyncio.create_task(self._process(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -105,6 +109,8 @@ class JobBatcher:
             for _, done in batch:
                 if not done.done():
                     done.set_result(None)
+        finally:
+            self._slots.release()
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, JobBatcher] = weakref.WeakKeyDictionary()
@@ -116,13 +122,16 @@ async def run_job(job_id: str) -> None:
     batcher = _batchers.get(loop)
     if batcher is None:
         worker = get_settings().worker
-        batcher = _batchers[loop] = JobBatcher(batch_size=worker.batch_size)
+        batcher = _batchers[loop] = JobBatcher(batch_size=worker.batch_size, in_flight=worker.batches_in_flight)
     await batcher.run(job_id)
 
 
 async def process_jobs(job_ids: Sequence[str]) -> None:
     """Claim, infer, finish and deliver a batch of jobs."""
-    jobs = await _db(services.claim_jobs)(job_ids=job_ids)
+    import sys
+
+    jobs = await _db(_claim)(job_ids)
+    print("batch", len(job_ids), file=sys.stderr)
     if not jobs:
         return
     predictions = await _predict(jobs)

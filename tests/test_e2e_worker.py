@@ -90,6 +90,21 @@ def test_pipeline_error_fails_the_job_and_delivers_the_failure(start_worker: Any
     assert delivery.payload["original_message"] == request
 
 
+def test_every_message_is_acknowledged(
+    start_worker: Any, http: httpx.Client, redis_broker: dict[str, str], redis_client: Any
+) -> None:
+    start_worker()
+    job_ids = [
+        http.post("/api/async/predict", json={"message": {"text": f"good {n}"}}).json()["job_id"] for n in range(30)
+    ]
+    for job_id in job_ids:
+        poll_job(http, job_id, until={"succeeded"})
+    wait_until(
+        lambda: redis_client.xpending(redis_broker["queue"], "taskiq")["pending"] == 0,
+        what="the worker to acknowledge every message",
+    )
+
+
 def test_duplicate_messages_run_the_job_once(start_worker: Any, http: httpx.Client) -> None:
     start_worker()
     job_id = http.post("/api/async/predict", json={"message": {"text": "good"}}).json()["job_id"]

@@ -1,0 +1,24 @@
+"""Settings for benchmarks: the demo project on PostgreSQL and the Redis stream broker."""
+
+import os
+
+import dj_database_url
+
+from project.settings import *  # noqa: F403
+from project.settings import MODALKIT
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/modalkit_bench"),
+        conn_max_age=600,
+        conn_health_checks=True,
+    )
+}
+DEBUG = False
+MODALKIT = {
+    **MODALKIT,
+    "BROKER": {"URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), "QUEUE_NAME": os.environ["BENCH_QUEUE"]},
+    "INFERENCE": {"BACKEND": os.environ.get("BENCH_INFERENCE", "modalkit_django.inference.local.LocalBackend")},
+    "WORKER": {"SWEEP_INTERVAL_SECONDS": 3600, "REQUEUE_AFTER_SECONDS": 3600},
+}
+LOGGING = {"version": 1, "disable_existing_loggers": False}

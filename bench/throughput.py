@@ -1,0 +1,170 @@
+"""Jobs per second, end to end, for one worker process draining a full queue.
+
+    .venv/bin/python bench/throughput.py --jobs 2000
+
+Runs, in one session so the figures compare: the raw TaskIQ baseline (a no-op task on
+the same Redis stream broker, no database), then modalkit-django (a queued job row per
+message; the worker claims it, runs the demo model, stores the result, creates and
+sends the success delivery). The queue is filled first, then one worker process
+(`--workers 1`) is started and timed from its first claim to its last send.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def start_worker(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wait_drained(redis_client: object, queue: str, total: int, timeout: float) -> float:
+    """Seconds from the first to the last acknowledgement of the stream's messages."""
+    first = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [group] = redis_client.xinfo_groups(queue)  # type: ignore[attr-defined]
+        read = group["entries-read"] or 0
+        if first is None and read:
+            first = time.monotonic()
+        if read >= total and group["pending"] == 0 and group["lag"] == 0:
+            return time.monotonic() - (first or time.monotonic())
+        time.sleep(0.01)
+    raise TimeoutError(f"{queue} not drained in {timeout}s")
+
+
+def bench_noop(total: int, max_async: int) -> float:
+    import redis
+    from taskiq_redis import RedisStreamBroker
+
+    queue = f"bench-noop-{uuid.uuid4().hex[:6]}"
+    os.environ["BENCH_QUEUE"] = queue
+    from bench import noop
+
+    async def fill() -> None:
+        broker: RedisStreamBroker = noop.broker
+        await broker.startup()
+        for index in range(total):
+            await noop.noop.kiq(str(index))
+        await broker.shutdown()
+
+    asyncio.run(fill())
+    client = redis.Redis.from_url(REDIS_URL)
+    env = {**os.environ, "BENCH_QUEUE": queue}
+    worker = start_worker(
+        [sys.executable, "-m", "taskiq", "worker", "bench.noop:broker", "--workers", "1",
+         "--log-level", "WARNING", "--max-async-tasks", str(max_async)],
+        env,
+    )  # fmt: skip
+    try:
+        seconds = wait_drained(client, queue, total, timeout=300)
+    finally:
+        stop(worker)
+        client.delete(queue)
+    return total / seconds
+
+
+def bench_modalkit(total: int, max_async: int) -> tuple[float, dict[str, float]]:
+    queue = f"bench-modalkit-{uuid.uuid4().hex[:6]}"
+    os.environ["BENCH_QUEUE"] = queue
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+    from django.db.models import Max, Min
+    from django.utils import timezone
+
+    from modalkit_django import broker, tasks
+    from modalkit_django.models import Job, QueueDelivery
+
+    _create_database(connection.settings_dict)
+    call_command("migrate", verbosity=0)
+    QueueDelivery.objects.all().delete()
+    Job.objects.all().delete()
+    now = timezone.now()
+    jobs = Job.objects.bulk_create(
+        Job(model_name="sentiment", message={"text": f"a good film {n}"}, success_queue="bench_results",
+            created_at=now, enqueued_at=now)
+        for n in range(total)
+    )  # fmt: skip
+
+    async def fill() -> None:
+        # The consumer group must exist before the messages, or the worker never sees them.
+        await broker.get_broker().startup()
+        for job in jobs:
+            await broker.akick(tasks.run_job, str(job.id))
+        await broker.get_broker().shutdown()
+
+    asyncio.run(fill())
+    connection.close()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings", "BENCH_QUEUE": queue}
+    worker = start_worker(
+        [sys.executable, "manage.py", "taskiq", "worker", "--workers", "1", "--log-level", "WARNING",
+         "--max-async-tasks", str(max_async)],
+        env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while QueueDelivery.objects.filter(status="sent").count() < total:
+            if worker.poll() is not None:
+                raise RuntimeError(worker.stderr.read().decode() if worker.stderr else "worker died")
+            if time.monotonic() > deadline:
+                raise TimeoutError("jobs not done in 600 s")
+            time.sleep(0.2)
+    finally:
+        stop(worker)
+    span = Job.objects.aggregate(start=Min("started_at"))["start"]
+    end = QueueDelivery.objects.aggregate(end=Max("sent_at"))["end"]
+    seconds = (end - span).total_seconds()
+    statuses = dict(Job.objects.values_list("status").annotate(n=Max("attempts")))
+    return total / seconds, {"seconds": seconds, **{f"max attempts {k}": v for k, v in statuses.items()}}
+
+
+def _create_database(settings_dict: dict[str, object]) -> None:
+    import psycopg
+
+    name = settings_dict["NAME"]
+    with psycopg.connect(host=str(settings_dict["HOST"]), port=int(settings_dict["PORT"] or 5432),
+                         user=str(settings_dict["USER"]), dbname="postgres", autocommit=True) as conn:  # fmt: skip
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--max-async-tasks", type=int, default=200)
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_baseline:
+        noop_rate = bench_noop(args.jobs, args.max_async_tasks)
+        print(f"raw TaskIQ no-op baseline: {noop_rate:7.0f} tasks/s")
+    rate, details = bench_modalkit(args.jobs, args.max_async_tasks)
+    print(f"modalkit-django end to end: {rate:7.0f} jobs/s  ({details})")
+    if not args.skip_baseline:
+        print(f"ratio to the baseline:      {rate / noop_rate:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
