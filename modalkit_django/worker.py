@@ -128,10 +128,7 @@ async def run_job(job_id: str) -> None:
 
 async def process_jobs(job_ids: Sequence[str]) -> None:
     """Claim, infer, finish and deliver a batch of jobs."""
-    import sys
-
     jobs = await _db(_claim)(job_ids)
-    print("batch", len(job_ids), file=sys.stderr)
     if not jobs:
         return
     predictions = await _predict(jobs)
