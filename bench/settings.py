@@ -18,7 +18,11 @@ DEBUG = False
 MODALKIT = {
     **MODALKIT,
     "BROKER": {"URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), "QUEUE_NAME": os.environ["BENCH_QUEUE"]},
-    "INFERENCE": {"BACKEND": os.environ.get("BENCH_INFERENCE", "modalkit_django.inference.local.LocalBackend")},
-    "WORKER": {"SWEEP_INTERVAL_SECONDS": 3600, "REQUEUE_AFTER_SECONDS": 3600},
+    # INFERENCE=local|modal selects the backend, as in the demo project.
+    "WORKER": {
+        "SWEEP_INTERVAL_SECONDS": 3600,
+        "REQUEUE_AFTER_SECONDS": 3600,
+        "BATCHES_IN_FLIGHT": int(os.environ.get("BENCH_BATCHES_IN_FLIGHT", "2")),
+    },
 }
 LOGGING = {"version": 1, "disable_existing_loggers": False}

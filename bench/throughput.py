@@ -2,11 +2,18 @@
 
     .venv/bin/python bench/throughput.py --jobs 2000
 
-Runs, in one session so the figures compare: the raw TaskIQ baseline (a no-op task on
-the same Redis stream broker, no database), then modalkit-django (a queued job row per
-message; the worker claims it, runs the demo model, stores the result, creates and
-sends the success delivery). The queue is filled first, then one worker process
-(`--workers 1`) is started and timed from its first claim to its last send.
+Runs, in one session so the figures compare:
+
+1. the raw TaskIQ baseline: a no-op task on the same Redis stream broker, no database;
+2. modalkit-django with local inference: a queued job row per message; the worker
+   claims it, runs the demo model, stores the result, creates and sends the success
+   delivery (to the in-memory queue backend);
+3. the same with Modal inference: the real ``modal`` SDK calling the demo deployment
+   on the loopback fake control plane (tests/modal_fake), run as its own process.
+
+The queue is filled first, then one worker process (``--workers 1``) is started and
+timed from its first claim to its last send. For Modal, the fake's counters give the
+Modal calls (``FunctionMap`` RPCs) per job and the batch sizes Modal actually ran.
 """
 
 from __future__ import annotations
@@ -83,8 +90,9 @@ def bench_noop(total: int, max_async: int) -> float:
     return total / seconds
 
 
-def bench_modalkit(total: int, max_async: int) -> tuple[float, dict[str, float]]:
-    queue = f"bench-modalkit-{uuid.uuid4().hex[:6]}"
+def bench_modalkit(total: int, max_async: int, extra_env: dict[str, str]) -> tuple[float, dict[str, float]]:
+    # One stream per session: Django reads its settings (and the queue name) once.
+    queue = os.environ.setdefault("BENCH_MODALKIT_QUEUE", f"bench-modalkit-{uuid.uuid4().hex[:6]}")
     os.environ["BENCH_QUEUE"] = queue
     os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
     import django
@@ -118,7 +126,7 @@ def bench_modalkit(total: int, max_async: int) -> tuple[float, dict[str, float]]
 
     asyncio.run(fill())
     connection.close()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings", "BENCH_QUEUE": queue}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings", "BENCH_QUEUE": queue, **extra_env}
     worker = start_worker(
         [sys.executable, "manage.py", "taskiq", "worker", "--workers", "1", "--log-level", "WARNING",
          "--max-async-tasks", str(max_async)],
@@ -138,7 +146,32 @@ def bench_modalkit(total: int, max_async: int) -> tuple[float, dict[str, float]]
     end = QueueDelivery.objects.aggregate(end=Max("sent_at"))["end"]
     seconds = (end - span).total_seconds()
     statuses = dict(Job.objects.values_list("status").annotate(n=Max("attempts")))
-    return total / seconds, {"seconds": seconds, **{f"max attempts {k}": v for k, v in statuses.items()}}
+    return total / seconds, {"seconds": round(seconds, 2), **{f"max attempts {k}": v for k, v in statuses.items()}}
+
+
+class ModalFakeProcess:
+    """tests/modal_fake as a process, serving the demo deployment."""
+
+    def __init__(self) -> None:
+        from tests.modal_fake.env import client_env
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.modal_fake", "--port", "0",
+             "--register", "modalkit-sentiment-dev:SentimentService=project.modal_app:SentimentService"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().split()[1]
+        self.stats_url = self.process.stdout.readline().split()[1]
+        self.env = {**client_env(self.url), "INFERENCE": "modal"}
+
+    def stats(self) -> dict[str, object]:
+        import httpx
+
+        return dict(httpx.get(self.stats_url, timeout=10).json())
+
+    def stop(self) -> None:
+        stop(self.process)  # type: ignore[arg-type]
 
 
 def _create_database(settings_dict: dict[str, object]) -> None:
@@ -156,14 +189,28 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--max-async-tasks", type=int, default=200)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--inference", choices=["local", "modal", "both"], default="both")
     args = parser.parse_args()
     if not args.skip_baseline:
         noop_rate = bench_noop(args.jobs, args.max_async_tasks)
-        print(f"raw TaskIQ no-op baseline: {noop_rate:7.0f} tasks/s")
-    rate, details = bench_modalkit(args.jobs, args.max_async_tasks)
-    print(f"modalkit-django end to end: {rate:7.0f} jobs/s  ({details})")
-    if not args.skip_baseline:
-        print(f"ratio to the baseline:      {rate / noop_rate:7.2f}")
+        print(f"raw TaskIQ no-op baseline:        {noop_rate:7.0f} tasks/s")
+    if args.inference in ("local", "both"):
+        rate, details = bench_modalkit(args.jobs, args.max_async_tasks, {"INFERENCE": "local"})
+        ratio = "" if args.skip_baseline else f", {rate / noop_rate:.2f} of the baseline"
+        print(f"modalkit-django, local inference: {rate:7.0f} jobs/s{ratio}  {details}")
+    if args.inference in ("modal", "both"):
+        fake = ModalFakeProcess()
+        try:
+            rate, details = bench_modalkit(args.jobs, args.max_async_tasks, fake.env)
+            stats = fake.stats()
+        finally:
+            fake.stop()
+        ratio = "" if args.skip_baseline else f", {rate / noop_rate:.2f} of the baseline"
+        print(f"modalkit-django, Modal (fake):    {rate:7.0f} jobs/s{ratio}  {details}")
+        print(
+            f"  Modal calls per job: {stats['function_maps'] / args.jobs:.2f}; "  # type: ignore[operator]
+            f"mean batch Modal ran: {stats['mean_batch_size']:.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@
     │   ├── InferenceNotDeployed        the Modal class cannot be found           → 502
     │   ├── InferenceAuthError          Modal refused the credentials             → 502
     │   ├── InferenceUnavailable        connection / service failure (transient)  → 503
-    │   └── InferenceTimeout            our deadline passed (transient)           → 504
+    │   └── InferenceTimeout            no answer before the deadline             → 504
     └── DeliveryError                   a queue backend did not take a message
         └── PermanentDeliveryError      it never will: do not retry
 
@@ -101,7 +101,7 @@ class InferenceUnavailable(InferenceError):
 
 
 class InferenceTimeout(InferenceError):
-    retryable = True
+    """Not retried: a model that ran out of time once will likely do so again."""
 
 
 class DeliveryError(ModalkitError):

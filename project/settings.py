@@ -6,6 +6,8 @@ parts with environment variables:
 
 - ``DATABASE_URL``   e.g. postgres://user@host:5432/db   (default: SQLite in the repo)
 - ``BROKER_URL``     e.g. redis://127.0.0.1:6379/0        (default: the in-process broker)
+- ``INFERENCE``      ``local`` (default: the model runs in this process) or ``modal``
+                     (the deployed ``project/modal_app.py``; needs Modal credentials)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -87,8 +90,20 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+INFERENCE_BACKENDS = {
+    "local": {"BACKEND": "modalkit_django.inference.local.LocalBackend"},
+    "modal": {
+        "BACKEND": "modalkit_django.inference.modal_backend.ModalBackend",
+        "OPTIONS": {"class_name": "SentimentService"},
+    },
+}
+INFERENCE = os.environ.get("INFERENCE", "local")
+if INFERENCE not in INFERENCE_BACKENDS:
+    raise ImproperlyConfigured(f"INFERENCE must be one of {', '.join(INFERENCE_BACKENDS)}, not {INFERENCE!r}")
+
 MODALKIT = {
     "CONFIG": BASE_DIR / "modalkit.yaml",
+    "INFERENCE": INFERENCE_BACKENDS[INFERENCE],
     "PIPELINE": "project.sentiment.SentimentPipeline",
     "DEFAULT_MODEL": "sentiment",
     "BROKER": {"URL": os.environ.get("BROKER_URL") or None},

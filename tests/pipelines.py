@@ -1,4 +1,4 @@
-"""A pipeline for fault tests: the first run of an input naming a marker file hangs."""
+"""Pipelines for tests: one that hangs once (fault tests), one that echoes (blob path)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from modalkit_django.inference.pipeline import InferenceOutputModel, InferencePipeline
 from project.sentiment import SentimentPipeline
 
 
@@ -25,3 +26,28 @@ class HangOncePipeline(SentimentPipeline):
                     marker.touch()
                     time.sleep(60)
         return super().predict(input_list, preprocessed_data)
+
+
+class EchoRequest(BaseModel):
+    text: str
+
+
+class EchoResponse(InferenceOutputModel):
+    text: str
+    length: int
+
+
+class EchoPipeline(InferencePipeline):
+    """Returns its input: a payload as large as the input, for the blob path."""
+
+    input_model = EchoRequest
+    output_model = EchoResponse
+
+    def preprocess(self, input_list: list[BaseModel]) -> dict[str, Any]:
+        return {}
+
+    def predict(self, input_list: list[BaseModel], preprocessed_data: dict[str, Any]) -> dict[str, Any]:
+        return {"texts": [item.text for item in input_list]}  # type: ignore[attr-defined]
+
+    def postprocess(self, input_list: list[BaseModel], raw_output: dict[str, Any]) -> list[InferenceOutputModel]:
+        return [EchoResponse(text=text, length=len(text)) for text in raw_output["texts"]]

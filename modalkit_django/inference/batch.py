@@ -18,11 +18,14 @@ from pydantic import BaseModel, ValidationError
 
 from .pipeline import InferenceOutputModel, InferencePipeline
 
-__all__ = ["Outcome", "failure", "run_batch", "success"]
+__all__ = ["DEFAULT_METHOD", "Outcome", "failure", "run_batch", "success"]
 
 logger = logging.getLogger(__name__)
 
 Outcome = dict[str, Any]
+
+# The service method Django calls unless configured otherwise.
+DEFAULT_METHOD = "predict_batch"
 
 
 def success(output: Mapping[str, Any]) -> Outcome:
