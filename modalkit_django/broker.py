@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib
 import logging
 import threading
 from collections import defaultdict
@@ -34,7 +35,7 @@ from taskiq.decor import AsyncTaskiqDecoratedTask
 from .conf import BrokerSettings, get_settings
 from .exceptions import ModalkitImproperlyConfigured
 
-__all__ = ["akick", "get_broker", "kick", "reset", "start"]
+__all__ = ["akick", "get_broker", "import_task_modules", "kick", "reset", "start"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,15 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
                         done.set_result(None)
 
 
+def import_task_modules() -> None:
+    """Import the modules in ``MODALKIT["TASK_MODULES"]``, registering their tasks (e.g. queue consumers)."""
+    for module in get_settings().task_modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ModalkitImproperlyConfigured(f"cannot import MODALKIT['TASK_MODULES'] {module!r}: {exc}") from exc
+
+
 def start() -> None:
     """Start the broker for sending from this (web) process.
 
@@ -193,6 +203,9 @@ async def _on_worker_startup(state: TaskiqState) -> None:
     global _loop
     from . import worker
 
+    # The embedded worker's tasks (`manage.py taskiq worker` has imported them already);
+    # first, so that a module that fails to import leaves no half-started loop behind.
+    import_task_modules()
     # No lock: the bridge thread runs this while _sending_loop holds it.
     _loop = asyncio.get_running_loop()
     state.modalkit_sweeper = asyncio.create_task(worker.run_sweeper())

@@ -13,6 +13,7 @@ A complete ``MODALKIT`` setting, with the defaults::
         "BROKER": {"URL": None, "QUEUE_NAME": "modalkit", "OPTIONS": {}},  # None: in-process
         "QUEUES": {"memory": {"BACKEND": "modalkit_django.queues.memory.MemoryBackend"}},
         "QUEUE_ROUTES": [],                     # [("ml_*", "taskiq"), ...], first match wins
+        "TASK_MODULES": [],                     # your TaskIQ task/consumer modules, imported by workers
         "DELIVERY": {...},                      # see DeliverySettings
         "WORKER": {...},                        # see WorkerSettings
     }
@@ -102,6 +103,8 @@ class ModalkitSettings(_Setting):
         default_factory=lambda: {"memory": BackendSpec(backend="modalkit_django.queues.memory.MemoryBackend")}
     )
     queue_routes: list[tuple[str, str]] = Field(default_factory=list)
+    # Modules whose TaskIQ tasks (e.g. queue consumers) every worker imports.
+    task_modules: list[str] = Field(default_factory=list)
     delivery: DeliverySettings = DeliverySettings()
     worker: WorkerSettings = WorkerSettings()
 

@@ -23,6 +23,9 @@ from modalkit_django.queues.memory import MemoryBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Loopback peers: a fake Modal control plane, an SQS server, a webhook receiver.
+pytest_plugins = ["tests.modal_fake.fixtures", "tests.queue_peers"]
+
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""

@@ -4,6 +4,7 @@ Tests that start a real worker switch the broker to Redis with ``override_settin
 the worker subprocess gets the same through ``MODALKIT_TEST_BROKER_URL``.
 """
 
+import json
 import os
 
 import dj_database_url
@@ -37,6 +38,11 @@ MODALKIT = {
         "LEASE_SECONDS": float(os.environ.get("MODALKIT_TEST_LEASE_SECONDS", "900")),
         "REQUEUE_AFTER_SECONDS": float(os.environ.get("MODALKIT_TEST_REQUEUE_AFTER", "300")),
     },
+    # Queue tests hand a worker subprocess the backends they configure in-process
+    # (with override_settings), as JSON: aliases pointing at their loopback peers.
+    "QUEUES": {**MODALKIT["QUEUES"], **json.loads(os.environ.get("MODALKIT_TEST_QUEUES", "{}"))},
+    "QUEUE_ROUTES": json.loads(os.environ.get("MODALKIT_TEST_QUEUE_ROUTES", "[]")),
+    "TASK_MODULES": json.loads(os.environ.get("MODALKIT_TEST_TASK_MODULES", "[]")),
 }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -4,7 +4,7 @@ TaskIQ's own ``taskiq worker`` imports task modules before any startup hook runs
 so tasks that import models crash there. Here Django is set up first, then TaskIQ's
 runner takes over with its usual options (``--workers``, ``--max-async-tasks``,
 ``--log-level``, ``--ack-type``, …); extra positional arguments name more task
-modules, e.g. your own TaskIQ consumers.
+modules, e.g. your own TaskIQ consumers, as do the modules in ``MODALKIT["TASK_MODULES"]``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
+
+from modalkit_django.conf import get_settings
 
 BROKER_FACTORY = "modalkit_django.broker:get_broker"
 TASK_MODULES = ["modalkit_django.tasks"]
@@ -30,7 +32,8 @@ class Command(BaseCommand):
         from taskiq.cli.worker.args import WorkerArgs
         from taskiq.cli.worker.run import run_worker
 
-        worker_args = WorkerArgs.from_cli([BROKER_FACTORY, *TASK_MODULES, *taskiq_args])
+        modules = [*TASK_MODULES, *get_settings().task_modules]
+        worker_args = WorkerArgs.from_cli([BROKER_FACTORY, *modules, *taskiq_args])
         # Children are forked: they must not share the parent's database sockets.
         connections.close_all()
         status = run_worker(worker_args)

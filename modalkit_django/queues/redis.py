@@ -1,0 +1,126 @@
+"""A queue backend that appends each message to a Redis list or stream named by the queue name.
+
+::
+
+    MODALKIT["QUEUES"]["redis"] = {
+        "BACKEND": "modalkit_django.queues.redis.RedisBackend",
+        "OPTIONS": {"url": "redis://127.0.0.1:6379/0", "mode": "stream", "key_prefix": "results:"},
+    }
+
+A list (``RPUSH``) holds the JSON body, for consumers that ``BLPOP``. A stream
+(``XADD``) holds the fields ``body``, ``message_id``, ``job_id`` and ``route``, for
+consumer groups that acknowledge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ..exceptions import DeliveryError, ModalkitImproperlyConfigured, PermanentDeliveryError
+from .base import BaseQueueBackend, QueueMessage
+from .clients import LoopLocal
+
+__all__ = ["RedisBackend"]
+
+MODES = ("list", "stream")
+
+
+class RedisBackend(BaseQueueBackend):
+    """Appends messages to Redis: ``RPUSH`` to a list or ``XADD`` to a stream.
+
+    Options:
+
+    ``url``
+        The Redis server, e.g. ``redis://127.0.0.1:6379/0`` (required).
+    ``mode``
+        ``"list"`` (default) or ``"stream"``.
+    ``key_prefix``
+        Put before the queue name to make the key (default ``""``).
+    ``max_stream_length``
+        Streams only: trim each stream to about this many entries (``MAXLEN ~``).
+    ``socket_timeout`` / ``socket_connect_timeout``
+        Seconds (defaults 5 and 2).
+
+    Messages sent together go out in one pipeline, each with its own result.
+    """
+
+    def __init__(
+        self,
+        alias: str,
+        *,
+        url: str,
+        mode: Literal["list", "stream"] = "list",
+        key_prefix: str = "",
+        max_stream_length: int | None = None,
+        socket_timeout: float = 5.0,
+        socket_connect_timeout: float = 2.0,
+    ) -> None:
+        super().__init__(alias)
+        if mode not in MODES:
+            raise ModalkitImproperlyConfigured(f"Queue backend {alias!r}: mode must be one of {MODES}, not {mode!r}")
+        self.url = url
+        self.mode = mode
+        self.key_prefix = key_prefix
+        self.max_stream_length = max_stream_length
+        self.socket_timeout = socket_timeout
+        self.socket_connect_timeout = socket_connect_timeout
+        self._clients: LoopLocal[redis.asyncio.Redis] = LoopLocal(self._make_client, lambda client: client.aclose())
+
+    async def asend(self, message: QueueMessage) -> str:
+        [outcome] = await self.asend_many([message])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def asend_many(self, messages: Sequence[QueueMessage]) -> list[str | BaseException]:
+        client = await self._clients.get()
+        async with client.pipeline(transaction=False) as pipeline:
+            for message in messages:
+                key = self.key_prefix + message.queue_name
+                if self.mode == "list":
+                    pipeline.rpush(key, message.body())
+                else:
+                    fields: dict[Any, Any] = {
+                        "body": message.body(),
+                        "message_id": message.message_id,
+                        "job_id": message.job_id,
+                        "route": message.route,
+                    }
+                    pipeline.xadd(key, fields, maxlen=self.max_stream_length, approximate=True)
+            try:
+                replies = await pipeline.execute(raise_on_error=False)
+            except redis.exceptions.RedisError as exc:
+                error = DeliveryError(f"Redis: {type(exc).__name__}: {exc}", alias=self.alias)
+                error.__cause__ = exc
+                return [error] * len(messages)
+        return [self._outcome(message, reply) for message, reply in zip(messages, replies, strict=True)]
+
+    def _outcome(self, message: QueueMessage, reply: Any) -> str | BaseException:
+        if not isinstance(reply, BaseException):
+            # RPUSH answers the list's length, which identifies nothing; XADD the entry id.
+            return message.message_id if self.mode == "list" else reply.decode()
+        text = f"Redis {self.key_prefix + message.queue_name!r}: {reply}"
+        # WRONGTYPE: the key holds another type; retrying cannot change that.
+        error_class = PermanentDeliveryError if str(reply).startswith("WRONGTYPE") else DeliveryError
+        error = error_class(text, alias=self.alias, queue_name=message.queue_name)
+        error.__cause__ = reply
+        return error
+
+    def _make_client(self) -> redis.asyncio.Redis:
+        return redis.asyncio.Redis.from_url(
+            self.url,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.socket_connect_timeout,
+            # One immediate retry covers a pooled connection the server closed; the
+            # delivery's own backoff handles a server that is down.
+            retry=Retry(NoBackoff(), 1),
+        )
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
