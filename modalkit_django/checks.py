@@ -8,12 +8,15 @@
 ``modalkit_django.E005``  a backend class (queue or inference) cannot be imported
 ``modalkit_django.E006``  a queue alias used by routing is not in ``MODALKIT["QUEUES"]``
 ``modalkit_django.E007``  the broker URL is not usable
+``modalkit_django.E008``  a backend refuses its ``OPTIONS``
+``modalkit_django.E009``  a module in ``MODALKIT["TASK_MODULES"]`` cannot be imported
 =====================  ===============================================================
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import import_module
 from typing import Any
 
 from django.apps import AppConfig
@@ -49,7 +52,7 @@ def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
         )
         return errors
     errors += _check_default_model(config.model_settings.model_entries)
-    errors += _check_imports(settings)
+    errors += _check_backends(settings)
     aliases = {config.app_settings.queue_config.backend, *(alias for _, alias in settings.queue_routes)}
     for alias in sorted(aliases - set(settings.queues)):
         errors.append(
@@ -103,11 +106,14 @@ def _check_default_model(entries: dict[str, Any]) -> list[checks.CheckMessage]:
     ]
 
 
-def _check_imports(settings: conf.ModalkitSettings) -> list[checks.CheckMessage]:
-    specs = [(f"MODALKIT['QUEUES'][{alias!r}]", spec) for alias, spec in settings.queues.items()]
-    specs.append(("MODALKIT['INFERENCE']", settings.inference))
+def _check_backends(settings: conf.ModalkitSettings) -> list[checks.CheckMessage]:
+    """Import and construct every backend, as the first job would (constructors connect nowhere)."""
+    specs: list[tuple[str, conf.BackendSpec, tuple[Any, ...]]] = [
+        (f"MODALKIT['QUEUES'][{alias!r}]", spec, (alias,)) for alias, spec in settings.queues.items()
+    ]
+    specs.append(("MODALKIT['INFERENCE']", settings.inference, ()))
     errors: list[checks.CheckMessage] = []
-    for where, spec in specs:
+    for where, spec, args in specs:
         try:
             import_string(spec.backend)
         except ImportError as exc:
@@ -116,6 +122,26 @@ def _check_imports(settings: conf.ModalkitSettings) -> list[checks.CheckMessage]
                     f"{where} names {spec.backend!r}, which cannot be imported: {exc}",
                     hint="Check the dotted path, and install the backend's optional dependency if it has one.",
                     id="modalkit_django.E005",
+                )
+            )
+            continue
+        try:
+            spec.build(*args, what=where)
+        except ModalkitImproperlyConfigured as exc:
+            errors.append(
+                checks.Error(
+                    str(exc), hint="Fix OPTIONS: see the backend's section in the README.", id="modalkit_django.E008"
+                )
+            )
+    for module in settings.task_modules:
+        try:
+            import_module(module)
+        except ImportError as exc:
+            errors.append(
+                checks.Error(
+                    f"MODALKIT['TASK_MODULES'] names {module!r}, which cannot be imported: {exc}",
+                    hint="List the dotted paths of the modules that define your TaskIQ consumers.",
+                    id="modalkit_django.E009",
                 )
             )
     return errors

@@ -58,6 +58,20 @@ class BackendSpec(_Setting):
     backend: str
     options: dict[str, Any] = Field(default_factory=dict)
 
+    def build(self, *args: Any, what: str) -> Any:
+        """Import ``BACKEND`` and construct it with ``*args`` and ``OPTIONS``.
+
+        ``what`` names the setting in the error, e.g. ``"Queue backend 'sqs'"``.
+        """
+        try:
+            backend_class = import_string(self.backend)
+        except ImportError as exc:
+            raise ModalkitImproperlyConfigured(f"{what}: cannot import {self.backend}: {exc}") from exc
+        try:
+            return backend_class(*args, **self.options)
+        except TypeError as exc:
+            raise ModalkitImproperlyConfigured(f"{what}: {self.backend} does not take these OPTIONS: {exc}") from exc
+
 
 class BrokerSettings(_Setting):
     # redis://… selects TaskIQ's acknowledged RedisStreamBroker; None runs tasks in-process.

@@ -70,3 +70,16 @@ def test_checks_run_with_manage_py_check() -> None:
         pytest.raises(SystemCheckError, match=r"modalkit_django\.E004"),
     ):
         call_command("check")
+
+
+def test_e008_backend_refuses_its_options() -> None:
+    queues = {**settings.MODALKIT["QUEUES"], "hooks": {"BACKEND": "modalkit_django.queues.webhook.WebhookBackend"}}
+    assert ids_with(QUEUES=queues) == ["modalkit_django.E008"]  # no secret
+    queues["hooks"]["OPTIONS"] = {"secret": "not-whsec"}
+    assert ids_with(QUEUES=queues) == ["modalkit_django.E008"]
+    modal_without_class = {"BACKEND": "modalkit_django.inference.modal_backend.ModalBackend"}
+    assert ids_with(INFERENCE=modal_without_class) == ["modalkit_django.E008"]
+
+
+def test_e009_task_module_cannot_be_imported() -> None:
+    assert ids_with(TASK_MODULES=["myapp.nowhere"]) == ["modalkit_django.E009"]

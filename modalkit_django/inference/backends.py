@@ -11,10 +11,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from django.utils.module_loading import import_string
-
 from ..conf import get_settings
-from ..exceptions import InferenceError, ModalkitImproperlyConfigured, PipelineError
+from ..exceptions import InferenceError, PipelineError
 from .batch import Outcome
 
 __all__ = ["InferenceBackend", "Prediction", "get_inference_backend", "prediction_from_outcome"]
@@ -51,12 +49,7 @@ def prediction_from_outcome(outcome: Outcome) -> Prediction:
 
 @functools.cache
 def get_inference_backend() -> InferenceBackend:
-    spec = get_settings().inference
-    try:
-        backend_class = import_string(spec.backend)
-    except ImportError as exc:
-        raise ModalkitImproperlyConfigured(f"Inference backend: cannot import {spec.backend}: {exc}") from exc
-    backend: InferenceBackend = backend_class(**spec.options)
+    backend: InferenceBackend = get_settings().inference.build(what="MODALKIT['INFERENCE']")
     return backend
 
 

@@ -12,8 +12,6 @@ import fnmatch
 import threading
 from typing import Any
 
-from django.utils.module_loading import import_string
-
 from ..conf import get_config, get_settings
 from ..exceptions import ModalkitImproperlyConfigured
 from .base import BaseQueueBackend, QueueMessage
@@ -52,11 +50,7 @@ class QueueBackends:
             raise ModalkitImproperlyConfigured(
                 f"No queue backend {alias!r} in MODALKIT['QUEUES'] (have: {', '.join(get_settings().queues)})"
             )
-        try:
-            backend_class = import_string(spec.backend)
-        except ImportError as exc:
-            raise ModalkitImproperlyConfigured(f"Queue backend {alias!r}: cannot import {spec.backend}: {exc}") from exc
-        backend: BaseQueueBackend = backend_class(alias, **spec.options)
+        backend: BaseQueueBackend = spec.build(alias, what=f"Queue backend {alias!r}")
         return backend
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 
-__all__ = ["BaseQueueBackend", "QueueMessage"]
+__all__ = ["BaseQueueBackend", "BatchQueueBackend", "QueueMessage"]
 
 
 @dataclass(frozen=True)
@@ -57,3 +57,17 @@ class BaseQueueBackend(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 (only backends holding clients override it)
         """Release clients. Called when the settings change and at worker shutdown."""
+
+
+class BatchQueueBackend(BaseQueueBackend):
+    """For queues whose natural call is a batch (SQS ``SendMessageBatch``, a Redis
+    pipeline): implement ``asend_many``; ``asend`` sends a batch of one."""
+
+    async def asend(self, message: QueueMessage) -> str:
+        [outcome] = await self.asend_many([message])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    @abstractmethod
+    async def asend_many(self, messages: Sequence[QueueMessage]) -> list[str | BaseException]: ...

@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..exceptions import DeliveryError, ModalkitImproperlyConfigured, PermanentDeliveryError
-from .base import BaseQueueBackend, QueueMessage
+from .base import BatchQueueBackend, QueueMessage
 from .clients import LoopLocal
 
 __all__ = ["RedisBackend"]
@@ -31,7 +31,7 @@ __all__ = ["RedisBackend"]
 MODES = ("list", "stream")
 
 
-class RedisBackend(BaseQueueBackend):
+class RedisBackend(BatchQueueBackend):
     """Appends messages to Redis: ``RPUSH`` to a list or ``XADD`` to a stream.
 
     Options:
@@ -71,12 +71,6 @@ class RedisBackend(BaseQueueBackend):
         self.socket_timeout = socket_timeout
         self.socket_connect_timeout = socket_connect_timeout
         self._clients: LoopLocal[redis.asyncio.Redis] = LoopLocal(self._make_client, lambda client: client.aclose())
-
-    async def asend(self, message: QueueMessage) -> str:
-        [outcome] = await self.asend_many([message])
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
     async def asend_many(self, messages: Sequence[QueueMessage]) -> list[str | BaseException]:
         client = await self._clients.get()

@@ -34,7 +34,7 @@ from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 from ..exceptions import DeliveryError, PermanentDeliveryError
-from .base import BaseQueueBackend, QueueMessage
+from .base import BatchQueueBackend, QueueMessage
 
 __all__ = ["SQSBackend"]
 
@@ -60,7 +60,7 @@ _PERMANENT_CODES = _NON_EXISTENT_QUEUE | {
 _BATCH_TOO_LONG = frozenset({"AWS.SimpleQueueService.BatchRequestTooLong", "BatchRequestTooLong"})
 
 
-class SQSBackend(BaseQueueBackend):
+class SQSBackend(BatchQueueBackend):
     """Sends each message to the SQS queue of its queue name.
 
     Options (credentials default to boto3's chain: environment, profile, instance role):
@@ -127,12 +127,6 @@ class SQSBackend(BaseQueueBackend):
                 session = boto3.session.Session(**self._session_options)
                 self._client = session.client("sqs", **self._client_options)
             return self._client
-
-    async def asend(self, message: QueueMessage) -> str:
-        [outcome] = await self.asend_many([message])
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
     async def asend_many(self, messages: Sequence[QueueMessage]) -> list[str | BaseException]:
         by_queue: defaultdict[str, list[int]] = defaultdict(list)
