@@ -72,7 +72,7 @@ class DeliveryInline(admin.TabularInline):
 class JobAdmin(_ReadOnlyAdmin):
     list_display = ["id", "model_name", "status_badge", "owner", "created_at", "finished_at", "attempts", "queues"]
     list_filter = ["status", "model_name", "success_queue", "failure_queue", "created_at"]
-    search_fields = ["=id", "success_queue", "failure_queue", "meta"]
+    search_fields = ["=id", "=idempotency_key", "success_queue", "failure_queue", "meta"]
     date_hierarchy = "created_at"
     list_select_related = ["owner"]
     inlines = [DeliveryInline]
@@ -80,7 +80,8 @@ class JobAdmin(_ReadOnlyAdmin):
     fields = readonly_fields = (
         "id", "model_name", "status_badge", "owner", "attempts", "reruns",
         "created_at", "started_at", "finished_at", "run_after", "lease_expires_at",
-        "success_queue", "failure_queue", "message_json", "meta_json", "result_json", "error_json",
+        "success_queue", "failure_queue", "idempotency_key",
+        "message_json", "meta_json", "result_json", "error_json",
     )  # fmt: skip
 
     @admin.display(description="status", ordering="status")

@@ -17,15 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from ninja import Router
 from ninja.errors import HttpError
+from ninja.params import functions as param
 from ninja.responses import Status
 from ninja.security import APIKeyHeader, HttpBearer
 
 from . import services
 from .conf import get_config, get_pipeline_class, resolve_model
 from .exceptions import (
+    IdempotencyConflict,
     InferenceAuthError,
     InferenceNotDeployed,
     InferenceTimeout,
@@ -38,8 +40,8 @@ from .exceptions import (
 )
 from .inference.backends import get_inference_backend
 from .inference.pipeline import InferencePipeline
-from .models import Job
-from .schemas import ErrorOut, JobAccepted, async_request_schema, job_schema, sync_request_schema
+from .models import Job, JobStatus
+from .schemas import ErrorOut, JobAccepted, async_request_schema, job_page_schema, job_schema, sync_request_schema
 
 __all__ = ["Caller", "build_router", "http_errors"]
 
@@ -48,6 +50,7 @@ _STATUS_FOR_ERROR: tuple[tuple[type[ModalkitError], int], ...] = (
     (UnknownModel, 404),
     (JobNotFound, 404),
     (InvalidJobState, 409),
+    (IdempotencyConflict, 409),
     (PipelineError, 502),
     (InferenceNotDeployed, 502),
     (InferenceAuthError, 502),
@@ -147,10 +150,21 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
 
     @router.post(
         "/async/predict",
-        response={202: JobAccepted, **client_errors},
+        response={202: JobAccepted, **client_errors, 409: ErrorOut},
         summary="Queue a job; its result goes to success_queue or failure_queue",
     )
-    async def async_predict(request: HttpRequest, payload: async_predict_request, model_name: str | None = None) -> Any:  # type: ignore[valid-type]
+    async def async_predict(
+        request: HttpRequest,
+        response: HttpResponse,
+        payload: async_predict_request,  # type: ignore[valid-type]
+        model_name: str | None = None,
+        idempotency_key: str | None = param.Header(
+            None,
+            alias="Idempotency-Key",
+            max_length=255,
+            description="Repeat a request safely: the same key and body return the first job.",
+        ),
+    ) -> Any:
         with http_errors():
             job = await sync_to_async(services.submit_job)(
                 model_name=model_name,
@@ -159,10 +173,27 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
                 failure_queue=payload.failure_queue,  # type: ignore[attr-defined]
                 meta=payload.meta,  # type: ignore[attr-defined]
                 owner=_owner(request),
+                idempotency_key=idempotency_key,
             )
+        if job.replayed:
+            response["Idempotent-Replayed"] = "true"
         return Status(
             202, {"job_id": job.id, "status": job.status, "model_name": job.model_name, "created_at": job.created_at}
         )
+
+    @router.get("/jobs", response={200: job_page_schema(job_out), **client_errors}, summary="Your jobs, newest first")
+    async def list_jobs(
+        request: HttpRequest,
+        status: JobStatus | None = None,
+        model_name: str | None = None,
+        limit: int = param.Query(20, ge=1, le=100),
+        before: str | None = param.Query(None, description="The `next` of the previous page."),
+    ) -> Any:
+        with http_errors():
+            jobs, following = await sync_to_async(services.list_jobs)(
+                owner=_owner(request), status=status, model_name=model_name, limit=limit, before=before
+            )
+        return {"jobs": [_job_out(job) for job in jobs], "next": following.id if following else None}
 
     @router.get("/jobs/{job_id}", response={200: job_out, **client_errors}, summary="A job's status and result")
     async def get_job(request: HttpRequest, job_id: str) -> Any:

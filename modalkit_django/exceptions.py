@@ -7,6 +7,7 @@
     ├── UnknownModel                    model_name is not in model_entries        → 404
     ├── JobNotFound                     no such job for this owner                → 404
     ├── InvalidJobState                 e.g. cancelling a finished job            → 409
+    ├── IdempotencyConflict             a reused Idempotency-Key, another request → 409
     ├── InferenceError                  the model did not produce an output
     │   ├── PipelineError               the pipeline raised for this input (final)
     │   ├── InferenceNotDeployed        the Modal class cannot be found           → 502
@@ -26,6 +27,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 __all__ = [
     "DeliveryError",
+    "IdempotencyConflict",
     "InferenceAuthError",
     "InferenceError",
     "InferenceNotDeployed",
@@ -68,6 +70,13 @@ class InvalidJobState(ModalkitError):
         self.job_id = job_id
         self.status = status
         super().__init__(f"Cannot {action} job {job_id}: it is {status}")
+
+
+class IdempotencyConflict(ModalkitError):
+    def __init__(self, key: str, job_id: object) -> None:
+        self.key = key
+        self.job_id = job_id
+        super().__init__(f"Idempotency-Key {key!r} was used for job {job_id} with a different request; use a new key")
 
 
 class InferenceError(ModalkitError):

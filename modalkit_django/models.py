@@ -85,8 +85,14 @@ class Job(models.Model):
     run_after = models.DateTimeField(null=True, blank=True)
     lease_token = models.UUIDField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # The client's Idempotency-Key, and a hash of the request it came with.
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True)
 
     objects = JobQuerySet.as_manager()
+
+    # Not stored: True on the job submit_job() returns for a repeated Idempotency-Key.
+    replayed = False
 
     class Meta:
         ordering = ["-created_at"]
@@ -107,6 +113,11 @@ class Job(models.Model):
         ]
         constraints = [
             models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="modalkit_job_status_valid"),
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="modalkit_job_idempotency_key_unique",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "JobAccepted",
     "JobError",
     "async_request_schema",
+    "job_page_schema",
     "job_schema",
     "sync_request_schema",
 ]
@@ -95,3 +96,9 @@ def async_request_schema(input_model: type[BaseModel]) -> type[Schema]:
 def job_schema(output_model: type[BaseModel]) -> type[Schema]:
     result_type: Any = output_model | None
     return create_model("Job", __base__=_JobBase, result=(result_type, None))
+
+
+def job_page_schema(job: type[Schema]) -> type[Schema]:
+    """A page of jobs; ``next`` is the ``before`` for the following page."""
+    page: type[Schema] = create_model("JobPage", __base__=Schema, jobs=(list[job], ...), next=(uuid.UUID | None, None))  # type: ignore[valid-type]
+    return page

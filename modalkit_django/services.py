@@ -9,6 +9,8 @@ batches, a few statements per batch whatever its size.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import random
 import uuid
@@ -18,12 +20,12 @@ from functools import partial
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import F
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .conf import get_config, get_settings, resolve_model
-from .exceptions import InferenceError, InvalidJobState, JobNotFound, PermanentDeliveryError
+from .exceptions import IdempotencyConflict, InferenceError, InvalidJobState, JobNotFound, PermanentDeliveryError
 from .inference.backends import Prediction
 from .models import ApiKey, Job, QueueDelivery
 from .queues import QueueMessage, queues
@@ -37,6 +39,7 @@ __all__ = [
     "create_api_key",
     "finish_jobs",
     "get_job",
+    "list_jobs",
     "record_sends",
     "redeliver",
     "rerun_job",
@@ -78,20 +81,56 @@ def submit_job(
     failure_queue: str = "",
     meta: dict[str, Any] | None = None,
     owner: Any = None,
+    idempotency_key: str | None = None,
 ) -> Job:
-    """Store a queued job; a worker is woken once the transaction commits."""
+    """Store a queued job; a worker is woken once the transaction commits.
+
+    With an ``idempotency_key`` the owner already used for the same request, the
+    job from then is returned (``job.replayed`` is True) and nothing new is queued;
+    with another request, :class:`IdempotencyConflict`.
+    """
+    model_name = resolve_model(model_name)
+    meta = meta or {}
+    fingerprint = _fingerprint(model_name, message, success_queue, failure_queue, meta) if idempotency_key else ""
+    if idempotency_key and (existing := _job_for_key(owner, idempotency_key, fingerprint)):
+        return existing
     now = timezone.now()
-    job = Job.objects.create(
-        model_name=resolve_model(model_name),
-        message=message,
-        success_queue=success_queue,
-        failure_queue=failure_queue,
-        meta=meta or {},
-        owner=owner,
-        created_at=now,
-        enqueued_at=now,
-    )
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                model_name=model_name,
+                message=message,
+                success_queue=success_queue,
+                failure_queue=failure_queue,
+                meta=meta,
+                owner=owner,
+                created_at=now,
+                enqueued_at=now,
+                idempotency_key=idempotency_key or "",
+                request_fingerprint=fingerprint,
+            )
+    except IntegrityError:
+        # The same key, submitted concurrently, won the race.
+        replay = _job_for_key(owner, idempotency_key or "", fingerprint) if idempotency_key else None
+        if replay is None:
+            raise
+        return replay
     transaction.on_commit(partial(_wake_job, job.id), robust=True)
+    return job
+
+
+def _fingerprint(model_name: str, *request: Any) -> str:
+    canonical = json.dumps([model_name, *request], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _job_for_key(owner: Any, key: str, fingerprint: str) -> Job | None:
+    job = Job.objects.for_owner(owner).filter(idempotency_key=key).first()
+    if job is None:
+        return None
+    if job.request_fingerprint != fingerprint:
+        raise IdempotencyConflict(key, job.id)
+    job.replayed = True
     return job
 
 
@@ -101,6 +140,30 @@ def get_job(*, job_id: uuid.UUID | str, owner: Any) -> Job:
         return Job.objects.for_owner(owner).prefetch_related("deliveries").get(id=job_id)
     except (Job.DoesNotExist, ValidationError) as exc:
         raise JobNotFound(job_id) from exc
+
+
+def list_jobs(
+    *,
+    owner: Any,
+    status: str | None = None,
+    model_name: str | None = None,
+    limit: int = 20,
+    before: uuid.UUID | str | None = None,
+) -> tuple[list[Job], Job | None]:
+    """The owner's jobs, newest first, ``limit`` at a time, after the job ``before``.
+
+    Returns the page and the job to pass as ``before`` for the next one (or ``None``).
+    """
+    jobs = Job.objects.for_owner(owner).prefetch_related("deliveries").order_by("-created_at", "-id")
+    if status:
+        jobs = jobs.filter(status=status)
+    if model_name:
+        jobs = jobs.filter(model_name=model_name)
+    if before is not None:
+        cursor = get_job(job_id=before, owner=owner)
+        jobs = jobs.filter(Q(created_at__lt=cursor.created_at) | Q(created_at=cursor.created_at, id__lt=cursor.id))
+    page = list(jobs[: limit + 1])
+    return page[:limit], (page[limit - 1] if len(page) > limit else None)
 
 
 def cancel_job(*, job: Job) -> Job:

@@ -308,3 +308,84 @@ def test_openapi_documents_the_models_types_and_auth(client: Client) -> None:
     assert components["AsyncPredictRequest"]["additionalProperties"] is False
     assert "BearerAuth" in str(schema["components"]["securitySchemes"]) or schema["components"]["securitySchemes"]
     assert client.get("/api/docs").status_code == 200
+
+
+# --- Idempotency-Key -------------------------------------------------------------------
+
+
+def test_a_repeated_idempotency_key_returns_the_first_job(api: Client, django_capture_on_commit_callbacks: Any) -> None:
+    body = {"message": {"text": "good"}, "success_queue": "q", "meta": {"n": 1}}
+    with django_capture_on_commit_callbacks() as callbacks:
+        first = api.post("/api/async/predict", data=json.dumps(body), content_type="application/json",
+                         headers={"Idempotency-Key": "order-42"})  # fmt: skip
+        again = api.post("/api/async/predict", data=json.dumps(body), content_type="application/json",
+                         headers={"Idempotency-Key": "order-42"})  # fmt: skip
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json() == first.json()
+    assert again["Idempotent-Replayed"] == "true"
+    assert not first.has_header("Idempotent-Replayed")
+    assert Job.objects.count() == 1
+    assert len(callbacks) == 1  # one job, one wake-up
+
+
+def test_a_reused_idempotency_key_with_another_request_is_a_409(api: Client) -> None:
+    def send(text: str) -> Any:
+        return api.post("/api/async/predict", data=json.dumps({"message": {"text": text}}),
+                        content_type="application/json", headers={"Idempotency-Key": "k"})  # fmt: skip
+
+    job_id = send("good").json()["job_id"]
+    response = send("bad")
+    assert response.status_code == 409
+    assert response.json() == {
+        "detail": f"Idempotency-Key 'k' was used for job {job_id} with a different request; use a new key"
+    }
+    assert Job.objects.count() == 1
+
+
+def test_idempotency_keys_belong_to_their_owner(api: Client, other_user: Any) -> None:
+    _, other_key = services.create_api_key(owner=other_user, name="b")
+    other = Client(headers={"Authorization": f"Bearer {other_key}"})
+    for client in (api, other):
+        response = client.post("/api/async/predict", data=json.dumps({"message": {"text": "good"}}),
+                               content_type="application/json", headers={"Idempotency-Key": "same"})  # fmt: skip
+        assert response.status_code == 202
+    assert Job.objects.filter(idempotency_key="same").count() == 2
+
+
+def test_an_overlong_idempotency_key_is_a_422(api: Client) -> None:
+    response = api.post("/api/async/predict", data=json.dumps({"message": {"text": "good"}}),
+                        content_type="application/json", headers={"Idempotency-Key": "k" * 256})  # fmt: skip
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+
+
+# --- GET /jobs ---------------------------------------------------------------------------
+
+
+def test_list_jobs_pages_through_the_callers_jobs_newest_first(api: Client, user: Any, other_user: Any) -> None:
+    mine = [services.submit_job(message={"text": f"t{n}"}, owner=user) for n in range(5)]
+    services.submit_job(message={"text": "not mine"}, owner=other_user)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2, **({"before": cursor} if cursor else {})}
+        page = api.get("/api/jobs", params).json()
+        seen += [job["job_id"] for job in page["jobs"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == [str(job.id) for job in reversed(mine)]
+
+
+def test_list_jobs_filters_by_status_and_model(api: Client, user: Any) -> None:
+    queued = services.submit_job(message={"text": "a"}, owner=user)
+    running = services.claim_jobs(job_ids=[services.submit_job(message={"text": "b"}, owner=user).id])[0]
+    assert [job["job_id"] for job in api.get("/api/jobs", {"status": "running"}).json()["jobs"]] == [str(running.id)]
+    assert [job["job_id"] for job in api.get("/api/jobs", {"status": "queued"}).json()["jobs"]] == [str(queued.id)]
+    assert api.get("/api/jobs", {"model_name": "other"}).json() == {"jobs": [], "next": None}
+
+
+@pytest.mark.parametrize(("params", "status"), [({"status": "done"}, 422), ({"limit": 0}, 422), ({"limit": 101}, 422),
+                                                ({"before": "nope"}, 404)])  # fmt: skip
+def test_list_jobs_rejects_bad_parameters(api: Client, params: dict[str, Any], status: int) -> None:
+    assert api.get("/api/jobs", params).status_code == status

@@ -354,3 +354,13 @@ def test_sweep_purges_finished_jobs_past_their_ttl() -> None:
     assert services.sweep().purged == 1
     assert list(Job.objects.all()) == [recent]
     assert not QueueDelivery.objects.exists()
+
+
+def test_a_concurrent_duplicate_idempotency_key_returns_the_winner(monkeypatch: pytest.MonkeyPatch) -> None:
+    winner = submit(idempotency_key="k")
+    lookups = iter([None])  # the first lookup misses: the winner had not committed yet
+    real_lookup = services._job_for_key
+    monkeypatch.setattr(services, "_job_for_key", lambda *args: next(lookups, None) or real_lookup(*args))
+    replay = submit(idempotency_key="k")
+    assert (replay.id, replay.replayed) == (winner.id, True)
+    assert Job.objects.count() == 1
