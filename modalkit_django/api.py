@@ -29,6 +29,7 @@ from .conf import get_config, get_pipeline_class, resolve_model
 from .exceptions import (
     IdempotencyConflict,
     InferenceAuthError,
+    InferenceError,
     InferenceNotDeployed,
     InferenceTimeout,
     InferenceUnavailable,
@@ -41,7 +42,15 @@ from .exceptions import (
 from .inference.backends import get_inference_backend
 from .inference.pipeline import InferencePipeline
 from .models import Job, JobStatus
-from .schemas import ErrorOut, JobAccepted, async_request_schema, job_page_schema, job_schema, sync_request_schema
+from .schemas import (
+    NO_NUL,
+    ErrorOut,
+    JobAccepted,
+    async_request_schema,
+    job_page_schema,
+    job_schema,
+    sync_request_schema,
+)
 
 __all__ = ["Caller", "build_router", "http_errors"]
 
@@ -56,6 +65,8 @@ _STATUS_FOR_ERROR: tuple[tuple[type[ModalkitError], int], ...] = (
     (InferenceAuthError, 502),
     (InferenceUnavailable, 503),
     (InferenceTimeout, 504),
+    # Any other reason the model produced nothing (e.g. an unexpected Modal error).
+    (InferenceError, 502),
 )
 
 
@@ -162,6 +173,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
             None,
             alias="Idempotency-Key",
             max_length=255,
+            pattern=NO_NUL,
             description="Repeat a request safely: the same key and body return the first job.",
         ),
     ) -> Any:
@@ -185,7 +197,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
     async def list_jobs(
         request: HttpRequest,
         status: JobStatus | None = None,
-        model_name: str | None = None,
+        model_name: str | None = param.Query(None, max_length=100, pattern=NO_NUL),
         limit: int = param.Query(20, ge=1, le=100),
         before: str | None = param.Query(None, description="The `next` of the previous page."),
     ) -> Any:

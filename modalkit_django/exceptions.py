@@ -85,6 +85,8 @@ class InferenceError(ModalkitError):
     retryable = False
 
     def __init__(self, message: str, *, error_type: str | None = None) -> None:
+        # Stored as JSON: PostgreSQL refuses a NUL character there.
+        message = message.replace("\x00", "\\x00")
         super().__init__(message)
         self.message = message
         self.error_type = error_type or type(self).__name__

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import secrets
 import uuid
 from typing import Any
@@ -17,7 +18,26 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-__all__ = ["ApiKey", "Job", "QueueDelivery"]
+__all__ = ["ApiKey", "Job", "QueueDelivery", "json_storage_problem"]
+
+
+def json_storage_problem(value: Any) -> str | None:
+    """Why a JSON column cannot store ``value``, or ``None`` if it can.
+
+    Python's ``json`` happily produces ``NaN``/``Infinity`` and keeps NUL characters;
+    PostgreSQL's ``jsonb`` refuses both, failing the whole transaction.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"the number {value} (JSON has no NaN or Infinity)"
+    if isinstance(value, str) and "\x00" in value:
+        return "a NUL character (\\u0000)"
+    if isinstance(value, dict):
+        items: list[Any] = [*value.keys(), *value.values()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        return None
+    return next((problem for item in items if (problem := json_storage_problem(item))), None)
 
 
 class JobQuerySet(models.QuerySet["Job"]):
@@ -36,7 +56,7 @@ class JobQuerySet(models.QuerySet["Job"]):
         return self.filter(status=Job.Status.RUNNING, lease_expires_at__lt=now)
 
     def waited_since(self, cutoff: dt.datetime) -> JobQuerySet:
-        return self.filter(status=Job.Status.QUEUED, created_at__lt=cutoff)
+        return self.filter(status=Job.Status.QUEUED, queued_at__lt=cutoff)
 
     def finished_before(self, cutoff: dt.datetime) -> JobQuerySet:
         return self.filter(status__in=Job.FINISHED, finished_at__lt=cutoff)
@@ -77,6 +97,8 @@ class Job(models.Model):
         related_name="modalkit_jobs",
     )
     created_at = models.DateTimeField(default=timezone.now)
+    # When it last entered the queue: submitted, or re-run. Expiry counts from here.
+    queued_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     # When the last wake-up message was sent; the sweep resends it if nobody claims the job.
@@ -118,6 +140,16 @@ class Job(models.Model):
                 condition=~Q(idempotency_key=""),
                 name="modalkit_job_idempotency_key_unique",
             ),
+            # Unique constraints treat NULLs as distinct: the static key's jobs (no owner) need their own.
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=~Q(idempotency_key="") & Q(owner__isnull=True),
+                name="modalkit_job_idempotency_key_unowned_unique",
+            ),
+        ]
+        permissions = [
+            ("cancel_job", "Can cancel queued jobs"),
+            ("rerun_job", "Can re-run jobs (runs inference again)"),
         ]
 
     def __str__(self) -> str:
@@ -174,6 +206,8 @@ class QueueDelivery(models.Model):
     payload = models.JSONField()
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
+    # Start of the current attempt budget (MAX_AGE_SECONDS): creation, or the last redelivery.
+    attempts_since = models.DateTimeField(default=timezone.now)
     last_error = models.TextField(blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
@@ -185,6 +219,7 @@ class QueueDelivery(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "queue deliveries"
+        permissions = [("redeliver_queuedelivery", "Can redeliver results")]
         indexes = [
             models.Index(fields=["-created_at"], name="modalkit_delivery_created_idx"),
             models.Index(

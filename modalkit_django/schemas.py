@@ -11,7 +11,9 @@ import uuid
 from typing import Any
 
 from ninja import Schema
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from .models import json_storage_problem
 
 __all__ = [
     "DeliveryOut",
@@ -25,6 +27,8 @@ __all__ = [
 ]
 
 QueueName = Field(default="", max_length=255, description="Where the result goes; empty: nowhere.")
+# Text that reaches the database as a query parameter: no NUL characters.
+NO_NUL = r"^[^\x00]*$"
 
 
 class ErrorOut(Schema):
@@ -72,6 +76,15 @@ class _JobBase(Schema):
 
 class _StrictSchema(Schema):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        """Refuse what the JSON columns cannot hold (NaN, Infinity, NUL) with a 422, not a 500."""
+        problem = json_storage_problem(value.model_dump() if isinstance(value, BaseModel) else value)
+        if problem:
+            raise ValueError(f"contains {problem}")
+        return value
 
 
 def sync_request_schema(input_model: type[BaseModel]) -> type[Schema]:

@@ -24,10 +24,17 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from .conf import get_config, get_settings, resolve_model
-from .exceptions import IdempotencyConflict, InferenceError, InvalidJobState, JobNotFound, PermanentDeliveryError
+from .conf import DeliverySettings, get_config, get_settings, resolve_model
+from .exceptions import (
+    IdempotencyConflict,
+    InferenceError,
+    InvalidJobState,
+    JobNotFound,
+    PermanentDeliveryError,
+    PipelineError,
+)
 from .inference.backends import Prediction
-from .models import ApiKey, Job, QueueDelivery
+from .models import ApiKey, Job, QueueDelivery, json_storage_problem
 from .queues import QueueMessage, queues
 
 __all__ = [
@@ -105,6 +112,7 @@ def submit_job(
                 meta=meta,
                 owner=owner,
                 created_at=now,
+                queued_at=now,
                 enqueued_at=now,
                 idempotency_key=idempotency_key or "",
                 request_fingerprint=fingerprint,
@@ -176,7 +184,8 @@ def cancel_job(*, job: Job) -> Job:
         error = {"type": "Canceled", "message": "The job was canceled before it ran."}
         _finish(locked, Job.Status.CANCELED, now, error=error)
         locked.save(update_fields=_OUTCOME_FIELDS)
-        deliveries = _deliveries_for(locked, now, prediction=None, due_now=True)
+        # Sent by the wake-up below; the sweep steps in only if that never happens.
+        deliveries = _deliveries_for(locked, now, prediction=None)
         QueueDelivery.objects.bulk_create(deliveries)
         for delivery in deliveries:
             transaction.on_commit(partial(_wake_delivery, delivery.id), robust=True)
@@ -196,7 +205,7 @@ def rerun_job(*, job: Job) -> Job:
         locked.result = locked.error = None
         locked.started_at = locked.finished_at = locked.run_after = None
         locked.lease_token = locked.lease_expires_at = None
-        locked.enqueued_at = now
+        locked.queued_at = locked.enqueued_at = now
         locked.save()
         transaction.on_commit(partial(_wake_job, locked.id), robust=True)
     locked.refresh_from_db()
@@ -205,9 +214,14 @@ def rerun_job(*, job: Job) -> Job:
 
 def redeliver(*, delivery: QueueDelivery) -> QueueDelivery:
     """Send a delivery's stored payload again, whatever its status, with a fresh attempt budget."""
+    now = timezone.now()
     with transaction.atomic():
         updated = QueueDelivery.objects.filter(id=delivery.id).update(
-            status=QueueDelivery.Status.PENDING, attempts=0, next_attempt_at=timezone.now()
+            status=QueueDelivery.Status.PENDING,
+            attempts=0,
+            attempts_since=now,
+            # Sent by the wake-up below; the sweep steps in only if that never happens.
+            next_attempt_at=now + dt.timedelta(seconds=get_settings().delivery.claim_seconds),
         )
         if updated:
             transaction.on_commit(partial(_wake_delivery, delivery.id), robust=True)
@@ -303,6 +317,9 @@ def finish_jobs(*, results: Sequence[tuple[Job, Prediction]]) -> list[QueueDeliv
             if job.id not in held:
                 logger.warning("Job %s was reclaimed before it finished; dropping this run's result", job.id)
                 continue
+            if not isinstance(prediction, InferenceError) and (problem := json_storage_problem(prediction)):
+                # One output the database refuses must not fail its whole batch.
+                prediction = PipelineError(f"The model's output cannot be stored: it contains {problem}")
             if isinstance(prediction, InferenceError) and prediction.retryable and job.attempts < worker.max_attempts:
                 _requeue(job, now, prediction.as_dict(), delay=worker.retry_backoff_seconds * 2 ** (job.attempts - 1))
                 requeued.append(job)
@@ -364,6 +381,7 @@ def _deliveries_for(
             payload=queue_payload(job, now),
             next_attempt_at=now + claim,
             created_at=now,
+            attempts_since=now,
         )
     ]
 
@@ -417,39 +435,49 @@ def unsent_delivery(*, delivery_id: uuid.UUID | str) -> QueueDelivery | None:
 
 
 def record_sends(*, results: Iterable[SendResult]) -> None:
-    """Record a batch of send attempts: sent, retrying with backoff, or dead."""
+    """Record a batch of send attempts: sent, retrying with backoff, or dead.
+
+    A delivery recorded or redelivered by someone else since this attempt began
+    (it is no longer unsent, or its attempt count moved) keeps what they wrote.
+    """
     now = timezone.now()
     policy = get_settings().delivery
-    updated: list[QueueDelivery] = []
-    for result in results:
-        delivery = result.delivery
-        delivery.attempts += 1
-        if result.error is None:
-            delivery.status = QueueDelivery.Status.SENT
-            delivery.sent_at = now
-            delivery.external_id = result.external_id or ""
-            delivery.next_attempt_at = None
-        else:
-            delivery.last_error = f"{type(result.error).__name__}: {result.error}"[:2000]
-            delay = min(policy.max_backoff_seconds, policy.backoff_seconds * 2 ** (delivery.attempts - 1))
-            retry_at = now + dt.timedelta(seconds=delay * random.uniform(0.5, 1.0))
-            too_old = retry_at - delivery.created_at > dt.timedelta(seconds=policy.max_age_seconds)
-            if isinstance(result.error, PermanentDeliveryError) or delivery.attempts >= policy.max_attempts or too_old:
-                delivery.status = QueueDelivery.Status.DEAD
-                delivery.next_attempt_at = None
-                logger.error("Delivery %s to %s is dead: %s", delivery.id, delivery.queue_name, delivery.last_error)
-            else:
-                delivery.status = QueueDelivery.Status.RETRYING
-                delivery.next_attempt_at = retry_at
-        updated.append(delivery)
+    attempted = {result.delivery.id: result for result in results}
     with transaction.atomic():
-        # Lock what still exists: a delivery deleted meanwhile (with its job) stays deleted.
-        existing = set(
+        current = dict(
             QueueDelivery.objects.select_for_update()
-            .filter(id__in=[delivery.id for delivery in updated])
-            .values_list("id", flat=True)
+            .filter(id__in=list(attempted), status__in=QueueDelivery.UNSENT)
+            .values_list("id", "attempts")
         )
-        _save_rows(QueueDelivery, [delivery for delivery in updated if delivery.id in existing], _SEND_FIELDS)
+        updated = [
+            _record(result, now, policy)
+            for delivery_id, result in attempted.items()
+            if current.get(delivery_id) == result.delivery.attempts
+        ]
+        _save_rows(QueueDelivery, updated, _SEND_FIELDS)
+
+
+def _record(result: SendResult, now: dt.datetime, policy: DeliverySettings) -> QueueDelivery:
+    delivery = result.delivery
+    delivery.attempts += 1
+    if result.error is None:
+        delivery.status = QueueDelivery.Status.SENT
+        delivery.sent_at = now
+        delivery.external_id = result.external_id or ""
+        delivery.next_attempt_at = None
+        return delivery
+    delivery.last_error = f"{type(result.error).__name__}: {result.error}"[:2000]
+    delay = min(policy.max_backoff_seconds, policy.backoff_seconds * 2 ** (delivery.attempts - 1))
+    retry_at = now + dt.timedelta(seconds=delay * random.uniform(0.5, 1.0))
+    too_old = retry_at - delivery.attempts_since > dt.timedelta(seconds=policy.max_age_seconds)
+    if isinstance(result.error, PermanentDeliveryError) or delivery.attempts >= policy.max_attempts or too_old:
+        delivery.status = QueueDelivery.Status.DEAD
+        delivery.next_attempt_at = None
+        logger.error("Delivery %s to %s is dead: %s", delivery.id, delivery.queue_name, delivery.last_error)
+    else:
+        delivery.status = QueueDelivery.Status.RETRYING
+        delivery.next_attempt_at = retry_at
+    return delivery
 
 
 # --- The sweep ----------------------------------------------------------------------
@@ -555,12 +583,13 @@ def _purge_finished_jobs(now: dt.datetime) -> int:
     ttl = get_config().app_settings.async_config.result_ttl
     if ttl is None:
         return 0
-    ids = list(
-        Job.objects.finished_before(now - dt.timedelta(seconds=ttl)).values_list("id", flat=True)[
-            : get_settings().worker.sweep_limit
-        ]
+    # A result still being delivered stays until it is sent or dead.
+    expired = Job.objects.finished_before(now - dt.timedelta(seconds=ttl)).exclude(
+        deliveries__status__in=QueueDelivery.UNSENT
     )
+    ids = list(expired.values_list("id", flat=True)[: get_settings().worker.sweep_limit])
     if not ids:
         return 0
-    Job.objects.filter(id__in=ids).delete()
-    return len(ids)
+    # Checked again as it is deleted: a job re-run meanwhile is no longer finished.
+    _, per_model = expired.filter(id__in=ids).delete()
+    return per_model.get(Job._meta.label, 0)

@@ -145,13 +145,16 @@ async def _predict(jobs: list[Job]) -> list[Prediction]:
     predictions: list[Prediction | None] = [None] * len(jobs)
 
     async def predict_model(model_name: str, indexes: list[int]) -> None:
+        outputs: list[Prediction]
         try:
             outputs = await backend.apredict_many(model_name, [jobs[index].message for index in indexes])
+            if len(outputs) != len(indexes):
+                raise RuntimeError(f"returned {len(outputs)} predictions for {len(indexes)} messages")
         except InferenceError as exc:
             outputs = [exc] * len(indexes)
         except Exception as exc:
             # A bug in a backend fails these jobs visibly instead of leaving them leased.
-            logger.exception("Inference backend %s raised", type(backend).__name__)
+            logger.exception("Inference backend %s failed", type(backend).__name__)
             outputs = [InferenceError(str(exc), error_type=type(exc).__name__)] * len(indexes)
         for index, output in zip(indexes, outputs, strict=True):
             predictions[index] = output

@@ -389,3 +389,45 @@ def test_list_jobs_filters_by_status_and_model(api: Client, user: Any) -> None:
                                                 ({"before": "nope"}, 404)])  # fmt: skip
 def test_list_jobs_rejects_bad_parameters(api: Client, params: dict[str, Any], status: int) -> None:
     assert api.get("/api/jobs", params).status_code == status
+
+
+# --- what JSON columns cannot hold is a 422, not a 500 ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw_body", "loc", "problem"),
+    [
+        ('{"message": {"text": "x"}, "meta": {"score": NaN}}', "meta", "the number nan"),
+        ('{"message": {"text": "x"}, "meta": {"score": 1e999}}', "meta", "the number inf"),
+        ('{"message": {"text": "x"}, "meta": {"k\\u0000": 1}}', "meta", "a NUL character"),
+        ('{"message": {"text": "a\\u0000b"}}', "message", "a NUL character"),
+        ('{"message": {"text": "x"}, "success_queue": "q\\u0000"}', "success_queue", "a NUL character"),
+    ],
+)
+def test_unstorable_json_is_a_422_naming_the_field(api: Client, raw_body: str, loc: str, problem: str) -> None:
+    response = api.post("/api/async/predict", data=raw_body, content_type="application/json")
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"][-1] == loc
+    assert problem in error["msg"]
+    assert not Job.objects.exists()
+
+
+def test_a_nul_in_a_query_or_header_is_a_422(api: Client) -> None:
+    assert api.get("/api/jobs", {"model_name": "a\x00b"}).status_code == 422
+    response = api.post("/api/async/predict", data=json.dumps({"message": {"text": "x"}}),
+                        content_type="application/json", headers={"Idempotency-Key": "a\x00b"})  # fmt: skip
+    assert response.status_code == 422
+
+
+def test_any_other_inference_error_on_predict_is_a_502(api: Client) -> None:
+    from modalkit_django.exceptions import InferenceError
+    from modalkit_django.inference.backends import get_inference_backend
+
+    modalkit = {**settings.MODALKIT, "INFERENCE": {"BACKEND": "tests.doubles.ScriptedInference"}}
+    with override_settings(MODALKIT=modalkit):
+        backend = get_inference_backend()
+        backend.script = lambda messages: [InferenceError("output expired", error_type="OutputExpiredError")]  # type: ignore[attr-defined]
+        response = post(api, "/api/predict", {"message": {"text": "x"}})
+    assert response.status_code == 502
+    assert response.json() == {"detail": "output expired"}

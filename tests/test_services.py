@@ -226,7 +226,7 @@ def test_permanent_error_is_dead_at_once() -> None:
 
 def test_delivery_older_than_max_age_is_dead() -> None:
     delivery = pending_delivery()
-    QueueDelivery.objects.filter(id=delivery.id).update(created_at=timezone.now() - dt.timedelta(days=2))
+    QueueDelivery.objects.filter(id=delivery.id).update(attempts_since=timezone.now() - dt.timedelta(days=2))
     delivery.refresh_from_db()
     services.record_sends(results=[services.SendResult(delivery, error=DeliveryError("down"))])
     delivery.refresh_from_db()
@@ -251,8 +251,8 @@ def test_cancel_only_queued_jobs(django_capture_on_commit_callbacks: Any) -> Non
     assert job.status == Job.Status.CANCELED
     [delivery] = job.deliveries.all()
     assert delivery.payload["error_type"] == "Canceled"
-    assert delivery.next_attempt_at <= timezone.now()
-    assert len(callbacks) == 1  # the failure notice goes out at once
+    assert len(callbacks) == 1  # the failure notice goes out at once, with this wake-up
+    assert delivery.next_attempt_at > timezone.now()  # so the sweep leaves it alone
     with pytest.raises(InvalidJobState, match="it is canceled"):
         services.cancel_job(job=job)
 
@@ -330,7 +330,7 @@ def test_sweep_wakes_a_retried_job_once_its_backoff_is_over() -> None:
 
 def test_sweep_expires_jobs_that_waited_too_long() -> None:
     job = submit(failure_queue="err")
-    Job.objects.filter(id=job.id).update(created_at=timezone.now() - dt.timedelta(hours=2))
+    Job.objects.filter(id=job.id).update(queued_at=timezone.now() - dt.timedelta(hours=2))
     result = services.sweep()
     job.refresh_from_db()
     assert result.expired == 1
@@ -348,7 +348,8 @@ def test_sweep_hands_due_deliveries_to_the_delivery_task_once() -> None:
 
 def test_sweep_purges_finished_jobs_past_their_ttl() -> None:
     old = claim_one(submit(success_queue="q"))
-    services.finish_jobs(results=[(old, OUTPUT)])
+    [delivery] = services.finish_jobs(results=[(old, OUTPUT)])
+    services.record_sends(results=[services.SendResult(delivery, external_id="x")])
     recent = submit()
     Job.objects.filter(id=old.id).update(finished_at=timezone.now() - dt.timedelta(days=30))
     assert services.sweep().purged == 1
@@ -356,11 +357,100 @@ def test_sweep_purges_finished_jobs_past_their_ttl() -> None:
     assert not QueueDelivery.objects.exists()
 
 
-def test_a_concurrent_duplicate_idempotency_key_returns_the_winner(monkeypatch: pytest.MonkeyPatch) -> None:
-    winner = submit(idempotency_key="k")
-    lookups = iter([None])  # the first lookup misses: the winner had not committed yet
+@pytest.mark.parametrize("owned", [True, False], ids=["api-key", "static-key"])
+def test_a_concurrent_duplicate_idempotency_key_returns_the_winner(
+    monkeypatch: pytest.MonkeyPatch, user: Any, owned: bool
+) -> None:
+    owner = user if owned else None
+    winner = submit(idempotency_key="k", owner=owner)
     real_lookup = services._job_for_key
-    monkeypatch.setattr(services, "_job_for_key", lambda *args: next(lookups, None) or real_lookup(*args))
-    replay = submit(idempotency_key="k")
+    lookups: list[Job | None] = []
+
+    def first_misses(*args: Any) -> Job | None:
+        # The first lookup misses, as it does when the winner has not committed yet;
+        # only the unique constraint can then stop a second job.
+        lookups.append(real_lookup(*args) if lookups else None)
+        return lookups[-1]
+
+    monkeypatch.setattr(services, "_job_for_key", first_misses)
+    replay = submit(idempotency_key="k", owner=owner)
+    assert len(lookups) == 2  # the insert failed and the second lookup found the winner
     assert (replay.id, replay.replayed) == (winner.id, True)
     assert Job.objects.count() == 1
+
+
+# --- what the review of the first cut found -----------------------------------------------
+
+
+def test_an_output_the_database_refuses_fails_only_its_own_job() -> None:
+    jobs = services.claim_jobs(job_ids=[submit(failure_queue="e").id for _ in range(3)])
+    outputs = [OUTPUT, {**OUTPUT, "note": "a\x00b"}, {**OUTPUT, "confidence": float("nan")}]
+    services.finish_jobs(results=list(zip(jobs, outputs, strict=True)))
+    statuses = [Job.objects.get(id=job.id) for job in jobs]
+    assert [job.status for job in statuses] == ["succeeded", "failed", "failed"]
+    assert statuses[1].error["message"] == "The model's output cannot be stored: it contains a NUL character (\\u0000)"
+    assert "nan" in statuses[2].error["message"]
+
+
+def test_an_error_message_with_a_nul_is_stored() -> None:
+    [job] = services.claim_jobs(job_ids=[submit().id])
+    services.finish_jobs(results=[(job, PipelineError("bad\x00byte", error_type="ValueError"))])
+    job.refresh_from_db()
+    assert job.error == {"type": "ValueError", "message": "bad\\x00byte"}
+
+
+def test_a_rerun_of_an_old_job_is_not_expired() -> None:
+    job = claim_one(submit())
+    services.finish_jobs(results=[(job, OUTPUT)])
+    Job.objects.filter(id=job.id).update(
+        created_at=timezone.now() - dt.timedelta(days=3), queued_at=timezone.now() - dt.timedelta(days=3)
+    )
+    services.rerun_job(job=job)
+    assert services.sweep().expired == 0
+    job.refresh_from_db()
+    assert job.status == Job.Status.QUEUED
+
+
+def test_the_purge_keeps_results_still_being_delivered() -> None:
+    delivery = pending_delivery()
+    services.record_sends(results=[services.SendResult(delivery, error=DeliveryError("down"))])
+    Job.objects.filter(id=delivery.job_id).update(finished_at=timezone.now() - dt.timedelta(days=30))
+    assert services.sweep().purged == 0
+    assert QueueDelivery.objects.filter(id=delivery.id, status="retrying").exists()
+    services.record_sends(results=[services.SendResult(QueueDelivery.objects.get(id=delivery.id), external_id="x")])
+    assert services.sweep().purged == 1
+
+
+def test_a_redelivery_gets_a_fresh_age_budget() -> None:
+    delivery = pending_delivery()
+    services.record_sends(results=[services.SendResult(delivery, error=PermanentDeliveryError("no"))])
+    QueueDelivery.objects.filter(id=delivery.id).update(attempts_since=timezone.now() - dt.timedelta(days=2))
+    services.redeliver(delivery=delivery)
+    services.record_sends(results=[services.SendResult(delivery, error=DeliveryError("still down"))])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("retrying", 1)
+
+
+def test_a_late_result_does_not_overwrite_a_delivery_recorded_meanwhile() -> None:
+    delivery = pending_delivery()
+    stale = QueueDelivery.objects.get(id=delivery.id)
+    services.record_sends(results=[services.SendResult(delivery, external_id="sent-by-the-sweep")])
+    services.record_sends(results=[services.SendResult(stale, error=DeliveryError("timed out"))])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.external_id) == ("sent", 1, "sent-by-the-sweep")
+
+
+def test_a_late_result_does_not_undo_a_redelivery() -> None:
+    delivery = pending_delivery()
+    services.record_sends(results=[services.SendResult(delivery, error=DeliveryError("down"))])
+    in_flight = QueueDelivery.objects.get(id=delivery.id)  # attempts=1, being retried
+    services.redeliver(delivery=delivery)
+    services.record_sends(results=[services.SendResult(in_flight, error=DeliveryError("down again"))])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("pending", 0)
+
+
+def test_a_cancellation_notice_is_not_sent_twice_by_the_sweep() -> None:
+    job = submit(failure_queue="e")
+    services.cancel_job(job=job)  # its wake-up sends the notice
+    assert services.sweep().deliveries_to_send == []

@@ -168,3 +168,12 @@ def test_sweep_once_sends_the_wake_ups_it_found(run_async: Any, scripted: Script
     assert result.jobs_to_wake == [job.id]
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
+
+
+def test_a_backend_returning_too_few_predictions_fails_the_jobs(run_async: Any, scripted: ScriptedInference) -> None:
+    scripted.script = lambda messages: [{"status": "success", "sentiment": "positive", "confidence": 1.0}]
+    jobs = [submit() for _ in range(3)]
+    run_async(worker.process_jobs, [str(job.id) for job in jobs])
+    errors = {Job.objects.get(id=job.id).error["message"] for job in jobs}
+    assert errors == {"returned 1 predictions for 3 messages"}
+    assert set(Job.objects.values_list("status", flat=True)) == {"failed"}
