@@ -21,12 +21,15 @@ import asyncio
 import contextvars
 import importlib
 import logging
+import os
 import threading
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import django
 import taskiq_redis
+from django.apps import apps
 from redis.asyncio import Redis
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqEvents, TaskiqState
 from taskiq.brokers.shared_broker import async_shared_broker
@@ -50,8 +53,15 @@ _bridge: asyncio.AbstractEventLoop | None = None
 
 
 def get_broker() -> AsyncBroker:
-    """The broker for this process, built from settings on first use."""
+    """The broker for this process, built from settings on first use.
+
+    Also TaskIQ's entry point in each worker process: with the ``spawn`` start method
+    (macOS) a worker starts from scratch, so Django is set up here, before TaskIQ
+    imports the task modules.
+    """
     global _broker
+    if not apps.ready:
+        django.setup()
     with _lock:
         if _broker is None:
             _broker = build_broker(get_settings().broker)
@@ -80,7 +90,8 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
     Upstream builds a client and sends one ``XACK`` per message; at a few hundred
     messages a second that was a third of a worker's event loop (py-spy). Here the
     acknowledgements made in the same moment share one ``XACK``. Each still waits for
-    it, so a message is acknowledged only after its task is done, as before.
+    it, so a message is acknowledged only after its task is done, as before. The
+    acknowledged entries are deleted (``XDEL``), or the stream would grow forever.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -111,8 +122,13 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
     async def _flush_acks(self, batches: dict[str, list[tuple[str, asyncio.Future[None]]]]) -> None:
         async with Redis(connection_pool=self.connection_pool) as redis:
             for queue_name, waiting in batches.items():
+                ids = [id for id, _ in waiting]
                 try:
-                    await redis.xack(queue_name, self.consumer_group_name, *(id for id, _ in waiting))
+                    # Deleted too: acknowledged entries otherwise stay in the stream forever.
+                    async with redis.pipeline(transaction=False) as pipeline:
+                        pipeline.xack(queue_name, self.consumer_group_name, *ids)
+                        pipeline.xdel(queue_name, *ids)
+                        await pipeline.execute()
                 except Exception as exc:
                     for _, done in waiting:
                         done.set_exception(exc)
@@ -189,6 +205,16 @@ def _sending_loop() -> asyncio.AbstractEventLoop:
                 raise
             _bridge = _loop = bridge
         return _loop
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: the bridge thread and the broker's connections stayed behind."""
+    global _lock, _broker, _loop, _bridge
+    _lock = threading.RLock()
+    _broker = _loop = _bridge = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _run_bridge(loop: asyncio.AbstractEventLoop) -> None:

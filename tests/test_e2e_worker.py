@@ -103,6 +103,7 @@ def test_every_message_is_acknowledged(
         lambda: redis_client.xpending(redis_broker["queue"], "taskiq")["pending"] == 0,
         what="the worker to acknowledge every message",
     )
+    assert redis_client.xlen(redis_broker["queue"]) == 0  # and to delete them
 
 
 def test_duplicate_messages_run_the_job_once(start_worker: Any, http: httpx.Client) -> None:
