@@ -108,11 +108,18 @@ class JobAdmin(_ReadOnlyAdmin):
     def error_json(self, job: Job) -> str:
         return _pretty_json(job.error)
 
-    @admin.action(description="Cancel selected queued jobs")
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("modalkit_django.cancel_job")
+
+    def has_rerun_permission(self, request: HttpRequest) -> bool:
+        # Re-running spends model time again: a permission of its own.
+        return request.user.has_perm("modalkit_django.rerun_job")
+
+    @admin.action(description="Cancel selected queued jobs", permissions=["cancel"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         self._apply(request, queryset, services.cancel_job, "Canceled")
 
-    @admin.action(description="Re-run inference for selected finished jobs")
+    @admin.action(description="Re-run inference for selected finished jobs", permissions=["rerun"])
     def rerun_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         self._apply(request, queryset, services.rerun_job, "Re-queued")
 
@@ -163,7 +170,10 @@ class QueueDeliveryAdmin(_ReadOnlyAdmin):
     def payload_json(self, delivery: QueueDelivery) -> str:
         return _pretty_json(delivery.payload)
 
-    @admin.action(description="Redeliver the stored result (no new inference)")
+    def has_redeliver_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("modalkit_django.redeliver_queuedelivery")
+
+    @admin.action(description="Redeliver the stored result (no new inference)", permissions=["redeliver"])
     def redeliver(self, request: HttpRequest, queryset: QuerySet[QueueDelivery]) -> None:
         count = 0
         for delivery in queryset:
@@ -200,7 +210,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             messages.WARNING,
         )
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)

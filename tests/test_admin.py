@@ -129,3 +129,28 @@ def test_revoke_action(staff: Client, user: Any) -> None:
         reverse("admin:modalkit_django_apikey_changelist"), {"action": "revoke", "_selected_action": [api_key.pk]}
     )
     assert services.authenticate_api_key(raw_key=raw_key) is None
+
+
+def test_actions_need_their_own_permissions(client: Client, django_user_model: Any) -> None:
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_job", "view_queuedelivery"]))
+    client.force_login(viewer)
+    job, _ = finished_job(success_queue="q")
+    url = reverse("admin:modalkit_django_job_changelist")
+    page = client.get(url).content.decode()
+    assert "rerun_jobs" not in page and "cancel_jobs" not in page
+    client.post(url, {"action": "rerun_jobs", "_selected_action": [str(job.id)]})
+    job.refresh_from_db()
+    assert job.status == "succeeded"  # refused: viewing is not re-running
+
+    viewer.user_permissions.add(Permission.objects.get(codename="rerun_job"))
+    viewer = django_user_model.objects.get(pk=viewer.pk)  # drop the permission cache
+    client.force_login(viewer)
+    assert "rerun_jobs" in client.get(url).content.decode()
+    client.post(url, {"action": "rerun_jobs", "_selected_action": [str(job.id)]})
+    job.refresh_from_db()
+    assert job.status == "queued"
+    deliveries = client.get(reverse("admin:modalkit_django_queuedelivery_changelist")).content.decode()
+    assert "redeliver" not in deliveries
