@@ -19,6 +19,15 @@ MODALKIT = {
     **MODALKIT,
     "BROKER": {"URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), "QUEUE_NAME": os.environ["BENCH_QUEUE"]},
     # INFERENCE=local|modal selects the backend, as in the demo project.
+    # Results go to a Redis list, as in the performance budget's reference job.
+    "QUEUES": {
+        **MODALKIT["QUEUES"],
+        "redis": {
+            "BACKEND": "modalkit_django.queues.redis.RedisBackend",
+            "OPTIONS": {"url": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), "key_prefix": "bench:"},
+        },
+    },
+    "QUEUE_ROUTES": [("*", "redis")],
     "WORKER": {
         "SWEEP_INTERVAL_SECONDS": 3600,
         "REQUEUE_AFTER_SECONDS": 3600,

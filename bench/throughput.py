@@ -7,7 +7,7 @@ Runs, in one session so the figures compare:
 1. the raw TaskIQ baseline: a no-op task on the same Redis stream broker, no database;
 2. modalkit-django with local inference: a queued job row per message; the worker
    claims it, runs the demo model, stores the result, creates and sends the success
-   delivery (to the in-memory queue backend);
+   delivery (pushed to a Redis list by the Redis queue backend);
 3. the same with Modal inference: the real ``modal`` SDK calling the demo deployment
    on the loopback fake control plane (tests/modal_fake), run as its own process.
 
@@ -44,6 +44,10 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
+def max_async_option(value: int | None) -> list[str]:
+    return [] if value is None else ["--max-async-tasks", str(value)]
+
+
 def wait_drained(redis_client: object, queue: str, total: int, timeout: float) -> float:
     """Seconds from the first to the last acknowledgement of the stream's messages."""
     first = None
@@ -59,7 +63,7 @@ def wait_drained(redis_client: object, queue: str, total: int, timeout: float) -
     raise TimeoutError(f"{queue} not drained in {timeout}s")
 
 
-def bench_noop(total: int, max_async: int) -> float:
+def bench_noop(total: int, max_async: int | None) -> float:
     import redis
     from taskiq_redis import RedisStreamBroker
 
@@ -78,8 +82,8 @@ def bench_noop(total: int, max_async: int) -> float:
     client = redis.Redis.from_url(REDIS_URL)
     env = {**os.environ, "BENCH_QUEUE": queue}
     worker = start_worker(
-        [sys.executable, "-m", "taskiq", "worker", "bench.noop:broker", "--workers", "1",
-         "--log-level", "WARNING", "--max-async-tasks", str(max_async)],
+        [sys.executable, "-m", "taskiq", "worker", "bench.noop:broker", "--workers", "1", "--log-level", "WARNING",
+         *max_async_option(max_async)],
         env,
     )  # fmt: skip
     try:
@@ -90,7 +94,7 @@ def bench_noop(total: int, max_async: int) -> float:
     return total / seconds
 
 
-def bench_modalkit(total: int, max_async: int, extra_env: dict[str, str]) -> tuple[float, dict[str, float]]:
+def bench_modalkit(total: int, max_async: int | None, extra_env: dict[str, str]) -> tuple[float, dict[str, float]]:
     # One stream per session: Django reads its settings (and the queue name) once.
     queue = os.environ.setdefault("BENCH_MODALKIT_QUEUE", f"bench-modalkit-{uuid.uuid4().hex[:6]}")
     os.environ["BENCH_QUEUE"] = queue
@@ -129,9 +133,12 @@ def bench_modalkit(total: int, max_async: int, extra_env: dict[str, str]) -> tup
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings", "BENCH_QUEUE": queue, **extra_env}
     worker = start_worker(
         [sys.executable, "manage.py", "taskiq", "worker", "--workers", "1", "--log-level", "WARNING",
-         "--max-async-tasks", str(max_async)],
+         *max_async_option(max_async)],
         env,
     )  # fmt: skip
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).delete("bench:bench_results")
     try:
         deadline = time.monotonic() + 600
         while QueueDelivery.objects.filter(status="sent").count() < total:
@@ -142,6 +149,8 @@ def bench_modalkit(total: int, max_async: int, extra_env: dict[str, str]) -> tup
             time.sleep(0.2)
     finally:
         stop(worker)
+    pushed = redis.Redis.from_url(REDIS_URL).llen("bench:bench_results")
+    assert pushed == total, f"{pushed} results on the Redis list for {total} jobs"
     span = Job.objects.aggregate(start=Min("started_at"))["start"]
     end = QueueDelivery.objects.aggregate(end=Max("sent_at"))["end"]
     seconds = (end - span).total_seconds()
@@ -187,7 +196,9 @@ def _create_database(settings_dict: dict[str, object]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--max-async-tasks", type=int, default=200)
+    parser.add_argument(
+        "--max-async-tasks", type=int, help="for both workers; default: each command's own (TaskIQ's is 100)"
+    )
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--inference", choices=["local", "modal", "both"], default="both")
     args = parser.parse_args()

@@ -60,3 +60,11 @@ def test_worker_command_passes_taskiq_options_through() -> None:
     assert result.returncode == 0, result.stderr
     assert "--max-async-tasks" in result.stdout
     assert "--workers" in result.stdout
+
+
+def test_worker_command_defaults_max_async_tasks_to_fill_the_batches() -> None:
+    from modalkit_django.management.commands.taskiq import _with_defaults
+
+    assert _with_defaults(["--workers", "1"]) == ["--workers", "1", "--max-async-tasks", "400"]
+    assert _with_defaults(["--max-async-tasks", "50"]) == ["--max-async-tasks", "50"]
+    assert _with_defaults(["--max-async-tasks=50"]) == ["--max-async-tasks=50"]

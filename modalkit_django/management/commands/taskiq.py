@@ -33,9 +33,23 @@ class Command(BaseCommand):
         from taskiq.cli.worker.run import run_worker
 
         modules = [*TASK_MODULES, *get_settings().task_modules]
-        worker_args = WorkerArgs.from_cli([BROKER_FACTORY, *modules, *taskiq_args])
+        worker_args = WorkerArgs.from_cli([BROKER_FACTORY, *modules, *_with_defaults(taskiq_args)])
         # Children are forked: they must not share the parent's database sockets.
         connections.close_all()
         status = run_worker(worker_args)
         if status:
             raise CommandError(f"taskiq worker exited with status {status}", returncode=status)
+
+
+def _with_defaults(taskiq_args: list[str]) -> list[str]:
+    """TaskIQ's options, plus a ``--max-async-tasks`` that keeps the batches full.
+
+    Jobs are run in batches formed from the messages a worker holds, so it should
+    hold enough to fill every batch in flight twice over; TaskIQ's default (100)
+    caps a batch at about 50. Measured with bench/throughput.py: 100 → ~440
+    jobs/s, 400 → ~630.
+    """
+    if any(arg == "--max-async-tasks" or arg.startswith("--max-async-tasks=") for arg in taskiq_args):
+        return taskiq_args
+    worker = get_settings().worker
+    return [*taskiq_args, "--max-async-tasks", str(2 * worker.batch_size * worker.batches_in_flight)]
