@@ -119,7 +119,7 @@ def submit_job(
             )
     except IntegrityError:
         # The same key, submitted concurrently, won the race.
-        replay = _job_for_key(owner, idempotency_key or "", fingerprint) if idempotency_key else None
+        replay = _job_for_key(owner, idempotency_key, fingerprint) if idempotency_key else None
         if replay is None:
             raise
         return replay
@@ -185,7 +185,7 @@ def cancel_job(*, job: Job) -> Job:
         _finish(locked, Job.Status.CANCELED, now, error=error)
         locked.save(update_fields=_OUTCOME_FIELDS)
         # Sent by the wake-up below; the sweep steps in only if that never happens.
-        deliveries = _deliveries_for(locked, now, prediction=None)
+        deliveries = _deliveries_for(locked, now)
         QueueDelivery.objects.bulk_create(deliveries)
         for delivery in deliveries:
             transaction.on_commit(partial(_wake_delivery, delivery.id), robust=True)
@@ -329,7 +329,7 @@ def finish_jobs(*, results: Sequence[tuple[Job, Prediction]]) -> list[QueueDeliv
             else:
                 _finish(job, Job.Status.SUCCEEDED, now, result=prediction)
             finished.append(job)
-            deliveries.extend(_deliveries_for(job, now, prediction=prediction))
+            deliveries.extend(_deliveries_for(job, now))
         _save_rows(Job, finished + requeued, _OUTCOME_FIELDS)
         QueueDelivery.objects.bulk_create(deliveries)
     return deliveries
@@ -359,9 +359,7 @@ def _requeue(job: Job, now: dt.datetime, error: dict[str, str], *, delay: float)
     job.lease_token = job.lease_expires_at = None
 
 
-def _deliveries_for(
-    job: Job, now: dt.datetime, *, prediction: Prediction | None, due_now: bool = False
-) -> list[QueueDelivery]:
+def _deliveries_for(job: Job, now: dt.datetime, *, due_now: bool = False) -> list[QueueDelivery]:
     """The delivery for a finished job: on its success or failure route, if it named a queue."""
     succeeded = job.status == Job.Status.SUCCEEDED
     route = QueueDelivery.Route.SUCCESS if succeeded else QueueDelivery.Route.FAILURE
@@ -527,7 +525,7 @@ def _reclaim_expired_leases(now: dt.datetime) -> int:
             _finish(job, Job.Status.FAILED, now, error=lost)
         _save_rows(Job, jobs, _OUTCOME_FIELDS)
         QueueDelivery.objects.bulk_create(
-            [delivery for job in fail for delivery in _deliveries_for(job, now, prediction=None, due_now=True)]
+            [delivery for job in fail for delivery in _deliveries_for(job, now, due_now=True)]
         )
     if jobs:
         logger.warning("Reclaimed %d jobs whose worker was lost (%d failed for good)", len(jobs), len(fail))
@@ -549,7 +547,7 @@ def _expire_waiting_jobs(now: dt.datetime) -> int:
             _finish(job, Job.Status.EXPIRED, now, error=error)
         _save_rows(Job, jobs, _OUTCOME_FIELDS)
         QueueDelivery.objects.bulk_create(
-            [delivery for job in jobs for delivery in _deliveries_for(job, now, prediction=None, due_now=True)]
+            [delivery for job in jobs for delivery in _deliveries_for(job, now, due_now=True)]
         )
     return len(jobs)
 
