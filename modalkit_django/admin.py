@@ -13,8 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from . import services
-from .exceptions import InvalidJobState
-from .models import ApiKey, Job, QueueDelivery
+from .models import ApiKey, DeliveryQuerySet, Job, JobQuerySet, QueueDelivery
 
 _STATUS_COLOURS = {
     "queued": "#777",
@@ -116,25 +115,19 @@ class JobAdmin(_ReadOnlyAdmin):
         return request.user.has_perm("modalkit_django.rerun_job")
 
     @admin.action(description="Cancel selected queued jobs", permissions=["cancel"])
-    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        self._apply(request, queryset, services.cancel_job, "Canceled")
+    def cancel_jobs(self, request: HttpRequest, queryset: JobQuerySet) -> None:
+        self._report(request, "Canceled", services.cancel_jobs(queryset))
 
     @admin.action(description="Re-run inference for selected finished jobs", permissions=["rerun"])
-    def rerun_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        self._apply(request, queryset, services.rerun_job, "Re-queued")
+    def rerun_jobs(self, request: HttpRequest, queryset: JobQuerySet) -> None:
+        self._report(request, "Re-queued", services.rerun_jobs(queryset))
 
-    def _apply(self, request: HttpRequest, queryset: QuerySet[Job], service: Any, verb: str) -> None:
-        done, refused = 0, []
-        for job in queryset:
-            try:
-                service(job=job)
-                done += 1
-            except InvalidJobState as exc:
-                refused.append(str(exc))
-        if done:
-            self.message_user(request, f"{verb} {done} job(s).", messages.SUCCESS)
-        for reason in refused:
-            self.message_user(request, reason, messages.WARNING)
+    def _report(self, request: HttpRequest, verb: str, result: services.BulkResult) -> None:
+        if result.done:
+            self.message_user(request, f"{verb} {result.done} job(s).", messages.SUCCESS)
+        if result.left_alone:
+            left = ", ".join(f"{count} {status}" for status, count in sorted(result.left_alone.items()))
+            self.message_user(request, f"Left alone: {left}.", messages.WARNING)
 
 
 @admin.register(QueueDelivery)
@@ -174,11 +167,8 @@ class QueueDeliveryAdmin(_ReadOnlyAdmin):
         return request.user.has_perm("modalkit_django.redeliver_queuedelivery")
 
     @admin.action(description="Redeliver the stored result (no new inference)", permissions=["redeliver"])
-    def redeliver(self, request: HttpRequest, queryset: QuerySet[QueueDelivery]) -> None:
-        count = 0
-        for delivery in queryset:
-            services.redeliver(delivery=delivery)
-            count += 1
+    def redeliver(self, request: HttpRequest, queryset: DeliveryQuerySet) -> None:
+        count = services.redeliver_deliveries(queryset)
         self.message_user(request, f"Redelivering {count} message(s).", messages.SUCCESS)
 
 

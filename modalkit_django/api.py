@@ -25,6 +25,7 @@ from ninja.responses import Status
 from ninja.security import APIKeyHeader, HttpBearer
 
 from . import services
+from .clients import get_inference_backend
 from .conf import get_config, get_pipeline_class, resolve_model
 from .exceptions import (
     IdempotencyConflict,
@@ -39,7 +40,6 @@ from .exceptions import (
     PipelineError,
     UnknownModel,
 )
-from .inference.backends import get_inference_backend
 from .inference.pipeline import InferencePipeline
 from .models import Job, JobStatus
 from .schemas import (

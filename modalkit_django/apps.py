@@ -8,11 +8,17 @@ class ModalkitConfig(AppConfig):
 
     def ready(self) -> None:
         from django.core.signals import setting_changed
+        from taskiq import TaskiqEvents
 
-        from . import broker, checks, conf
-        from .inference import backends
+        from . import broker, checks, conf, engine, tasks, wakeups, worker
+        from .clients import inference_backends
         from .queues import queues
 
         checks.register()
-        for receiver in (conf.clear_caches, broker.reset, backends.reset_inference_backend, queues.reset):
-            setting_changed.connect(receiver, dispatch_uid=f"modalkit:{receiver.__module__}.{receiver.__qualname__}")
+        # In this order: the settings are read again before anything is rebuilt from them.
+        receivers = (conf.clear_caches, broker.reset, inference_backends.reset, queues.reset, engine.forget_engines)
+        for index, receiver in enumerate(receivers):
+            setting_changed.connect(receiver, dispatch_uid=f"modalkit:setting_changed:{index}")
+        broker.add_worker_hook(TaskiqEvents.WORKER_STARTUP, worker.on_startup)
+        broker.add_worker_hook(TaskiqEvents.WORKER_SHUTDOWN, worker.on_shutdown)
+        wakeups.set_waker(tasks.BrokerWaker())

@@ -9,14 +9,20 @@
 ``modalkit_django.E006``  a queue alias used by routing is not in ``MODALKIT["QUEUES"]``
 ``modalkit_django.E007``  the broker URL is not usable
 ``modalkit_django.E008``  a backend refuses its ``OPTIONS``
-``modalkit_django.E009``  a module in ``MODALKIT["TASK_MODULES"]`` cannot be imported
+``modalkit_django.E009``  a module in ``MODALKIT["TASK_MODULES"]`` cannot be found
+``modalkit_django.E010``  the worker's timers contradict each other (heartbeat vs lease)
+``modalkit_django.W001``  a backend is named by a path that moved (it still works until 1.0)
 =====================  ===============================================================
+
+Checks have no side effects: they validate backend classes and their options by
+building a backend and closing it again (constructors connect nowhere), and look task
+modules up without importing them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import import_module
+from importlib.util import find_spec
 from typing import Any
 
 from django.apps import AppConfig
@@ -62,6 +68,7 @@ def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
                 id="modalkit_django.E006",
             )
         )
+    errors += _check_timers(settings.worker)
     url = settings.broker.url
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         errors.append(
@@ -106,16 +113,37 @@ def _check_default_model(entries: dict[str, Any]) -> list[checks.CheckMessage]:
     ]
 
 
+def _check_timers(worker: conf.WorkerSettings) -> list[checks.CheckMessage]:
+    if worker.heartbeat_seconds * 2 <= worker.lease_seconds:
+        return []
+    return [
+        checks.Error(
+            f"WORKER['HEARTBEAT_SECONDS'] ({worker.heartbeat_seconds:g}) must be at most half of "
+            f"WORKER['LEASE_SECONDS'] ({worker.lease_seconds:g}): a live worker's jobs would be reclaimed.",
+            hint="The defaults are a 30 s lease renewed every 10 s.",
+            id="modalkit_django.E010",
+        )
+    ]
+
+
 def _check_backends(settings: conf.ModalkitSettings) -> list[checks.CheckMessage]:
-    """Import and construct every backend, as the first job would (constructors connect nowhere)."""
+    """Import and construct every backend, as the first job would, then close it again."""
     specs: list[tuple[str, conf.BackendSpec, tuple[Any, ...]]] = [
         (f"MODALKIT['QUEUES'][{alias!r}]", spec, (alias,)) for alias, spec in settings.queues.items()
     ]
     specs.append(("MODALKIT['INFERENCE']", settings.inference, ()))
     errors: list[checks.CheckMessage] = []
     for where, spec, args in specs:
+        if spec.backend != spec.backend_path:
+            errors.append(
+                checks.Warning(
+                    f"{where} names {spec.backend!r}, which moved to {spec.backend_path!r}.",
+                    hint="Use the new path; the old one goes away in 1.0.",
+                    id="modalkit_django.W001",
+                )
+            )
         try:
-            import_string(spec.backend)
+            import_string(spec.backend_path)
         except ImportError as exc:
             errors.append(
                 checks.Error(
@@ -126,7 +154,7 @@ def _check_backends(settings: conf.ModalkitSettings) -> list[checks.CheckMessage
             )
             continue
         try:
-            spec.build(*args, what=where)
+            spec.build(*args, what=where).close()
         except ModalkitImproperlyConfigured as exc:
             errors.append(
                 checks.Error(
@@ -135,11 +163,13 @@ def _check_backends(settings: conf.ModalkitSettings) -> list[checks.CheckMessage
             )
     for module in settings.task_modules:
         try:
-            import_module(module)
-        except ImportError as exc:
+            found = find_spec(module) is not None
+        except ImportError:  # its parent package is missing
+            found = False
+        if not found:
             errors.append(
                 checks.Error(
-                    f"MODALKIT['TASK_MODULES'] names {module!r}, which cannot be imported: {exc}",
+                    f"MODALKIT['TASK_MODULES'] names {module!r}, which cannot be found",
                     hint="List the dotted paths of the modules that define your TaskIQ consumers.",
                     id="modalkit_django.E009",
                 )

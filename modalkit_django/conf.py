@@ -9,7 +9,7 @@ A complete ``MODALKIT`` setting, with the defaults::
         "CONFIG": BASE_DIR / "modalkit.yaml",   # or a list; MODALKIT_CONFIG wins
         "PIPELINE": "project.sentiment.SentimentPipeline",
         "DEFAULT_MODEL": None,                  # None: the only model entry
-        "INFERENCE": {"BACKEND": "modalkit_django.inference.local.LocalBackend", "OPTIONS": {}},
+        "INFERENCE": {"BACKEND": "modalkit_django.clients.local.LocalBackend", "OPTIONS": {}},
         "BROKER": {"URL": None, "QUEUE_NAME": "modalkit", "OPTIONS": {}},  # None: in-process
         "QUEUES": {"memory": {"BACKEND": "modalkit_django.queues.memory.MemoryBackend"}},
         "QUEUE_ROUTES": [],                     # [("ml_*", "taskiq"), ...], first match wins
@@ -22,6 +22,7 @@ A complete ``MODALKIT`` setting, with the defaults::
 from __future__ import annotations
 
 import functools
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,15 @@ from .inference.config import ConfigError, ModalkitConfig, config_paths, load_co
 from .inference.pipeline import InferencePipeline
 
 __all__ = [
+    "MOVED_BACKENDS",
     "BackendSpec",
     "ModalkitSettings",
     "clear_caches",
     "get_config",
     "get_pipeline_class",
     "get_settings",
+    "import_task_modules",
+    "inference_timeout",
     "resolve_model",
 ]
 
@@ -54,9 +58,21 @@ class _Setting(BaseModel):
     )
 
 
+# Dotted paths that moved, and where to: old settings keep working (check W001 says so).
+MOVED_BACKENDS = {
+    "modalkit_django.inference.local.LocalBackend": "modalkit_django.clients.local.LocalBackend",
+    "modalkit_django.inference.modal_backend.ModalBackend": "modalkit_django.clients.modal.ModalBackend",
+}
+
+
 class BackendSpec(_Setting):
     backend: str
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def backend_path(self) -> str:
+        """``BACKEND``, or where it moved to."""
+        return MOVED_BACKENDS.get(self.backend, self.backend)
 
     def build(self, *args: Any, what: str) -> Any:
         """Import ``BACKEND`` and construct it with ``*args`` and ``OPTIONS``.
@@ -64,7 +80,7 @@ class BackendSpec(_Setting):
         ``what`` names the setting in the error, e.g. ``"Queue backend 'sqs'"``.
         """
         try:
-            backend_class = import_string(self.backend)
+            backend_class = import_string(self.backend_path)
         except ImportError as exc:
             raise ModalkitImproperlyConfigured(f"{what}: cannot import {self.backend}: {exc}") from exc
         try:
@@ -88,6 +104,9 @@ class DeliverySettings(_Setting):
     max_age_seconds: float = Field(default=86400.0, gt=0)
     # How long the sweep leaves a delivery to the worker sending it before taking over.
     claim_seconds: float = Field(default=60.0, gt=0)
+    # The first attempt, made by the worker right after the job finished, gives up after
+    # this long (then it is retried with backoff): a slow queue never holds a worker back.
+    inline_timeout_seconds: float = Field(default=5.0, gt=0)
 
 
 class WorkerSettings(_Setting):
@@ -95,23 +114,31 @@ class WorkerSettings(_Setting):
     batch_size: int = Field(default=100, ge=1)
     # Batches one worker process runs at once; more keeps more model calls in flight.
     batches_in_flight: int = Field(default=2, ge=1)
-    # A running job whose worker has not finished it by then is reclaimed.
-    lease_seconds: float = Field(default=900.0, gt=0)
+    # A running job's lease; its worker renews it every HEARTBEAT_SECONDS while the batch
+    # runs, so only a dead worker's jobs are reclaimed, about this long after it died.
+    lease_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # How long one batch's inference may take; None: deployment_config.timeout of modalkit.yaml.
+    inference_timeout_seconds: float | None = Field(default=None, gt=0)
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
-    # A queued job not picked up this long after its wake-up message was sent is sent again.
-    requeue_after_seconds: float = Field(default=300.0, gt=0)
+    # A queued job whose wake-up was sent this long ago, and still nobody claimed it, gets
+    # another. The last safety net: failed sends, a broker that lost its data and a dead
+    # worker's unread messages are noticed within seconds without it.
+    requeue_after_seconds: float = Field(default=120.0, gt=0)
     # Runs per job, counting retries after transient errors and reclaimed leases.
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff_seconds: float = Field(default=5.0, gt=0)
     # Rows the sweep handles per kind per pass.
     sweep_limit: int = Field(default=500, ge=1)
+    # How long a batch waits for the database to come back before it gives up.
+    database_retry_seconds: float = Field(default=60.0, ge=0)
 
 
 class ModalkitSettings(_Setting):
     config: Path | list[Path] = Path("modalkit.yaml")
     pipeline: str = ""
     default_model: str | None = None
-    inference: BackendSpec = BackendSpec(backend="modalkit_django.inference.local.LocalBackend")
+    inference: BackendSpec = BackendSpec(backend="modalkit_django.clients.local.LocalBackend")
     broker: BrokerSettings = BrokerSettings()
     queues: dict[str, BackendSpec] = Field(
         default_factory=lambda: {"memory": BackendSpec(backend="modalkit_django.queues.memory.MemoryBackend")}
@@ -177,6 +204,21 @@ def default_model_name() -> str:
             f"MODALKIT['DEFAULT_MODEL'] must name a model when modalkit.yaml has {len(entries)} model entries"
         )
     return entries[0]
+
+
+def inference_timeout() -> float:
+    """Seconds one batch's inference may take (``WORKER["INFERENCE_TIMEOUT_SECONDS"]``)."""
+    configured = get_settings().worker.inference_timeout_seconds
+    return configured or float(get_config().app_settings.deployment_config.timeout)
+
+
+def import_task_modules() -> None:
+    """Import the modules in ``MODALKIT["TASK_MODULES"]``, registering their tasks (e.g. queue consumers)."""
+    for module in get_settings().task_modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ModalkitImproperlyConfigured(f"cannot import MODALKIT['TASK_MODULES'] {module!r}: {exc}") from exc
 
 
 def clear_caches(**kwargs: Any) -> None:

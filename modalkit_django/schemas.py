@@ -13,7 +13,7 @@ from typing import Any
 from ninja import Schema
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from .models import json_storage_problem
+from .validators import json_problem
 
 __all__ = [
     "DeliveryOut",
@@ -81,7 +81,7 @@ class _StrictSchema(Schema):
     @classmethod
     def _storable(cls, value: Any) -> Any:
         """Refuse what the JSON columns cannot hold (NaN, Infinity, NUL) with a 422, not a 500."""
-        problem = json_storage_problem(value.model_dump() if isinstance(value, BaseModel) else value)
+        problem = json_problem(value.model_dump() if isinstance(value, BaseModel) else value)
         if problem:
             raise ValueError(f"contains {problem}")
         return value

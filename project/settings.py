@@ -91,9 +91,9 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 INFERENCE_BACKENDS = {
-    "local": {"BACKEND": "modalkit_django.inference.local.LocalBackend"},
+    "local": {"BACKEND": "modalkit_django.clients.local.LocalBackend"},
     "modal": {
-        "BACKEND": "modalkit_django.inference.modal_backend.ModalBackend",
+        "BACKEND": "modalkit_django.clients.modal.ModalBackend",
         "OPTIONS": {"class_name": "SentimentService"},
     },
 }

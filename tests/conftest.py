@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -112,7 +113,12 @@ def redis_broker(redis_client: redis.Redis) -> Iterator[dict[str, str]]:
 class WorkerProcess:
     """``manage.py taskiq worker`` in a subprocess, on the test database and stream."""
 
-    def __init__(self, broker: dict[str, str], extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        broker: dict[str, str],
+        extra_env: dict[str, str] | None = None,
+        worker_settings: dict[str, Any] | None = None,
+    ) -> None:
         self.broker = broker
         env = {
             **os.environ,
@@ -120,7 +126,7 @@ class WorkerProcess:
             "MODALKIT_TEST_DATABASE_NAME": connection.settings_dict["NAME"],
             "MODALKIT_TEST_BROKER_URL": broker["url"],
             "MODALKIT_TEST_BROKER_QUEUE": broker["queue"],
-            "MODALKIT_TEST_SWEEP_INTERVAL": "0.5",
+            "MODALKIT_TEST_WORKER": json.dumps(worker_settings or {}),
             **(extra_env or {}),
         }
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"{broker['queue']}-worker.log"
@@ -165,8 +171,9 @@ class WorkerProcess:
 def start_worker(redis_broker: dict[str, str], redis_client: redis.Redis) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
 
-    def start(**extra_env: str) -> WorkerProcess:
-        worker = WorkerProcess(redis_broker, extra_env)
+    def start(worker_settings: dict[str, Any] | None = None, **extra_env: str) -> WorkerProcess:
+        """A worker on the shipped timers, or on ``worker_settings`` (``MODALKIT["WORKER"]`` keys)."""
+        worker = WorkerProcess(redis_broker, extra_env, worker_settings)
         workers.append(worker)
         worker.check_alive()
         return worker

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from modalkit_django.clients import InferenceBackend, Prediction
 from modalkit_django.exceptions import DeliveryError
-from modalkit_django.inference.backends import InferenceBackend, Prediction
 from modalkit_django.queues.base import BaseQueueBackend, QueueMessage
 
 

@@ -21,15 +21,17 @@ from typing import Any
 
 import boto3
 import pytest
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 from moto.server import ThreadedMotoServer
 
-from modalkit_django import services, worker
+from modalkit_django import services
 from modalkit_django.models import Job, QueueDelivery
+from modalkit_django.queues import queues as queue_backends
 from modalkit_django.webhooks import WebhookVerificationError, generate_secret, verify
+
+from . import flow
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -57,7 +59,7 @@ def run_job(run_async: Callable[..., Any]) -> Callable[..., Job]:
 
     def run(*, text: str = "good", **submit: Any) -> Job:
         job = services.submit_job(message={"text": text}, **submit)
-        run_async(worker.process_jobs, [str(job.id)])
+        run_async(flow.process_batch, [str(job.id)])
         job.refresh_from_db()
         return job
 
@@ -70,7 +72,7 @@ def retry_delivery(run_async: Callable[..., Any]) -> Callable[[QueueDelivery], Q
 
     def retry(delivery: QueueDelivery) -> QueueDelivery:
         QueueDelivery.objects.filter(id=delivery.id).update(next_attempt_at=timezone.now())
-        run_async(worker.deliver, str(delivery.id))
+        run_async(flow.deliver, str(delivery.id))
         delivery.refresh_from_db()
         return delivery
 
@@ -93,7 +95,7 @@ def use_queues() -> Iterator[Callable[..., dict[str, Any]]]:
                 **extra,
             }
             stack.enter_context(override_settings(MODALKIT=modalkit))
-            stack.callback(async_to_sync(worker.close_backends))
+            stack.callback(queue_backends.close_all)
             return modalkit
 
         yield use

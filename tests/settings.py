@@ -32,12 +32,9 @@ MODALKIT = {
         "QUEUE_NAME": os.environ.get("MODALKIT_TEST_BROKER_QUEUE", "modalkit-test"),
     },
     "PIPELINE": os.environ.get("MODALKIT_TEST_PIPELINE", MODALKIT["PIPELINE"]),
-    # Fault tests shorten these in the worker subprocess they start.
-    "WORKER": {
-        "SWEEP_INTERVAL_SECONDS": float(os.environ.get("MODALKIT_TEST_SWEEP_INTERVAL", "60")),
-        "LEASE_SECONDS": float(os.environ.get("MODALKIT_TEST_LEASE_SECONDS", "900")),
-        "REQUEUE_AFTER_SECONDS": float(os.environ.get("MODALKIT_TEST_REQUEUE_AFTER", "300")),
-    },
+    # The test process's embedded worker must not sweep under the tests' feet. Worker
+    # subprocesses run with the shipped timers, or those a test gives them (JSON).
+    "WORKER": json.loads(os.environ.get("MODALKIT_TEST_WORKER", '{"SWEEP_INTERVAL_SECONDS": 3600}')),
     # Queue tests hand a worker subprocess the backends they configure in-process
     # (with override_settings), as JSON: aliases pointing at their loopback peers.
     "QUEUES": {**MODALKIT["QUEUES"], **json.loads(os.environ.get("MODALKIT_TEST_QUEUES", "{}"))},

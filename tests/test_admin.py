@@ -11,7 +11,9 @@ from django.urls import reverse
 
 from modalkit_django import services
 from modalkit_django.exceptions import PermanentDeliveryError
-from modalkit_django.models import ApiKey, Job, QueueDelivery
+from modalkit_django.models import ApiKey, Job, QueueDelivery, SendResult
+
+from . import flow
 
 pytestmark = pytest.mark.django_db
 
@@ -25,8 +27,8 @@ def staff(admin_client: Client) -> Client:
 
 def finished_job(**kwargs: Any) -> tuple[Job, list[QueueDelivery]]:
     job = services.submit_job(message={"text": "good"}, **kwargs)
-    [job] = services.claim_jobs(job_ids=[job.id])
-    return job, services.finish_jobs(results=[(job, OUTPUT)])
+    [job] = flow.claim([job.id])
+    return job, flow.finish([(job, OUTPUT)])
 
 
 def test_job_list_filters_and_searches(staff: Client) -> None:
@@ -71,8 +73,8 @@ def test_jobs_and_deliveries_are_read_only(staff: Client) -> None:
 def test_delivery_list_filters_by_status_backend_route_and_queue(staff: Client) -> None:
     _, [sent] = finished_job(success_queue="results")
     _, [dead] = finished_job(success_queue="other")
-    services.record_sends(results=[services.SendResult(sent, external_id="x")])
-    services.record_sends(results=[services.SendResult(dead, error=PermanentDeliveryError("410 Gone"))])
+    flow.record([SendResult(sent, external_id="x")])
+    flow.record([SendResult(dead, error=PermanentDeliveryError("410 Gone"))])
     url = reverse("admin:modalkit_django_queuedelivery_changelist")
     page = staff.get(url, {"status__exact": "dead"}).content.decode()
     assert str(dead.id) in page and str(sent.id) not in page
@@ -92,7 +94,7 @@ def test_cancel_and_rerun_actions_go_through_services(staff: Client) -> None:
     assert (queued.status, done.status) == ("canceled", "succeeded")
     notes = [str(message) for message in get_messages(response.wsgi_request)]
     assert "Canceled 1 job(s)." in notes
-    assert f"Cannot cancel job {done.id}: it is succeeded" in notes
+    assert "Left alone: 1 succeeded." in notes
 
     staff.post(url, {"action": "rerun_jobs", "_selected_action": [str(done.id)]})
     done.refresh_from_db()
@@ -101,7 +103,7 @@ def test_cancel_and_rerun_actions_go_through_services(staff: Client) -> None:
 
 def test_redeliver_action_resets_the_delivery(staff: Client) -> None:
     _, [delivery] = finished_job(success_queue="q")
-    services.record_sends(results=[services.SendResult(delivery, error=PermanentDeliveryError("no"))])
+    flow.record([SendResult(delivery, error=PermanentDeliveryError("no"))])
     url = reverse("admin:modalkit_django_queuedelivery_changelist")
     staff.post(url, {"action": "redeliver", "_selected_action": [str(delivery.id)]})
     delivery.refresh_from_db()

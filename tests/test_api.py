@@ -18,6 +18,7 @@ from modalkit_django import services
 from modalkit_django.api import build_router
 from modalkit_django.models import Job, QueueDelivery
 
+from . import flow
 from .conftest import wait_until
 
 pytestmark = pytest.mark.django_db
@@ -217,10 +218,8 @@ def test_async_job_runs_on_the_in_process_broker(api: Client) -> None:
 
 def test_job_shows_status_result_meta_timestamps_and_deliveries(api: Client, user: Any) -> None:
     job = services.submit_job(message={"text": "good"}, success_queue="q", meta={"k": "v"}, owner=user)
-    [job] = services.claim_jobs(job_ids=[job.id])
-    [delivery] = services.finish_jobs(
-        results=[(job, {"status": "success", "sentiment": "positive", "confidence": 0.5})]
-    )
+    [job] = flow.claim([job.id])
+    [delivery] = flow.finish([(job, {"status": "success", "sentiment": "positive", "confidence": 0.5})])
     body = api.get(f"/api/jobs/{job.id}").json()
     assert body["status"] == "succeeded"
     assert body["result"] == {"status": "success", "error": None, "sentiment": "positive", "confidence": 0.5}
@@ -245,10 +244,10 @@ def test_job_shows_status_result_meta_timestamps_and_deliveries(api: Client, use
 
 def test_failed_job_shows_its_error(api: Client, user: Any) -> None:
     job = services.submit_job(message={"text": "x"}, owner=user)
-    [job] = services.claim_jobs(job_ids=[job.id])
+    [job] = flow.claim([job.id])
     from modalkit_django.exceptions import PipelineError
 
-    services.finish_jobs(results=[(job, PipelineError("boom", error_type="ValueError"))])
+    flow.finish([(job, PipelineError("boom", error_type="ValueError"))])
     body = api.get(f"/api/jobs/{job.id}").json()
     assert (body["status"], body["result"], body["error"]) == (
         "failed",
@@ -289,7 +288,7 @@ def test_cancel_a_queued_job_tells_its_failure_queue(api: Client, user: Any) -> 
 
 def test_cancel_a_finished_job_is_a_409(api: Client, user: Any) -> None:
     job = services.submit_job(message={"text": "x"}, owner=user)
-    [job] = services.claim_jobs(job_ids=[job.id])
+    [job] = flow.claim([job.id])
     response = post(api, f"/api/jobs/{job.id}/cancel", {})
     assert response.status_code == 409
     assert response.json() == {"detail": f"Cannot cancel job {job.id}: it is running"}
@@ -379,7 +378,7 @@ def test_list_jobs_pages_through_the_callers_jobs_newest_first(api: Client, user
 
 def test_list_jobs_filters_by_status_and_model(api: Client, user: Any) -> None:
     queued = services.submit_job(message={"text": "a"}, owner=user)
-    running = services.claim_jobs(job_ids=[services.submit_job(message={"text": "b"}, owner=user).id])[0]
+    running = flow.claim([services.submit_job(message={"text": "b"}, owner=user).id])[0]
     assert [job["job_id"] for job in api.get("/api/jobs", {"status": "running"}).json()["jobs"]] == [str(running.id)]
     assert [job["job_id"] for job in api.get("/api/jobs", {"status": "queued"}).json()["jobs"]] == [str(queued.id)]
     assert api.get("/api/jobs", {"model_name": "other"}).json() == {"jobs": [], "next": None}
@@ -421,8 +420,8 @@ def test_a_nul_in_a_query_or_header_is_a_422(api: Client) -> None:
 
 
 def test_any_other_inference_error_on_predict_is_a_502(api: Client) -> None:
+    from modalkit_django.clients import get_inference_backend
     from modalkit_django.exceptions import InferenceError
-    from modalkit_django.inference.backends import get_inference_backend
 
     modalkit = {**settings.MODALKIT, "INFERENCE": {"BACKEND": "tests.doubles.ScriptedInference"}}
     with override_settings(MODALKIT=modalkit):

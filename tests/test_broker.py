@@ -17,6 +17,7 @@ from taskiq import InMemoryBroker
 from modalkit_django import broker
 from modalkit_django.conf import BrokerSettings
 from modalkit_django.exceptions import ModalkitImproperlyConfigured
+from modalkit_django.redis_stream import RedisStreamBroker
 
 from .conftest import ROOT
 
@@ -27,7 +28,7 @@ def test_no_url_is_the_in_process_broker() -> None:
 
 def test_a_redis_url_is_the_acknowledging_stream_broker() -> None:
     built = broker.build_broker(BrokerSettings(url="redis://127.0.0.1:6379/0", queue_name="q"))
-    assert isinstance(built, broker.RedisStreamBroker)
+    assert isinstance(built, RedisStreamBroker)
     assert built.queue_name == "q"
 
 
@@ -42,7 +43,7 @@ def xack_calls(client: redis.Redis) -> int:
 
 def test_acks_made_together_share_one_xack_and_leave_no_entries(redis_client: redis.Redis) -> None:
     queue = f"modalkit-test-acks-{uuid.uuid4().hex[:8]}"
-    stream = broker.RedisStreamBroker(settings.REDIS_URL, queue_name=queue, xread_block=100)
+    stream = RedisStreamBroker(settings.REDIS_URL, queue_name=queue, xread_block=100)
 
     async def receive_and_ack() -> int:
         await stream.startup()

@@ -77,7 +77,7 @@ def test_e008_backend_refuses_its_options() -> None:
     assert ids_with(QUEUES=queues) == ["modalkit_django.E008"]  # no secret
     queues["hooks"]["OPTIONS"] = {"secret": "not-whsec"}
     assert ids_with(QUEUES=queues) == ["modalkit_django.E008"]
-    modal_without_class = {"BACKEND": "modalkit_django.inference.modal_backend.ModalBackend"}
+    modal_without_class = {"BACKEND": "modalkit_django.clients.modal.ModalBackend"}
     assert ids_with(INFERENCE=modal_without_class) == ["modalkit_django.E008"]
 
 

@@ -14,9 +14,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from modalkit_django import services, worker
+from modalkit_django import services
 from modalkit_django.models import QueueDelivery
 
+from . import flow
 from .conftest import wait_until
 
 if TYPE_CHECKING:
@@ -48,25 +49,25 @@ def test_sqs_down_then_back_every_message_lands_exactly_once(
     jobs = [services.submit_job(message={"text": f"good {n}"}, success_queue=name) for n in range(3)]
 
     sqs_server.stop()
-    run_async(worker.process_jobs, [str(job.id) for job in jobs])
+    run_async(flow.process_batch, [str(job.id) for job in jobs])
     deliveries = list(QueueDelivery.objects.all())
     assert {(d.status, d.attempts) for d in deliveries} == {("retrying", 1)}
     assert all("Could not connect to the endpoint URL" in d.last_error for d in deliveries)
 
     # Still down when the retries come due: each attempt counts, nothing is lost.
     QueueDelivery.objects.update(next_attempt_at=timezone.now())
-    for delivery_id in services.sweep().deliveries_to_send:
-        run_async(worker.deliver, str(delivery_id))
+    for delivery_id in flow.sweep().deliveries_to_send:
+        run_async(flow.deliver, str(delivery_id))
     assert set(QueueDelivery.objects.values_list("status", "attempts")) == {("retrying", 2)}
 
     sqs_server.start()
     QueueDelivery.objects.update(next_attempt_at=timezone.now())
-    due = services.sweep().deliveries_to_send
+    due = flow.sweep().deliveries_to_send
     assert sorted(due) == sorted(d.id for d in deliveries)
     for delivery_id in due:
-        run_async(worker.deliver, str(delivery_id))
+        run_async(flow.deliver, str(delivery_id))
     # A late duplicate of a delivery task sends nothing more.
-    run_async(worker.deliver, str(due[0]))
+    run_async(flow.deliver, str(due[0]))
 
     sent = {d.job_id: d for d in QueueDelivery.objects.all()}
     assert {(d.status, d.attempts) for d in sent.values()} == {("sent", 3)}
@@ -130,7 +131,7 @@ def test_a_failing_queue_kills_the_delivery_visibly_then_redeliver_sends_it(
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("pending", 0)
     # What the delivery task that redeliver wakes does:
-    run_async(worker.deliver, str(delivery.id))
+    run_async(flow.deliver, str(delivery.id))
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("sent", 1)
     assert [request.status for request in webhook_receiver.requests] == [503, 503, 503, 200]

@@ -23,15 +23,16 @@ def status_of(job_id: Any) -> str:
 
 
 def test_a_job_survives_its_worker_being_killed(start_worker: Any, tmp_path: Path) -> None:
-    env = {"MODALKIT_TEST_PIPELINE": "tests.pipelines.HangOncePipeline", "MODALKIT_TEST_LEASE_SECONDS": "2"}
-    first = start_worker(**env)
+    env = {"MODALKIT_TEST_PIPELINE": "tests.pipelines.HangOncePipeline"}
+    timers = {"LEASE_SECONDS": 2, "HEARTBEAT_SECONDS": 0.5, "SWEEP_INTERVAL_SECONDS": 0.5}
+    first = start_worker(timers, **env)
     marker = tmp_path / "hung"
     job = services.submit_job(message={"text": f"hang {marker} good"}, success_queue="results")
     wait_until(marker.exists, what="the first worker to start the job")
     assert status_of(job.id) == "running"
 
     first.kill()  # SIGKILL: no cleanup, no acknowledgement
-    start_worker(**env)
+    start_worker(timers, **env)
 
     wait_until(lambda: status_of(job.id) == "succeeded", timeout=30, what="the second worker to finish the job")
     job.refresh_from_db()
@@ -40,16 +41,22 @@ def test_a_job_survives_its_worker_being_killed(start_worker: Any, tmp_path: Pat
     wait_until(lambda: job.deliveries.filter(status="sent").exists(), what="the result to be delivered")
 
 
-def test_a_job_whose_wake_up_message_was_lost_still_runs(start_worker: Any, redis_broker: dict[str, str]) -> None:
-    # Nothing listens on port 1: sending the wake-up fails after the job is committed.
+def test_a_job_whose_wake_up_could_not_be_sent_runs_within_a_sweep(
+    start_worker: Any, redis_broker: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing listens on port 1: sending the wake-ups fails after the jobs are committed.
     unreachable = {**settings.MODALKIT, "BROKER": {"URL": "redis://127.0.0.1:1/0", "QUEUE_NAME": redis_broker["queue"]}}
     with override_settings(MODALKIT=unreachable):
-        job = services.submit_job(message={"text": "good"}, success_queue="results")
-    assert status_of(job.id) == "queued"
+        jobs = [services.submit_job(message={"text": "good"}, success_queue="results") for _ in range(3)]
+        unwoken = Job.objects.filter(id__in=[job.id for job in jobs], enqueued_at__isnull=True)
+        wait_until(lambda: unwoken.count() == 3, what="the failed wake-ups to be noticed")
+    assert {status_of(job.id) for job in jobs} == {"queued"}
+    failures = [record for record in caplog.records if record.getMessage().startswith("Could not wake workers")]
+    assert len(failures) == 1  # once per outage, not once per job
 
-    start_worker(MODALKIT_TEST_REQUEUE_AFTER="1")
-    wait_until(lambda: status_of(job.id) == "succeeded", timeout=30, what="the sweep to re-send the wake-up")
-    assert Job.objects.get(id=job.id).attempts == 1
+    start_worker()  # the shipped timers: a sweep every 5 s
+    wait_until(lambda: {status_of(job.id) for job in jobs} == {"succeeded"}, timeout=15, what="the sweep")
+    assert {Job.objects.get(id=job.id).attempts for job in jobs} == {1}
 
 
 def test_a_stream_message_for_a_finished_job_is_harmless(start_worker: Any) -> None:

@@ -17,16 +17,17 @@ import pytest
 from django.conf import settings
 from django.test import Client, override_settings
 
-from modalkit_django import services, worker
+from modalkit_django import services
 from modalkit_django.models import Job
 
+from . import flow
 from .conftest import wait_until
 from .modal_apps import BrokenService, EchoService
 
 pytestmark = pytest.mark.django_db
 
 SENTIMENT = {
-    "BACKEND": "modalkit_django.inference.modal_backend.ModalBackend",
+    "BACKEND": "modalkit_django.clients.modal.ModalBackend",
     "OPTIONS": {"class_name": "SentimentService"},
 }
 
@@ -112,7 +113,7 @@ def submit(text: str, **kwargs: Any) -> Job:
 
 def test_jobs_of_a_batch_are_concurrent_modal_calls(run_async: Any, fake: Any) -> None:
     jobs = [submit(f"good film {n}") for n in range(24)]
-    run_async(worker.process_jobs, [str(job.id) for job in jobs])
+    run_async(flow.process_batch, [str(job.id) for job in jobs])
     assert set(Job.objects.values_list("status", flat=True)) == {"succeeded"}
     stats = fake.stats
     assert stats.inputs == 24
@@ -124,7 +125,7 @@ def test_jobs_of_a_batch_are_concurrent_modal_calls(run_async: Any, fake: Any) -
 
 def test_a_job_whose_pipeline_fails_on_modal_fails(run_async: Any, fake: Any) -> None:
     job = submit("explode")
-    run_async(worker.process_jobs, [str(job.id)])
+    run_async(flow.process_batch, [str(job.id)])
     job.refresh_from_db()
     assert job.status == "failed"
     assert job.error == {"type": "ValueError", "message": "the model cannot read 'explode'"}
@@ -134,7 +135,7 @@ def test_a_job_whose_pipeline_fails_on_modal_fails(run_async: Any, fake: Any) ->
 def test_a_job_on_an_undeployed_class_fails_at_once(run_async: Any, fake: Any) -> None:
     job = submit("good")
     with on_modal(class_name="NoSuchService"):
-        run_async(worker.process_jobs, [str(job.id)])
+        run_async(flow.process_batch, [str(job.id)])
     job.refresh_from_db()
     assert (job.status, job.attempts, job.error["type"]) == ("failed", 1, "NotFoundError")
 
@@ -143,7 +144,7 @@ def test_a_job_past_the_deadline_fails(run_async: Any, fake: Any) -> None:
     fake.delay = 3.0
     job = submit("good")
     with on_modal(timeout=0.5):
-        run_async(worker.process_jobs, [str(job.id)])
+        run_async(flow.process_batch, [str(job.id)])
     job.refresh_from_db()
     assert (job.status, job.error["type"]) == ("failed", "InferenceTimeout")
 
@@ -151,14 +152,14 @@ def test_a_job_past_the_deadline_fails(run_async: Any, fake: Any) -> None:
 def test_unavailable_modal_retries_the_job_then_succeeds(run_async: Any, fake: Any) -> None:
     fake.unavailable = True
     job = submit("good")
-    run_async(worker.process_jobs, [str(job.id)])
+    run_async(flow.process_batch, [str(job.id)])
     job.refresh_from_db()
     assert (job.status, job.attempts, job.error["type"]) == ("queued", 1, "ServiceError")
     assert job.run_after is not None
 
     fake.unavailable = False
     Job.objects.filter(id=job.id).update(run_after=None)
-    run_async(worker.process_jobs, [str(job.id)])
+    run_async(flow.process_batch, [str(job.id)])
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("succeeded", 2)
 
@@ -168,7 +169,7 @@ def test_unavailable_modal_fails_the_job_after_max_attempts(run_async: Any, fake
     job = submit("good")
     for _ in range(3):
         Job.objects.filter(id=job.id).update(run_after=None)
-        run_async(worker.process_jobs, [str(job.id)])
+        run_async(flow.process_batch, [str(job.id)])
     job.refresh_from_db()
     assert (job.status, job.attempts, job.error["type"]) == ("failed", 3, "ServiceError")
 
@@ -177,7 +178,7 @@ def test_large_payloads_take_the_blob_path_both_ways(run_async: Any, fake: Any) 
     text = secrets.token_urlsafe(3 * 1024 * 1024)  # random: pickle cannot shrink it
     job = submit(text)
     with on_modal(app_name="modalkit-echo-dev", class_name="EchoService"):
-        run_async(worker.process_jobs, [str(job.id)])
+        run_async(flow.process_batch, [str(job.id)])
     job.refresh_from_db()
     assert job.status == "succeeded", job.error
     assert job.result["length"] == len(text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import modal.exception as modal_errors
 import pytest
 
+from modalkit_django.clients.modal import ModalBackend
 from modalkit_django.exceptions import (
     InferenceAuthError,
     InferenceError,
@@ -17,7 +18,6 @@ from modalkit_django.exceptions import (
     InferenceUnavailable,
     PipelineError,
 )
-from modalkit_django.inference.modal_backend import ModalBackend
 
 
 @pytest.mark.parametrize(

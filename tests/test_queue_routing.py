@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
-from modalkit_django import broker, services, worker
+from modalkit_django import broker, services
 from modalkit_django.models import QueueDelivery
 
+from . import flow
 from .conftest import wait_until
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def test_ml_queues_go_to_taskiq_and_the_rest_to_sqs(
     to_sqs = services.submit_job(message={"text": "good"}, success_queue=sqs_queue, meta=meta)
 
     async def run() -> None:
-        await worker.process_jobs([str(to_taskiq.id), str(to_sqs.id)])
+        await flow.process_batch([str(to_taskiq.id), str(to_sqs.id)])
         await broker.get_broker().wait_all()  # type: ignore[attr-defined]
 
     run_async(run)

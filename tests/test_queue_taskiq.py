@@ -12,12 +12,13 @@ import pytest
 import redis
 from django.core.management import call_command
 
-from modalkit_django import broker, services, worker
+from modalkit_django import broker, services
 from modalkit_django.exceptions import ModalkitImproperlyConfigured
 from modalkit_django.models import Job, QueueDelivery
 from modalkit_django.queues.taskiq import consumer, consumers
 
 from . import consumers as test_consumers  # registered here as MODALKIT["TASK_MODULES"] would
+from . import flow
 from .conftest import wait_until
 
 TASKIQ = {"taskiq": {"BACKEND": "modalkit_django.queues.taskiq.TaskiqBackend"}}
@@ -40,7 +41,7 @@ def run_and_drain(run_async: Callable[..., Any], jobs: list[Job]) -> None:
     """Run the jobs, then wait for the in-process broker to finish the consumers it started."""
 
     async def run() -> None:
-        await worker.process_jobs([str(job.id) for job in jobs])
+        await flow.process_batch([str(job.id) for job in jobs])
         await broker.get_broker().wait_all()  # type: ignore[attr-defined]
 
     run_async(run)

@@ -55,8 +55,12 @@ class BaseQueueBackend(ABC):
     def send(self, message: QueueMessage) -> str:
         return async_to_sync(self.asend)(message)
 
-    async def aclose(self) -> None:  # noqa: B027 (only backends holding clients override it)
-        """Release clients. Called when the settings change and at worker shutdown."""
+    def close(self) -> None:  # noqa: B027 (only backends holding clients override it)
+        """Release clients, from any thread. Called when the settings change."""
+
+    async def aclose(self) -> None:
+        """Release clients from an event loop. Called at worker shutdown."""
+        self.close()
 
 
 class BatchQueueBackend(BaseQueueBackend):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Generic, TypeVar
 
 __all__ = ["LoopLocal"]
 
+T = TypeVar("T")
 
-class LoopLocal[T]:
+
+class LoopLocal(Generic[T]):
     """Makes one client per running event loop on first use, and closes it with its loop.
 
     Async clients (``redis.asyncio``, ``httpx.AsyncClient``) bind their connections to
@@ -43,10 +46,18 @@ class LoopLocal[T]:
         return entry[0]
 
     async def aclose(self) -> None:
-        """Close the running loop's client. Other loops' clients close with their loops."""
+        """Close the running loop's client, and ask the other loops to close theirs."""
         entry = self._clients.pop(asyncio.get_running_loop(), None)
+        self.close()
         if entry is not None:
             await entry[1].aclose()
+
+    def close(self) -> None:
+        """From any thread: each client is closed on its own loop, which must still run."""
+        for loop, (_, holder) in list(self._clients.items()):
+            if loop.is_running() and not loop.is_closed():
+                self._clients.pop(loop, None)
+                asyncio.run_coroutine_threadsafe(holder.aclose(), loop)
 
     async def _hold(self, loop: asyncio.AbstractEventLoop, client: T) -> AsyncGenerator[None]:
         try:

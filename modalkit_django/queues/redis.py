@@ -116,5 +116,8 @@ class RedisBackend(BatchQueueBackend):
             retry=Retry(NoBackoff(), 1),
         )
 
+    def close(self) -> None:
+        self._clients.close()
+
     async def aclose(self) -> None:
         await self._clients.aclose()

@@ -22,7 +22,6 @@ endpoint fails the attempt in seconds and the delivery's own backoff takes over.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 from collections import defaultdict
@@ -142,7 +141,7 @@ class SQSBackend(BatchQueueBackend):
         await asyncio.gather(*(send_queue(name, indexes) for name, indexes in by_queue.items()))
         return [outcomes[index] for index in range(len(messages))]
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
@@ -156,8 +155,8 @@ class SQSBackend(BatchQueueBackend):
         except (BotoCoreError, ClientError) as exc:
             return [self._error(exc, queue_name)] * len(messages)
         results: list[str | BaseException] = []
-        for chunk in itertools.batched(messages, BATCH_SIZE):
-            results += self._send_chunk(url, queue_name, list(chunk))
+        for start in range(0, len(messages), BATCH_SIZE):
+            results += self._send_chunk(url, queue_name, messages[start : start + BATCH_SIZE])
         return results
 
     def _queue_url(self, queue_name: str) -> str:

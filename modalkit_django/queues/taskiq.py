@@ -26,11 +26,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from django.utils.module_loading import import_string
+from taskiq import AsyncBroker
 from taskiq.brokers.shared_broker import async_shared_broker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq.exceptions import SendTaskError
 
-from .. import broker
+from ..conf import import_task_modules
 from ..exceptions import DeliveryError, ModalkitImproperlyConfigured, PermanentDeliveryError
 from .base import BaseQueueBackend, QueueMessage
 
@@ -72,17 +74,32 @@ def consumers() -> dict[str, AsyncTaskiqDecoratedTask[Any, Any]]:
 class TaskiqBackend(BaseQueueBackend):
     """Sends each message to the :func:`consumer` registered for its queue name.
 
-    Options: ``timeout``, seconds to hand a message to the broker (default 10). A
-    queue name without a consumer is a :class:`PermanentDeliveryError`.
+    Options:
+
+    ``timeout``
+        Seconds to hand a message to the broker (default 10).
+    ``broker``
+        Dotted path of a function returning the TaskIQ broker to send through (default
+        ``modalkit_django.broker.get_broker``, the workers' own).
+
+    A queue name without a consumer is a :class:`PermanentDeliveryError`.
     """
 
-    def __init__(self, alias: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, alias: str, *, timeout: float = 10.0, broker: str = "modalkit_django.broker.get_broker") -> None:
         super().__init__(alias)
         self.timeout = timeout
-        # Whatever process sends must know the consumers, not only the workers.
-        broker.import_task_modules()
+        self.broker_factory = broker
+        self._modules_imported = False
+
+    def get_broker(self) -> AsyncBroker:
+        factory: Callable[[], AsyncBroker] = import_string(self.broker_factory)
+        return factory()
 
     async def asend(self, message: QueueMessage) -> str:
+        if not self._modules_imported:
+            # Whatever process sends must know the consumers, not only the workers.
+            import_task_modules()
+            self._modules_imported = True
         task = _consumers.get(message.queue_name)
         if task is None:
             registered = ", ".join(sorted(_consumers)) or "none"
@@ -92,7 +109,7 @@ class TaskiqBackend(BaseQueueBackend):
                 alias=self.alias,
                 queue_name=message.queue_name,
             )
-        kicker = task.kicker().with_broker(broker.get_broker()).with_task_id(message.message_id)
+        kicker = task.kicker().with_broker(self.get_broker()).with_task_id(message.message_id)
         # Not with_labels(): TaskIQ's kicker shares its labels dict with the task, so
         # updating it would leak this message's labels into every later send.
         kicker.labels = {

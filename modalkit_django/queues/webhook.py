@@ -157,5 +157,8 @@ class WebhookBackend(BaseQueueBackend):
             headers={"user-agent": "modalkit-django"},
         )
 
+    def close(self) -> None:
+        self._clients.close()
+
     async def aclose(self) -> None:
         await self._clients.aclose()

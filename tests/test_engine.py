@@ -10,12 +10,14 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from modalkit_django import services, worker
+from modalkit_django import engine, services, sweeper
+from modalkit_django.batching import JobBatcher
+from modalkit_django.clients import get_inference_backend
 from modalkit_django.exceptions import InferenceUnavailable
-from modalkit_django.inference.backends import get_inference_backend
-from modalkit_django.models import Job, QueueDelivery
+from modalkit_django.models import Job, QueueDelivery, SweepState
 from modalkit_django.queues.memory import MemoryBackend
 
+from . import flow
 from .doubles import FailingQueue, ScriptedInference
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +39,7 @@ def submit(text: str = "good", **kwargs: Any) -> Job:
 def test_a_batch_runs_the_real_pipeline_and_delivers(run_async: Any, memory_queue: MemoryBackend) -> None:
     good = submit("a great film", success_queue="results", meta={"n": 1})
     bad = submit("explode", success_queue="results", failure_queue="errors")
-    run_async(worker.process_jobs, [str(good.id), str(bad.id)])
+    run_async(flow.process_batch, [str(good.id), str(bad.id)])
 
     good.refresh_from_db()
     bad.refresh_from_db()
@@ -56,7 +58,7 @@ def test_concurrent_messages_share_one_claim_and_one_model_call(run_async: Any, 
     jobs = [submit(f"text {n}") for n in range(20)]
 
     async def deliver_all() -> None:
-        await asyncio.gather(*(worker.run_job(str(job.id)) for job in jobs))
+        await asyncio.gather(*(engine.get_engine().run_job(str(job.id)) for job in jobs))
 
     run_async(deliver_all)
     assert len(scripted.calls) == 1
@@ -69,8 +71,8 @@ def test_duplicate_messages_run_the_inference_once(run_async: Any, scripted: Scr
 
     async def duplicates() -> None:
         # Two copies in the same batch, then a late third.
-        await asyncio.gather(worker.run_job(str(job.id)), worker.run_job(str(job.id)))
-        await worker.run_job(str(job.id))
+        await asyncio.gather(engine.get_engine().run_job(str(job.id)), engine.get_engine().run_job(str(job.id)))
+        await engine.get_engine().run_job(str(job.id))
 
     run_async(duplicates)
     assert scripted.inputs == [{"text": "good"}]
@@ -80,9 +82,9 @@ def test_duplicate_messages_run_the_inference_once(run_async: Any, scripted: Scr
 
 def test_batches_never_exceed_the_batch_size(run_async: Any, scripted: ScriptedInference) -> None:
     jobs = [submit() for _ in range(7)]
-    batcher = worker.JobBatcher(batch_size=3)
 
     async def run() -> None:
+        batcher = JobBatcher(engine.get_engine().process_batch, batch_size=3)
         await asyncio.gather(*(batcher.run(str(job.id)) for job in jobs))
 
     run_async(run)
@@ -92,7 +94,7 @@ def test_batches_never_exceed_the_batch_size(run_async: Any, scripted: ScriptedI
 def test_transient_inference_error_requeues_the_job(run_async: Any, scripted: ScriptedInference) -> None:
     scripted.script = lambda messages: [InferenceUnavailable("modal is down")] * len(messages)
     job = submit(failure_queue="errors")
-    run_async(worker.process_jobs, [str(job.id)])
+    run_async(flow.process_batch, [str(job.id)])
     job.refresh_from_db()
     assert job.status == Job.Status.QUEUED
     assert job.run_after is not None
@@ -105,7 +107,7 @@ def test_a_backend_bug_fails_the_jobs_visibly(run_async: Any, scripted: Scripted
 
     scripted.script = crash
     job = submit(failure_queue="errors")
-    run_async(worker.process_jobs, [str(job.id)])
+    run_async(flow.process_batch, [str(job.id)])
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert job.error == {"type": "KeyError", "message": "'oops'"}
@@ -123,7 +125,7 @@ def failing_queue() -> Iterator[type[FailingQueue]]:
 
 def test_a_failed_send_is_kept_for_retry_and_sent_later(run_async: Any, failing_queue: type[FailingQueue]) -> None:
     job = submit(success_queue="flaky_results")
-    run_async(worker.process_jobs, [str(job.id)])
+    run_async(flow.process_batch, [str(job.id)])
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED  # the result is safe whatever the queue does
     delivery = job.deliveries.get()
@@ -131,19 +133,19 @@ def test_a_failed_send_is_kept_for_retry_and_sent_later(run_async: Any, failing_
     assert delivery.last_error == "DeliveryError: the queue is down"
 
     failing_queue.healthy = True
-    run_async(worker.deliver, str(delivery.id))
+    run_async(flow.deliver, str(delivery.id))
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts, delivery.external_id) == ("sent", 2, f"ext-{delivery.message_id}")
     assert [message.message_id for message in failing_queue.sent] == [delivery.message_id]
     # A late duplicate of the delivery task sends nothing more.
-    run_async(worker.deliver, str(delivery.id))
+    run_async(flow.deliver, str(delivery.id))
     assert len(failing_queue.sent) == 1
 
 
 def test_an_unknown_backend_alias_is_a_failed_send_not_a_lost_result(run_async: Any) -> None:
     job = submit(success_queue="q")
     with override_settings(MODALKIT={**settings.MODALKIT, "QUEUE_ROUTES": [("*", "gone")]}):
-        run_async(worker.process_jobs, [str(job.id)])
+        run_async(flow.process_batch, [str(job.id)])
     delivery = QueueDelivery.objects.get(job=job)
     assert delivery.status == "retrying"
     assert "No queue backend 'gone'" in delivery.last_error
@@ -159,11 +161,12 @@ def test_sweep_once_sends_the_wake_ups_it_found(run_async: Any, scripted: Script
     job = submit()
     Job.objects.filter(id=job.id).update(enqueued_at=timezone.now() - dt.timedelta(hours=1))
 
-    async def sweep_and_drain() -> services.SweepResult:
-        result = await worker.sweep_once()
+    async def sweep_and_drain() -> sweeper.SweepResult | None:
+        result = await sweeper.sweep_once()
         await get_broker().wait_all()  # type: ignore[attr-defined]
         return result
 
+    SweepState.objects.all().delete()
     result = run_async(sweep_and_drain)
     assert result.jobs_to_wake == [job.id]
     job.refresh_from_db()
@@ -173,7 +176,7 @@ def test_sweep_once_sends_the_wake_ups_it_found(run_async: Any, scripted: Script
 def test_a_backend_returning_too_few_predictions_fails_the_jobs(run_async: Any, scripted: ScriptedInference) -> None:
     scripted.script = lambda messages: [{"status": "success", "sentiment": "positive", "confidence": 1.0}]
     jobs = [submit() for _ in range(3)]
-    run_async(worker.process_jobs, [str(job.id) for job in jobs])
+    run_async(flow.process_batch, [str(job.id) for job in jobs])
     errors = {Job.objects.get(id=job.id).error["message"] for job in jobs}
     assert errors == {"returned 1 predictions for 3 messages"}
     assert set(Job.objects.values_list("status", flat=True)) == {"failed"}

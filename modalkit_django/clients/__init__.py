@@ -1,0 +1,53 @@
+"""Django-side inference clients: where a job's model runs (in this process, or on Modal).
+
+``MODALKIT["INFERENCE"]`` names the class; :func:`get_inference_backend` returns the one
+instance this process uses, built on first use and closed when the settings change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..conf import BackendSpec, get_settings
+from ..handlers import BackendHandler
+from .base import InferenceBackend, Prediction, prediction_from_outcome
+
+__all__ = [
+    "InferenceBackend",
+    "InferenceBackends",
+    "Prediction",
+    "get_inference_backend",
+    "inference_backends",
+    "prediction_from_outcome",
+]
+
+DEFAULT_ALIAS = "default"
+
+
+class InferenceBackends(BackendHandler[InferenceBackend]):
+    """``MODALKIT["INFERENCE"]`` as the one alias ``"default"``."""
+
+    kind = "inference backend"
+    setting_label = "MODALKIT['INFERENCE']"
+
+    def specs(self) -> Mapping[str, BackendSpec]:
+        return {DEFAULT_ALIAS: get_settings().inference}
+
+    def build(self, alias: str, spec: BackendSpec) -> InferenceBackend:
+        # Inference backends take only their OPTIONS (no alias): a public contract.
+        backend: InferenceBackend = spec.build(what=self.setting_label)
+        return backend
+
+
+inference_backends = InferenceBackends()
+
+
+def get_inference_backend() -> InferenceBackend:
+    """The inference client of this process."""
+    return inference_backends[DEFAULT_ALIAS]
+
+
+def reset_inference_backend(**kwargs: Any) -> None:
+    """``setting_changed`` receiver."""
+    inference_backends.reset(**kwargs)

@@ -1,0 +1,53 @@
+"""The inference client contract: the one seam between the job service and a model."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from ..exceptions import InferenceError, PipelineError
+from ..inference.batch import Outcome
+
+__all__ = ["InferenceBackend", "Prediction", "prediction_from_outcome"]
+
+# A model output (a JSON object), or why there is none.
+Prediction = dict[str, Any] | InferenceError
+
+
+class InferenceBackend(ABC):
+    """Runs the configured pipeline for a model; implementations differ in where.
+
+    Named by dotted path in ``MODALKIT["INFERENCE"]["BACKEND"]`` and built once per
+    process with ``OPTIONS`` as keyword arguments. Constructors must not connect
+    anywhere: system checks build one to validate the options.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    @abstractmethod
+    async def apredict_many(self, model_name: str, messages: Sequence[dict[str, Any]]) -> list[Prediction]:
+        """One prediction per message, in order; errors are returned, not raised."""
+
+    async def apredict(self, model_name: str, message: dict[str, Any]) -> dict[str, Any]:
+        """One model output, or raise the :class:`InferenceError` that prevented it."""
+        [prediction] = await self.apredict_many(model_name, [message])
+        if isinstance(prediction, InferenceError):
+            raise prediction
+        return prediction
+
+    def close(self) -> None:  # noqa: B027 (only clients holding connections override it)
+        """Release connections; called when the settings change."""
+
+    async def aclose(self) -> None:
+        """Release connections from an event loop; called at worker shutdown."""
+        self.close()
+
+
+def prediction_from_outcome(outcome: Outcome) -> Prediction:
+    """Turn the wire outcome of :func:`~modalkit_django.inference.batch.run_batch` into a :data:`Prediction`."""
+    if outcome.get("ok"):
+        return dict(outcome["output"])
+    error = outcome.get("error") or {}
+    return PipelineError(str(error.get("message", "")), error_type=str(error.get("type", "PipelineError")))

@@ -1,0 +1,136 @@
+"""Inference on Modal: call the deployed service class with the real ``modal`` SDK.
+
+Select it with::
+
+    MODALKIT["INFERENCE"] = {
+        "BACKEND": "modalkit_django.clients.modal.ModalBackend",
+        "OPTIONS": {"class_name": "SentimentService"},
+    }
+
+Options (all optional but ``class_name``):
+
+``app_name``          the deployed app; default ``app_prefix`` + ``MODALKIT_APP_POSTFIX``
+``class_name``        the ``@app.cls`` class name
+``method``            the batched method; default ``predict_batch``
+``environment_name``  the Modal environment; default the SDK's (``MODAL_ENVIRONMENT``)
+``timeout``           our own deadline per call in seconds; default
+                      ``deployment_config.timeout`` (the SDK alone would retry a dead
+                      connection for about a minute)
+
+One call per job (``.remote.aio``), all of a batch concurrently, so Modal's
+``@modal.batched`` sees them together. ``modal`` is imported on first use only: it
+costs about a second, and forked workers must not inherit its client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ..conf import get_config
+from ..exceptions import (
+    InferenceAuthError,
+    InferenceError,
+    InferenceNotDeployed,
+    InferenceTimeout,
+    InferenceUnavailable,
+    PipelineError,
+)
+from ..inference.batch import DEFAULT_METHOD
+from .base import InferenceBackend, Prediction, prediction_from_outcome
+
+__all__ = ["ModalBackend"]
+
+logger = logging.getLogger(__name__)
+
+
+class ModalBackend(InferenceBackend):
+    def __init__(
+        self,
+        *,
+        class_name: str,
+        app_name: str | None = None,
+        method: str = DEFAULT_METHOD,
+        environment_name: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(class_name=class_name, app_name=app_name, method=method, environment_name=environment_name)
+        self.class_name = class_name
+        self._app_name = app_name
+        self.method = method
+        self.environment_name = environment_name
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        # Per process: a forked worker looks the class up again with its own client.
+        self._pid: int | None = None
+        self._instances: dict[str, Any] = {}
+
+    @property
+    def app_name(self) -> str:
+        return self._app_name or get_config().app_name
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout or float(get_config().app_settings.deployment_config.timeout)
+
+    async def apredict_many(self, model_name: str, messages: Sequence[dict[str, Any]]) -> list[Prediction]:
+        method = getattr(self._instance(model_name), self.method)
+        return list(await asyncio.gather(*(self._call(method, message) for message in messages)))
+
+    async def _call(self, method: Any, message: dict[str, Any]) -> Prediction:
+        try:
+            outcome = await asyncio.wait_for(method.remote.aio(message), self.timeout)
+        except Exception as exc:
+            return self._error(exc)
+        if not isinstance(outcome, dict) or "ok" not in outcome:
+            return InferenceError(
+                f"{self.class_name}.{self.method} returned {type(outcome).__name__}, not an outcome",
+                error_type="UnexpectedOutput",
+            )
+        return prediction_from_outcome(outcome)
+
+    def _instance(self, model_name: str) -> Any:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid, self._instances = os.getpid(), {}
+            if model_name not in self._instances:
+                import modal
+
+                # Lazy: nothing touches the network until the first call.
+                service = modal.Cls.from_name(self.app_name, self.class_name, environment_name=self.environment_name)
+                self._instances[model_name] = service(model_name=model_name)
+            return self._instances[model_name]
+
+    def _error(self, exc: Exception) -> InferenceError:
+        """Map what the SDK (or the remote pipeline) raised onto our exception tree."""
+        import modal.exception as modal_errors
+
+        target = f"{self.app_name}/{self.class_name}"
+        error_type = type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            return InferenceTimeout(f"{target} did not answer within {self.timeout:g} s")
+        if isinstance(exc, modal_errors.NotFoundError):
+            return InferenceNotDeployed(f"{target} is not deployed: {exc}", error_type=error_type)
+        if isinstance(exc, modal_errors.AuthError):
+            return InferenceAuthError(f"Modal refused the credentials: {exc}", error_type=error_type)
+        if isinstance(exc, modal_errors.FunctionTimeoutError):
+            return InferenceTimeout(f"{target} ran past its Modal timeout: {exc}", error_type=error_type)
+        if isinstance(
+            exc,
+            (
+                modal_errors.ConnectionError,
+                modal_errors.InternalFailure,
+                modal_errors.ServiceError,
+                modal_errors.ResourceExhaustedError,
+            ),
+        ):
+            return InferenceUnavailable(f"{target} is unavailable: {exc}", error_type=error_type)
+        if isinstance(exc, modal_errors.Error):
+            logger.warning("Modal error calling %s", target, exc_info=exc)
+            return InferenceError(f"{target} failed: {exc}", error_type=error_type)
+        # Anything else was raised by the remote code and re-raised here by the SDK.
+        return PipelineError(str(exc), error_type=error_type)

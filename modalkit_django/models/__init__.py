@@ -1,0 +1,26 @@
+"""The app's models: jobs, their queue deliveries, API keys, and the sweep's state.
+
+Postgres is the source of truth: a broker message only wakes a worker up, so every
+state a job or delivery can be in is a row that the sweep can find again. The
+transitions between states are QuerySet verbs (``Job.objects.claim(...)``,
+``QueueDelivery.objects.record(...)``), set-based, in :mod:`.jobs` and :mod:`.deliveries`.
+"""
+
+from .deliveries import DeliveryPolicy, DeliveryQuerySet, QueueDelivery, SendResult
+from .jobs import FINISHED_JOB_STATUSES, Job, JobQuerySet, JobStatus, Prediction
+from .keys import ApiKey
+from .sweeps import SweepState
+
+__all__ = [
+    "FINISHED_JOB_STATUSES",
+    "ApiKey",
+    "DeliveryPolicy",
+    "DeliveryQuerySet",
+    "Job",
+    "JobQuerySet",
+    "JobStatus",
+    "Prediction",
+    "QueueDelivery",
+    "SendResult",
+    "SweepState",
+]

@@ -1,0 +1,226 @@
+"""Queue deliveries: one message to one queue, and the transitions of its ledger.
+
+::
+
+    pending ──send──▶ sent
+       │
+       └──send fails──▶ retrying ──send──▶ sent
+                           │  ▲
+                           └──┘ (backoff with jitter)
+                           └──out of attempts, too old, or a permanent error──▶ dead
+    any ──redeliver──▶ pending (a fresh attempt budget)
+
+Every attempt is recorded with a compare-and-set on ``attempts``, so an attempt that
+finishes late never overwrites what another recorded (or an operator reset) meanwhile.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from ..exceptions import PermanentDeliveryError
+from .jobs import Job, save_rows
+
+__all__ = ["DeliveryPolicy", "DeliveryQuerySet", "QueueDelivery", "SendResult"]
+
+logger = logging.getLogger(__name__)
+
+
+class DeliveryRoute(models.TextChoices):
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending"
+    SENT = "sent"
+    RETRYING = "retrying"
+    DEAD = "dead"
+
+
+UNSENT_DELIVERY_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
+
+# What recording an attempt writes.
+SEND_FIELDS = ["status", "attempts", "sent_at", "external_id", "next_attempt_at", "last_error"]
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What happened to one attempt to send a delivery."""
+
+    delivery: QueueDelivery
+    external_id: str | None = None
+    error: BaseException | None = None
+
+
+class DeliveryPolicy(Protocol):
+    """How long and how often a delivery is retried: ``MODALKIT["DELIVERY"]`` is one."""
+
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def backoff_seconds(self) -> float: ...
+    @property
+    def max_backoff_seconds(self) -> float: ...
+    @property
+    def max_age_seconds(self) -> float: ...
+
+
+class DeliveryQuerySet(models.QuerySet["QueueDelivery"]):
+    def unsent(self) -> DeliveryQuerySet:
+        return self.filter(status__in=UNSENT_DELIVERY_STATUSES)
+
+    def due(self, now: dt.datetime) -> DeliveryQuerySet:
+        return self.unsent().filter(next_attempt_at__lte=now)
+
+    def claim_due(self, *, claim_seconds: float, limit: int) -> list[uuid.UUID]:
+        """Deliveries due for an attempt, longest-due first; each is left to its caller
+        for ``claim_seconds`` before it is due again."""
+        now = timezone.now()
+        with transaction.atomic(savepoint=False):
+            ids = list(
+                self.due(now)
+                .order_by("next_attempt_at")
+                .select_for_update(skip_locked=True)
+                .values_list("id", flat=True)[:limit]
+            )
+            QueueDelivery.objects.filter(id__in=ids).update(next_attempt_at=now + dt.timedelta(seconds=claim_seconds))
+        return ids
+
+    def record(self, results: Iterable[SendResult], *, policy: DeliveryPolicy) -> None:
+        """Record a batch of send attempts: sent, retrying with backoff, or dead.
+
+        A delivery recorded or redelivered by someone else since this attempt began
+        (it is no longer unsent, or its attempt count moved) keeps what they wrote.
+        """
+        now = timezone.now()
+        attempted = {result.delivery.id: result for result in results}
+        with transaction.atomic(savepoint=False):
+            current = dict(
+                self.select_for_update().unsent().filter(id__in=list(attempted)).values_list("id", "attempts")
+            )
+            updated = [
+                result.delivery.record(result, now, policy)
+                for delivery_id, result in attempted.items()
+                if current.get(delivery_id) == result.delivery.attempts
+            ]
+            save_rows(QueueDelivery, updated, SEND_FIELDS)
+
+    def mark_due(self, delivery_ids: Iterable[uuid.UUID | str]) -> int:
+        """Their wake-up was never sent: due now, so the next sweep sends them."""
+        return self.unsent().filter(id__in=list(delivery_ids)).update(next_attempt_at=timezone.now())
+
+    def redeliver(self, *, claim_seconds: float) -> list[uuid.UUID]:
+        """Send these again, whatever their status, each with a fresh attempt budget."""
+        now = timezone.now()
+        with transaction.atomic(savepoint=False):
+            ids = list(self.select_for_update(of=("self",)).values_list("id", flat=True))
+            QueueDelivery.objects.filter(id__in=ids).update(
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+                attempts_since=now,
+                # Sent by the caller's wake-up; the sweep steps in only if that never happens.
+                next_attempt_at=now + dt.timedelta(seconds=claim_seconds),
+            )
+        return ids
+
+
+class QueueDelivery(models.Model):
+    """One message to one queue: the job's result on its success or failure route."""
+
+    Route = DeliveryRoute
+    Status = DeliveryStatus
+    UNSENT = UNSENT_DELIVERY_STATUSES
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="deliveries")
+    route = models.CharField(max_length=8, choices=Route.choices)
+    queue_name = models.CharField(max_length=255)
+    backend = models.CharField(max_length=100, help_text="Alias in MODALKIT['QUEUES'].")
+    # Stable across retries and redeliveries, so consumers can drop duplicates.
+    message_id = models.CharField(max_length=100, unique=True)
+    payload = models.JSONField()
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # Start of the current attempt budget (MAX_AGE_SECONDS): creation, or the last redelivery.
+    attempts_since = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    external_id = models.CharField(max_length=255, blank=True, help_text="Id the queue gave the message.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = DeliveryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "queue deliveries"
+        permissions = [("redeliver_queuedelivery", "Can redeliver results")]
+        indexes = [
+            models.Index(fields=["-created_at"], name="modalkit_delivery_created_idx"),
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status__in=UNSENT_DELIVERY_STATUSES),
+                name="modalkit_delivery_due_idx",
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=DeliveryStatus.values), name="modalkit_delivery_status_valid"
+            ),
+            models.CheckConstraint(condition=Q(route__in=DeliveryRoute.values), name="modalkit_delivery_route_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.route} → {self.queue_name} ({self.status})"
+
+    def record(self, result: SendResult, now: dt.datetime, policy: DeliveryPolicy) -> QueueDelivery:
+        """Apply one attempt's result in memory (``DeliveryQuerySet.record`` saves it)."""
+        self.attempts += 1
+        if result.error is None:
+            self.status = DeliveryStatus.SENT
+            self.sent_at = now
+            self.external_id = result.external_id or ""
+            self.next_attempt_at = None
+            return self
+        self.last_error = f"{type(result.error).__name__}: {result.error}"[:2000]
+        delay = min(policy.max_backoff_seconds, policy.backoff_seconds * 2 ** (self.attempts - 1))
+        retry_at = now + dt.timedelta(seconds=delay * random.uniform(0.5, 1.0))
+        too_old = retry_at - self.attempts_since > dt.timedelta(seconds=policy.max_age_seconds)
+        if isinstance(result.error, PermanentDeliveryError) or self.attempts >= policy.max_attempts or too_old:
+            self.status = DeliveryStatus.DEAD
+            self.next_attempt_at = None
+            logger.error("Delivery %s to %r is dead: %s", self.id, self.queue_name, self.last_error)
+        else:
+            self.status = DeliveryStatus.RETRYING
+            self.next_attempt_at = retry_at
+        return self
+
+    @classmethod
+    def for_job(
+        cls, job: Job, *, backend: str, payload: dict[str, Any], now: dt.datetime, claim: float
+    ) -> QueueDelivery:
+        """The delivery of a finished job on its route; ``claim``: seconds left to its sender."""
+        succeeded = job.status == Job.Status.SUCCEEDED
+        route = DeliveryRoute.SUCCESS if succeeded else DeliveryRoute.FAILURE
+        return cls(
+            job=job,
+            route=route,
+            queue_name=job.success_queue if succeeded else job.failure_queue,
+            backend=backend,
+            message_id=f"{job.id}:{route}" + (f":rerun{job.reruns}" if job.reruns else ""),
+            payload=payload,
+            next_attempt_at=now + dt.timedelta(seconds=claim),
+            created_at=now,
+            attempts_since=now,
+        )

@@ -1,0 +1,181 @@
+"""TaskIQ's acknowledged Redis stream broker, made to ride out Redis and worker failures.
+
+Upstream's ``taskiq_redis.RedisStreamBroker`` is kept for its wire format and consumer
+group; this subclass changes what a job service needs changed:
+
+- **Redis going away does not kill the worker.** Upstream's ``listen()`` raises and the
+  worker process exits (seen: ~19 restarts in a 15 s outage, each abandoning its batch).
+  Here it waits and reconnects with backoff, and recreates the consumer group if Redis
+  came back empty; the batches in flight finish meanwhile.
+- **A dead worker's messages come back in seconds.** Messages a consumer read but never
+  acknowledged are claimed by a live one after ``idle_timeout`` (30 s here, 10 min
+  upstream), checked every few seconds rather than only after new messages arrive.
+- **Acknowledgements are batched and deleted.** Acks made in the same moment share one
+  ``XACK`` + ``XDEL`` (upstream sends one ``XACK`` per message and never deletes); at a
+  few hundred messages a second that was a third of a worker's event loop (py-spy).
+- **Sends in bulk**: :meth:`kick_many` adds many messages in one pipeline.
+- **An epoch** (:meth:`epoch`) that changes when Redis lost its data, so the sweep knows
+  to wake every queued job again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any
+
+import taskiq_redis
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from taskiq import AckableMessage, BrokerMessage
+
+__all__ = ["RedisStreamBroker"]
+
+logger = logging.getLogger(__name__)
+
+REDIS_GONE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
+    def __init__(self, url: str, *, idle_timeout: int = 30_000, reclaim_interval: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(url, idle_timeout=idle_timeout, **kwargs)
+        self.reclaim_interval = reclaim_interval
+        self._acks: defaultdict[str, list[tuple[str, asyncio.Future[None]]]] = defaultdict(list)
+        self._ack_flush: asyncio.Handle | None = None
+        self._ack_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.queue_name}:modalkit-epoch"
+
+    async def epoch(self) -> str:
+        """A random value stored in Redis on first use: a new one means Redis lost its data."""
+        async with Redis(connection_pool=self.connection_pool) as redis:
+            await redis.set(self.epoch_key, uuid.uuid4().hex, nx=True)
+            value = await redis.get(self.epoch_key)
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def kick_many(self, messages: Sequence[BrokerMessage]) -> None:
+        if not messages:
+            return
+        async with Redis(connection_pool=self.connection_pool) as redis, redis.pipeline(transaction=False) as pipe:
+            for message in messages:
+                queue_name = message.labels.get("queue_name") or self.queue_name
+                pipe.xadd(queue_name, {b"data": message.message}, maxlen=self.maxlen, approximate=self.approximate)
+            await pipe.execute()
+
+    # --- Reading ------------------------------------------------------------------------
+
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        backoff = 0.1
+        outage_since: float | None = None
+        while True:
+            try:
+                async with contextlib.aclosing(self._read()) as messages:
+                    async for message in messages:
+                        if outage_since is not None:
+                            logger.warning("Redis is back after %.1fs", time.monotonic() - outage_since)
+                            outage_since = None
+                        backoff = 0.1
+                        yield message
+            except REDIS_GONE as exc:
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    logger.error("Lost Redis (%s); reconnecting with backoff, batches in flight go on", exc)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                logger.warning("The consumer group is gone (Redis restarted empty?); creating it again")
+                with contextlib.suppress(*REDIS_GONE):
+                    await self._declare_consumer_group()
+                continue
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _read(self) -> AsyncGenerator[AckableMessage, None]:
+        next_reclaim = time.monotonic() + self.reclaim_interval
+        async with Redis(connection_pool=self.connection_pool) as redis:
+            while True:
+                fetched: Any = await redis.xreadgroup(
+                    self.consumer_group_name,
+                    self.consumer_name,
+                    {self.queue_name: ">", **self.additional_streams},  # type: ignore[dict-item]
+                    block=self.block,
+                    noack=False,
+                    count=self.count,
+                )
+                for stream, entries in fetched or []:
+                    for entry_id, fields in entries:
+                        yield self._message(stream, entry_id, fields)
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + self.reclaim_interval
+                    for stream in (self.queue_name, *self.additional_streams):
+                        async for message in self._reclaim(redis, stream):
+                            yield message
+
+    async def _reclaim(self, redis: Redis, stream: str) -> AsyncGenerator[AckableMessage, None]:
+        """Messages read by a consumer that died (or is stuck) more than ``idle_timeout`` ago."""
+        reply = await redis.xautoclaim(
+            stream,
+            self.consumer_group_name,
+            self.consumer_name,
+            min_idle_time=self.idle_timeout,
+            count=self.unacknowledged_batch_size,
+        )
+        claimed = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
+        if claimed:
+            logger.warning("Took over %d messages another consumer read but never finished", len(claimed))
+        for entry_id, fields in claimed:
+            yield self._message(stream, entry_id, fields)
+
+    def _message(self, stream: Any, entry_id: Any, fields: Any) -> AckableMessage:
+        stream_name = stream.decode() if isinstance(stream, bytes) else stream
+        return AckableMessage(data=fields[b"data"], ack=self._ack_generator(id=entry_id, queue_name=stream_name))
+
+    # --- Acknowledging ------------------------------------------------------------------
+
+    def _ack_generator(self, id: str, queue_name: str) -> Callable[[], Awaitable[None]]:
+        async def ack() -> None:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[None] = loop.create_future()
+            self._acks[queue_name].append((id, done))
+            if self._ack_flush is None:
+                # After the acks already on their way this loop iteration have joined.
+                self._ack_flush = loop.call_soon(self._start_flush)
+            await done
+
+        return ack
+
+    def _start_flush(self) -> None:
+        self._ack_flush = None
+        task = asyncio.get_running_loop().create_task(self._flush_acks(self._acks))
+        self._acks = defaultdict(list)
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
+    async def _flush_acks(self, batches: dict[str, list[tuple[str, asyncio.Future[None]]]]) -> None:
+        for queue_name, waiting in batches.items():
+            ids = [id for id, _ in waiting]
+            try:
+                async with (
+                    Redis(connection_pool=self.connection_pool) as redis,
+                    redis.pipeline(transaction=False) as pipe,
+                ):
+                    pipe.xack(queue_name, self.consumer_group_name, *ids)
+                    # Deleted too: acknowledged entries otherwise stay in the stream forever.
+                    pipe.xdel(queue_name, *ids)
+                    await pipe.execute()
+            except (*REDIS_GONE, ResponseError) as exc:
+                # The work is stored in the database: an unacknowledged message is at worst
+                # read again later, and its job is then found done.
+                logger.warning("Could not acknowledge %d messages: %s", len(ids), exc)
+            for _, done in waiting:
+                if not done.done():
+                    done.set_result(None)

@@ -1,0 +1,71 @@
+"""The engine's steps, callable one at a time from tests, inside the test's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.conf import settings
+from django.test import override_settings
+
+from modalkit_django import engine, services, sweeper
+from modalkit_django.conf import get_settings
+from modalkit_django.models import Job, QueueDelivery, SendResult, SweepState
+
+OUTPUT = {"status": "success", "sentiment": "positive", "confidence": 0.9}
+
+
+def submit(**kwargs: Any) -> Job:
+    return services.submit_job(message={"text": "good"}, **kwargs)
+
+
+def pending_delivery(**submit_kwargs: Any) -> QueueDelivery:
+    """A finished job's delivery, not yet attempted."""
+    job = claim_one(submit(success_queue="q", **submit_kwargs))
+    [delivery] = finish([(job, OUTPUT)])
+    return delivery
+
+
+def claim(job_ids: Iterable[Any]) -> list[Job]:
+    return Job.objects.claim([str(job_id) for job_id in job_ids], lease_seconds=get_settings().worker.lease_seconds)
+
+
+def claim_one(job: Job) -> Job:
+    [claimed] = claim([job.id])
+    return claimed
+
+
+def finish(results: Sequence[tuple[Job, Any]]) -> list[QueueDelivery]:
+    """Finish claimed jobs and insert their deliveries, as a worker does after inference."""
+    return engine._finish(list(results))
+
+
+def record(results: Sequence[SendResult]) -> None:
+    QueueDelivery.objects.record(results, policy=get_settings().delivery)
+
+
+def sweep(*, broker_epoch: str | None = None) -> sweeper.SweepResult:
+    """One sweep pass now, whenever the last one ran."""
+    SweepState.objects.all().delete()
+    result = sweeper.sweep(worker="test", broker_epoch=broker_epoch)
+    assert result is not None
+    return result
+
+
+async def process_batch(job_ids: Sequence[Any]) -> None:
+    """A worker's batch, first sends included (they run in the background: wait for them)."""
+    batch_engine = engine.get_engine()
+    await batch_engine.process_batch([str(job_id) for job_id in job_ids])
+    await batch_engine.drain(30)
+
+
+async def deliver(delivery_id: Any) -> None:
+    await engine.get_engine().deliver(str(delivery_id))
+
+
+def with_modalkit(**changes: Any) -> Any:
+    """``override_settings`` for some keys of ``MODALKIT``; dicts are merged one level deep."""
+    merged = {**settings.MODALKIT}
+    for key, value in changes.items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return override_settings(MODALKIT=merged)

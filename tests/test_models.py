@@ -1,0 +1,235 @@
+"""The job and delivery state machine: the QuerySet verbs, batch by batch."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from modalkit_django import services
+from modalkit_django.exceptions import (
+    DeliveryError,
+    InferenceUnavailable,
+    PermanentDeliveryError,
+    PipelineError,
+)
+from modalkit_django.models import Job, QueueDelivery, SendResult
+
+from . import flow
+from .flow import OUTPUT, claim_one, pending_delivery, with_modalkit
+
+pytestmark = pytest.mark.django_db
+
+
+submit = flow.submit
+
+
+def test_claim_takes_a_job_once() -> None:
+    job = submit()
+    claimed = claim_one(job)
+    assert claimed.status == Job.Status.RUNNING
+    assert claimed.attempts == 1
+    assert claimed.lease_token is not None
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.lease_token) == ("running", 1, claimed.lease_token)
+    assert job.lease_expires_at > timezone.now()
+    # A duplicate message finds nothing to claim.
+    assert flow.claim([job.id]) == []
+
+
+def test_claim_skips_jobs_not_yet_due() -> None:
+    job = submit()
+    Job.objects.filter(id=job.id).update(run_after=timezone.now() + dt.timedelta(minutes=1))
+    assert flow.claim([job.id]) == []
+
+
+def test_claim_takes_a_whole_batch() -> None:
+    jobs = [submit() for _ in range(5)]
+    claimed = flow.claim([job.id for job in jobs])
+    assert {job.id for job in claimed} == {job.id for job in jobs}
+    assert len({job.lease_token for job in claimed}) == 1
+
+
+def test_finish_success_stores_the_result_and_a_success_delivery() -> None:
+    job = claim_one(submit(success_queue="ok", failure_queue="err", meta={"r": 1}))
+    [delivery] = flow.finish([(job, OUTPUT)])
+    job.refresh_from_db()
+    assert (job.status, job.result, job.error, job.lease_token) == ("succeeded", OUTPUT, None, None)
+    assert job.finished_at is not None
+    assert (delivery.route, delivery.queue_name, delivery.backend, delivery.status) == (
+        "success",
+        "ok",
+        "memory",
+        "pending",
+    )
+    assert delivery.message_id == f"{job.id}:success"
+    assert delivery.payload == {
+        **OUTPUT,
+        "job_id": str(job.id),
+        "model_name": "sentiment",
+        "meta": {"r": 1},
+        "timestamp": delivery.payload["timestamp"],
+    }
+    # The sweep leaves it to the worker that is sending it now.
+    assert delivery.next_attempt_at > timezone.now()
+
+
+def test_finish_failure_delivers_the_error_and_the_original_request() -> None:
+    job = claim_one(submit(success_queue="ok", failure_queue="err", meta={"r": 2}))
+    [delivery] = flow.finish([(job, PipelineError("boom", error_type="ValueError"))])
+    job.refresh_from_db()
+    assert (job.status, job.result, job.error) == ("failed", None, {"type": "ValueError", "message": "boom"})
+    assert (delivery.route, delivery.queue_name) == ("failure", "err")
+    assert delivery.payload["status"] == "error"
+    assert delivery.payload["error"] == "boom"
+    assert delivery.payload["error_type"] == "ValueError"
+    assert delivery.payload["original_message"] == {
+        "message": {"text": "good"},
+        "success_queue": "ok",
+        "failure_queue": "err",
+        "meta": {"r": 2},
+    }
+
+
+@pytest.mark.parametrize("prediction", [OUTPUT, PipelineError("boom")])
+def test_no_queue_no_delivery(prediction: Any) -> None:
+    job = claim_one(submit())
+    assert flow.finish([(job, prediction)]) == []
+    assert not QueueDelivery.objects.exists()
+    job.refresh_from_db()
+    assert job.is_finished
+
+
+def test_transient_error_requeues_with_backoff_until_attempts_run_out() -> None:
+    job = claim_one(submit(failure_queue="err"))
+    assert flow.finish([(job, InferenceUnavailable("modal is down"))]) == []
+    job.refresh_from_db()
+    assert job.status == Job.Status.QUEUED
+    assert job.error == {"type": "InferenceUnavailable", "message": "modal is down"}
+    assert job.run_after > timezone.now()
+    assert job.enqueued_at is None
+
+    max_attempts = 3
+    for _ in range(max_attempts - 1):
+        Job.objects.filter(id=job.id).update(run_after=None)
+        job = claim_one(job)
+        deliveries = flow.finish([(job, InferenceUnavailable("modal is down"))])
+    job.refresh_from_db()
+    assert job.attempts == max_attempts
+    assert job.status == Job.Status.FAILED
+    assert [delivery.route for delivery in deliveries] == ["failure"]
+
+
+def test_a_run_whose_lease_was_reclaimed_does_not_finish_the_job() -> None:
+    job = claim_one(submit(success_queue="q"))
+    # The sweep reclaimed it and another worker claimed it again.
+    Job.objects.filter(id=job.id).update(status=Job.Status.QUEUED, lease_token=None)
+    second = claim_one(job)
+    assert flow.finish([(job, OUTPUT)]) == []
+    second.refresh_from_db()
+    assert second.status == Job.Status.RUNNING
+    assert flow.finish([(second, OUTPUT)])[0].route == "success"
+
+
+def test_record_a_send() -> None:
+    delivery = pending_delivery()
+    flow.record([SendResult(delivery, external_id="msg-1")])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.external_id) == ("sent", 1, "msg-1")
+    assert delivery.sent_at is not None
+    assert delivery.next_attempt_at is None
+
+
+def test_failed_send_retries_with_exponential_backoff_and_jitter() -> None:
+    delivery = pending_delivery()
+    policy = settings.MODALKIT.get("DELIVERY", {})
+    base = policy.get("BACKOFF_SECONDS", 2.0)
+    for attempt in (1, 2, 3):
+        before = timezone.now()
+        flow.record([SendResult(delivery, error=DeliveryError("down"))])
+        delivery.refresh_from_db()
+        assert (delivery.status, delivery.attempts) == ("retrying", attempt)
+        assert delivery.last_error == "DeliveryError: down"
+        delay = (delivery.next_attempt_at - before).total_seconds()
+        assert base * 2 ** (attempt - 1) * 0.5 - 0.1 <= delay <= base * 2 ** (attempt - 1) + 0.1
+
+
+def test_delivery_is_dead_after_max_attempts() -> None:
+    delivery = pending_delivery()
+    with with_modalkit(DELIVERY={"MAX_ATTEMPTS": 2}):
+        for _ in range(2):
+            flow.record([SendResult(delivery, error=DeliveryError("down"))])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.next_attempt_at) == ("dead", 2, None)
+
+
+def test_permanent_error_is_dead_at_once() -> None:
+    delivery = pending_delivery()
+    flow.record([SendResult(delivery, error=PermanentDeliveryError("410 Gone"))])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("dead", 1)
+
+
+def test_delivery_older_than_max_age_is_dead() -> None:
+    delivery = pending_delivery()
+    QueueDelivery.objects.filter(id=delivery.id).update(attempts_since=timezone.now() - dt.timedelta(days=2))
+    delivery.refresh_from_db()
+    flow.record([SendResult(delivery, error=DeliveryError("down"))])
+    delivery.refresh_from_db()
+    assert delivery.status == "dead"
+
+
+def test_unsent_delivery_ignores_sent_and_dead_ones() -> None:
+    delivery = pending_delivery()
+    assert QueueDelivery.objects.unsent().filter(id=delivery.id).first() == delivery
+    flow.record([SendResult(delivery, external_id="x")])
+    assert QueueDelivery.objects.unsent().filter(id=delivery.id).first() is None
+
+
+def test_an_output_the_database_refuses_fails_only_its_own_job() -> None:
+    jobs = flow.claim([submit(failure_queue="e").id for _ in range(3)])
+    outputs = [OUTPUT, {**OUTPUT, "note": "a\x00b"}, {**OUTPUT, "confidence": float("nan")}]
+    flow.finish(list(zip(jobs, outputs, strict=True)))
+    statuses = [Job.objects.get(id=job.id) for job in jobs]
+    assert [job.status for job in statuses] == ["succeeded", "failed", "failed"]
+    assert statuses[1].error["message"] == "The model's output cannot be stored: it contains a NUL character (\\u0000)"
+    assert "nan" in statuses[2].error["message"]
+
+
+def test_an_error_message_with_a_nul_is_stored() -> None:
+    [job] = flow.claim([submit().id])
+    flow.finish([(job, PipelineError("bad\x00byte", error_type="ValueError"))])
+    job.refresh_from_db()
+    assert job.error == {"type": "ValueError", "message": "bad\\x00byte"}
+
+
+def test_a_redelivery_gets_a_fresh_age_budget() -> None:
+    delivery = pending_delivery()
+    flow.record([SendResult(delivery, error=PermanentDeliveryError("no"))])
+    QueueDelivery.objects.filter(id=delivery.id).update(attempts_since=timezone.now() - dt.timedelta(days=2))
+    services.redeliver(delivery=delivery)
+    flow.record([SendResult(delivery, error=DeliveryError("still down"))])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("retrying", 1)
+
+
+def test_a_late_result_does_not_overwrite_a_delivery_recorded_meanwhile() -> None:
+    delivery = pending_delivery()
+    stale = QueueDelivery.objects.get(id=delivery.id)
+    flow.record([SendResult(delivery, external_id="sent-by-the-sweep")])
+    flow.record([SendResult(stale, error=DeliveryError("timed out"))])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.external_id) == ("sent", 1, "sent-by-the-sweep")
+
+
+def test_a_late_result_does_not_undo_a_redelivery() -> None:
+    delivery = pending_delivery()
+    flow.record([SendResult(delivery, error=DeliveryError("down"))])
+    in_flight = QueueDelivery.objects.get(id=delivery.id)  # attempts=1, being retried
+    services.redeliver(delivery=delivery)
+    flow.record([SendResult(in_flight, error=DeliveryError("down again"))])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("pending", 0)
