@@ -1,7 +1,10 @@
 """The HTTP API: a ninja ``Router`` for the host project to mount, e.g. under ``/api/``::
 
-    api = NinjaAPI()
+    api = add_error_handlers(NinjaAPI())
     api.add_router("/", build_router())
+
+:func:`add_error_handlers` answers what a router cannot: a database that is briefly
+away (restarting, failing over) is a JSON 503 with ``Retry-After``, not a 500.
 
 Views parse input, call one service and shape the answer. Domain errors become
 HTTP errors in :func:`http_errors`, the one place that maps them.
@@ -12,13 +15,15 @@ annotations at runtime, and the request schemas are local to :func:`build_router
 
 import contextlib
 import hmac
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
-from ninja import Router
+from ninja import NinjaAPI, Router
 from ninja.errors import HttpError
 from ninja.params import functions as param
 from ninja.responses import Status
@@ -52,7 +57,12 @@ from .schemas import (
     sync_request_schema,
 )
 
-__all__ = ["Caller", "build_router", "http_errors"]
+__all__ = ["Caller", "add_error_handlers", "build_router", "http_errors"]
+
+logger = logging.getLogger(__name__)
+
+# What a client is told to wait when the database is away: about one restart.
+RETRY_AFTER_SECONDS = 5
 
 # Most specific first: the first isinstance match wins.
 _STATUS_FOR_ERROR: tuple[tuple[type[ModalkitError], int], ...] = (
@@ -80,6 +90,21 @@ def http_errors() -> Iterator[None]:
             if isinstance(exc, error_class):
                 raise HttpError(status, str(exc)) from exc
         raise
+
+
+def add_error_handlers(api: NinjaAPI) -> NinjaAPI:
+    """Give ``api`` the error answers the router's views rely on; returns ``api``."""
+
+    def database_unavailable(request: HttpRequest, exc: Any) -> HttpResponse:
+        logger.warning("Answering 503: the database is unavailable (%s: %s)", type(exc).__name__, exc)
+        detail = "The service is briefly unavailable; retry shortly."
+        response = api.create_response(request, {"detail": detail}, status=503)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+
+    for error in (OperationalError, InterfaceError):
+        api.add_exception_handler(error, database_unavailable)
+    return api
 
 
 @dataclass(frozen=True)

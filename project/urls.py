@@ -3,9 +3,10 @@ from django.urls import path
 from ninja import NinjaAPI
 
 import modalkit_django
-from modalkit_django.api import build_router
+from modalkit_django.api import add_error_handlers, build_router
 
 api = NinjaAPI(title="modalkit-django", version=modalkit_django.__version__, urls_namespace="modalkit")
+add_error_handlers(api)
 api.add_router("/", build_router())
 
 urlpatterns = [

@@ -7,8 +7,10 @@ transitions between states are QuerySet verbs (``Job.objects.claim(...)``,
 """
 
 from .deliveries import DeliveryPolicy, DeliveryQuerySet, QueueDelivery, SendResult
-from .jobs import FINISHED_JOB_STATUSES, Job, JobQuerySet, JobStatus, Prediction
+from .job_transitions import JobQuerySet, Prediction
+from .jobs import Job
 from .keys import ApiKey
+from .states import FINISHED_JOB_STATUSES, JobStatus
 from .sweeps import SweepState
 
 __all__ = [

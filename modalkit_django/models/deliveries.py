@@ -29,29 +29,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..exceptions import PermanentDeliveryError
-from .jobs import Job, save_rows
+from .jobs import Job
+from .states import SEND_FIELDS, UNSENT_DELIVERY_STATUSES, DeliveryRoute, DeliveryStatus, save_rows
 
 __all__ = ["DeliveryPolicy", "DeliveryQuerySet", "QueueDelivery", "SendResult"]
 
 logger = logging.getLogger(__name__)
-
-
-class DeliveryRoute(models.TextChoices):
-    SUCCESS = "success"
-    FAILURE = "failure"
-
-
-class DeliveryStatus(models.TextChoices):
-    PENDING = "pending"
-    SENT = "sent"
-    RETRYING = "retrying"
-    DEAD = "dead"
-
-
-UNSENT_DELIVERY_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
-
-# What recording an attempt writes.
-SEND_FIELDS = ["status", "attempts", "sent_at", "external_id", "next_attempt_at", "last_error"]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Jobs, and every transition between their states as a set-based QuerySet verb.
+"""Jobs: what a client asked for, and where its run stands.
 
 ::
 
@@ -10,270 +10,24 @@
       │  └──expire (waited past async_config.timeout)──▶ expired
       └──rerun── succeeded | failed | canceled | expired
 
-Each verb changes many rows in a few statements, whatever their number, and the ones
-the sweep runs take the oldest rows first through the partial index that serves them.
-A verb never trusts what it read earlier: it locks or compare-and-sets the rows it
-changes, so a duplicate message, a late worker or an operator acting at the same moment
-changes nothing twice.
+The transitions are the QuerySet verbs of :mod:`.job_transitions`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
-from django.db.models import F, Q
+from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
-from ..exceptions import InferenceError, PipelineError
-from ..validators import json_problem
+from .job_transitions import JobQuerySet
+from .states import FINISHED_JOB_STATUSES, JobStatus
 
-__all__ = ["FINISHED_JOB_STATUSES", "Job", "JobQuerySet", "JobStatus"]
-
-# A model's output, or why there is none (clients.Prediction; not imported: a lower layer).
-Prediction = dict[str, Any] | InferenceError
-
-WORKER_LOST = {"type": "WorkerLost", "message": "The worker running this job stopped before finishing it."}
-CANCELED = {"type": "Canceled", "message": "The job was canceled before it ran."}
-
-
-class JobStatus(models.TextChoices):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    EXPIRED = "expired"
-
-
-FINISHED_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED)
-
-# What finishing, requeueing or cancelling a job writes.
-OUTCOME_FIELDS = [
-    "status", "result", "error", "finished_at", "run_after", "enqueued_at", "lease_token", "lease_expires_at",
-]  # fmt: skip
-
-
-def save_rows(model: type[models.Model], rows: Sequence[Any], fields: list[str]) -> None:
-    """Write ``fields`` of existing, locked ``rows`` in one statement.
-
-    An upsert (``INSERT … ON CONFLICT (id) DO UPDATE``) is Django's cheapest multi-row
-    update: ``bulk_update`` builds a ``CASE`` per field per row and measured 7 times slower
-    for a batch of 100 jobs. Callers lock the rows first, so none is inserted anew.
-    """
-    if rows:
-        model._default_manager.bulk_create(rows, update_conflicts=True, unique_fields=["id"], update_fields=fields)
-
-
-class JobQuerySet(models.QuerySet["Job"]):
-    def for_owner(self, owner: Any) -> JobQuerySet:
-        """Jobs an API caller may see: its own (``None`` is the static ModalKit key)."""
-        return self.filter(owner=owner) if owner is not None else self.filter(owner__isnull=True)
-
-    def runnable(self, now: dt.datetime) -> JobQuerySet:
-        return self.filter(Q(run_after__isnull=True) | Q(run_after__lte=now), status=JobStatus.QUEUED)
-
-    # --- The worker: claim, keep, finish --------------------------------------------
-
-    def claim(self, job_ids: Iterable[uuid.UUID | str], *, lease_seconds: float) -> list[Job]:
-        """Mark the runnable ones among ``job_ids`` running under one new lease; return them.
-
-        A job already claimed, finished or not yet due is skipped, so a duplicate
-        message does nothing.
-        """
-        now = timezone.now()
-        token = uuid.uuid4()
-        expires = now + dt.timedelta(seconds=lease_seconds)
-        with transaction.atomic(savepoint=False):
-            jobs = list(self.runnable(now).filter(id__in=list(job_ids)).select_for_update(skip_locked=True))
-            if not jobs:
-                return []
-            Job.objects.filter(id__in=[job.id for job in jobs]).update(
-                status=JobStatus.RUNNING,
-                started_at=now,
-                attempts=F("attempts") + 1,
-                lease_token=token,
-                lease_expires_at=expires,
-            )
-        for job in jobs:
-            job.status = JobStatus.RUNNING
-            job.started_at = now
-            job.attempts += 1
-            job.lease_token = token
-            job.lease_expires_at = expires
-        return jobs
-
-    def renew_leases(self, lease_tokens: Iterable[uuid.UUID], *, lease_seconds: float) -> int:
-        """The heartbeat of a live worker: push back the leases of the batches it runs."""
-        tokens = list(lease_tokens)
-        if not tokens:
-            return 0
-        expires = timezone.now() + dt.timedelta(seconds=lease_seconds)
-        return self.filter(status=JobStatus.RUNNING, lease_token__in=tokens).update(lease_expires_at=expires)
-
-    def finish(
-        self,
-        results: Sequence[tuple[Job, Prediction]],
-        *,
-        max_attempts: int,
-        retry_backoff_seconds: float,
-    ) -> list[Job]:
-        """Store each claimed job's output or error; return the jobs now finished.
-
-        A transient error sends its job back to the queue with backoff until it has used
-        ``max_attempts``. A job whose lease was reclaimed meanwhile belongs to another run
-        and is left alone. Joins the caller's transaction, so the caller can insert the
-        finished jobs' deliveries in the same one.
-        """
-        now = timezone.now()
-        finished: list[Job] = []
-        requeued: list[Job] = []
-        with transaction.atomic(savepoint=False):
-            held = set(
-                self.select_for_update()
-                .filter(
-                    id__in=[job.id for job, _ in results],
-                    status=JobStatus.RUNNING,
-                    lease_token__in={job.lease_token for job, _ in results},
-                )
-                .values_list("id", flat=True)
-            )
-            for job, prediction in results:
-                if job.id not in held:
-                    continue
-                if not isinstance(prediction, InferenceError) and (problem := json_problem(prediction, max_depth=None)):
-                    # One output the database refuses must not fail its whole batch.
-                    prediction = PipelineError(f"The model's output cannot be stored: it contains {problem}")
-                if isinstance(prediction, InferenceError) and prediction.retryable and job.attempts < max_attempts:
-                    job.requeue(now, prediction.as_dict(), delay=retry_backoff_seconds * 2 ** (job.attempts - 1))
-                    requeued.append(job)
-                elif isinstance(prediction, InferenceError):
-                    job.end(JobStatus.FAILED, now, error=prediction.as_dict())
-                    finished.append(job)
-                else:
-                    job.end(JobStatus.SUCCEEDED, now, result=prediction)
-                    finished.append(job)
-            save_rows(Job, finished + requeued, OUTCOME_FIELDS)
-        return finished
-
-    # --- The sweep: oldest first, a bounded number per pass ---------------------------
-
-    def reclaim_expired(self, *, max_attempts: int, limit: int) -> tuple[list[Job], list[Job]]:
-        """Running jobs whose lease expired (their worker died), oldest lease first.
-
-        Back to the queue, or failed once out of attempts. Returns (requeued, failed).
-        """
-        now = timezone.now()
-        with transaction.atomic(savepoint=False):
-            jobs = list(
-                self.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
-                .order_by("lease_expires_at")
-                .select_for_update(skip_locked=True)[:limit]
-            )
-            requeued = [job for job in jobs if job.attempts < max_attempts]
-            failed = [job for job in jobs if job.attempts >= max_attempts]
-            for job in requeued:
-                job.requeue(now, WORKER_LOST, delay=0)
-            for job in failed:
-                job.end(JobStatus.FAILED, now, error=WORKER_LOST)
-            save_rows(Job, jobs, OUTCOME_FIELDS)
-        return requeued, failed
-
-    def expire_waiting(self, *, timeout: float, limit: int) -> list[Job]:
-        """Queued jobs that waited longer than ``timeout`` seconds, oldest first: expired."""
-        now = timezone.now()
-        error = {"type": "Expired", "message": f"The job waited more than {timeout:g} s in the queue."}
-        with transaction.atomic(savepoint=False):
-            jobs = list(
-                self.filter(status=JobStatus.QUEUED, queued_at__lt=now - dt.timedelta(seconds=timeout))
-                .order_by("queued_at")
-                .select_for_update(skip_locked=True)[:limit]
-            )
-            for job in jobs:
-                job.end(JobStatus.EXPIRED, now, error=error)
-            save_rows(Job, jobs, OUTCOME_FIELDS)
-        return jobs
-
-    def take_unwoken(self, *, woken_before: dt.datetime, limit: int) -> list[uuid.UUID]:
-        """Runnable queued jobs with no wake-up in flight, or none since ``woken_before``.
-
-        Those whose wake-up failed come first, then the longest-waiting. They are marked
-        woken now; the caller sends the wake-ups.
-        """
-        now = timezone.now()
-        with transaction.atomic(savepoint=False):
-            ids = list(
-                self.runnable(now)
-                .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=woken_before))
-                .order_by(F("enqueued_at").asc(nulls_first=True), "queued_at")
-                .select_for_update(skip_locked=True)
-                .values_list("id", flat=True)[:limit]
-            )
-            Job.objects.filter(id__in=ids).update(enqueued_at=now)
-        return ids
-
-    def mark_unwoken(self, job_ids: Iterable[uuid.UUID | str]) -> int:
-        """Their wake-up was never sent: the next sweep sends it, whatever REQUEUE_AFTER says."""
-        return self.filter(id__in=list(job_ids), status=JobStatus.QUEUED).update(enqueued_at=None)
-
-    def purge_finished(self, *, finished_before: dt.datetime, limit: int) -> int:
-        """Delete up to ``limit`` jobs finished before then, with their deliveries; oldest first.
-
-        Jobs whose results are still being delivered stay. The rows are locked before they
-        are deleted and the condition is checked again as they are: a job re-run or
-        redelivered meanwhile survives. Only ids are read, never the JSON.
-        """
-        from .deliveries import UNSENT_DELIVERY_STATUSES
-
-        doomed = self.filter(status__in=FINISHED_JOB_STATUSES, finished_at__lt=finished_before).exclude(
-            deliveries__status__in=UNSENT_DELIVERY_STATUSES
-        )
-        with transaction.atomic(savepoint=False):
-            ids = list(
-                doomed.order_by("finished_at").select_for_update(skip_locked=True).values_list("id", flat=True)[:limit]
-            )
-            if not ids:
-                return 0
-            _, per_model = doomed.filter(id__in=ids).only("id").delete()
-        return per_model.get(Job._meta.label, 0)
-
-    # --- Operators and clients -----------------------------------------------------------
-
-    def cancel(self) -> list[Job]:
-        """Cancel the queued jobs among these; return them. Others are left as they are."""
-        now = timezone.now()
-        with transaction.atomic(savepoint=False):
-            jobs = list(self.filter(status=JobStatus.QUEUED).select_for_update(of=("self",)))
-            for job in jobs:
-                job.end(JobStatus.CANCELED, now, error=CANCELED)
-            save_rows(Job, jobs, OUTCOME_FIELDS)
-        return jobs
-
-    def rerun(self) -> list[uuid.UUID]:
-        """Queue the finished jobs among these again, as a new generation; return their ids."""
-        now = timezone.now()
-        with transaction.atomic(savepoint=False):
-            finished = self.filter(status__in=FINISHED_JOB_STATUSES).select_for_update(of=("self",))
-            ids = list(finished.values_list("id", flat=True))
-            Job.objects.filter(id__in=ids).update(
-                status=JobStatus.QUEUED,
-                reruns=F("reruns") + 1,
-                attempts=0,
-                result=None,
-                error=None,
-                started_at=None,
-                finished_at=None,
-                run_after=None,
-                lease_token=None,
-                lease_expires_at=None,
-                queued_at=now,
-                enqueued_at=now,
-            )
-        return ids
+__all__ = ["Job"]
 
 
 class Job(models.Model):
