@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -63,13 +64,17 @@ def wait_drained(redis_client: object, queue: str, total: int, timeout: float) -
     raise TimeoutError(f"{queue} not drained in {timeout}s")
 
 
-def bench_noop(total: int, max_async: int | None) -> float:
+def bench_noop(total: int, max_async: int | None, workers: int = 1) -> float:
     import redis
     from taskiq_redis import RedisStreamBroker
 
     queue = f"bench-noop-{uuid.uuid4().hex[:6]}"
     os.environ["BENCH_QUEUE"] = queue
+    import importlib
+
     from bench import noop
+
+    noop = importlib.reload(noop)  # its broker reads BENCH_QUEUE when the module runs
 
     async def fill() -> None:
         broker: RedisStreamBroker = noop.broker
@@ -82,8 +87,8 @@ def bench_noop(total: int, max_async: int | None) -> float:
     client = redis.Redis.from_url(REDIS_URL)
     env = {**os.environ, "BENCH_QUEUE": queue}
     worker = start_worker(
-        [sys.executable, "-m", "taskiq", "worker", "bench.noop:broker", "--workers", "1", "--log-level", "WARNING",
-         *max_async_option(max_async)],
+        [sys.executable, "-m", "taskiq", "worker", "bench.noop:broker", "--workers", str(workers),
+         "--log-level", "WARNING", *max_async_option(max_async)],
         env,
     )  # fmt: skip
     try:
@@ -94,7 +99,9 @@ def bench_noop(total: int, max_async: int | None) -> float:
     return total / seconds
 
 
-def bench_modalkit(total: int, max_async: int | None, extra_env: dict[str, str]) -> tuple[float, dict[str, float]]:
+def bench_modalkit(
+    total: int, max_async: int | None, extra_env: dict[str, str], workers: int = 1
+) -> tuple[float, dict[str, float]]:
     # One stream per session: Django reads its settings (and the queue name) once.
     queue = os.environ.setdefault("BENCH_MODALKIT_QUEUE", f"bench-modalkit-{uuid.uuid4().hex[:6]}")
     os.environ["BENCH_QUEUE"] = queue
@@ -132,7 +139,7 @@ def bench_modalkit(total: int, max_async: int | None, extra_env: dict[str, str])
     connection.close()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings", "BENCH_QUEUE": queue, **extra_env}
     worker = start_worker(
-        [sys.executable, "manage.py", "taskiq", "worker", "--workers", "1", "--log-level", "WARNING",
+        [sys.executable, "manage.py", "taskiq", "worker", "--workers", str(workers), "--log-level", "WARNING",
          *max_async_option(max_async)],
         env,
     )  # fmt: skip
@@ -199,29 +206,48 @@ def main() -> None:
     parser.add_argument(
         "--max-async-tasks", type=int, help="for both workers; default: each command's own (TaskIQ's is 100)"
     )
-    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--processes", default="1,2", help="worker processes per row, e.g. 1,2")
     parser.add_argument("--inference", choices=["local", "modal", "both"], default="both")
+    parser.add_argument("--no-sweep-row", action="store_true", help="skip the row drained with the sweep on")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "throughput.json", help="where to write the rows")
     args = parser.parse_args()
-    if not args.skip_baseline:
-        noop_rate = bench_noop(args.jobs, args.max_async_tasks)
-        print(f"raw TaskIQ no-op baseline:        {noop_rate:7.0f} tasks/s")
-    if args.inference in ("local", "both"):
-        rate, details = bench_modalkit(args.jobs, args.max_async_tasks, {"INFERENCE": "local"})
-        ratio = "" if args.skip_baseline else f", {rate / noop_rate:.2f} of the baseline"
-        print(f"modalkit-django, local inference: {rate:7.0f} jobs/s{ratio}  {details}")
-    if args.inference in ("modal", "both"):
-        fake = ModalFakeProcess()
-        try:
-            rate, details = bench_modalkit(args.jobs, args.max_async_tasks, fake.env)
-            stats = fake.stats()
-        finally:
-            fake.stop()
-        ratio = "" if args.skip_baseline else f", {rate / noop_rate:.2f} of the baseline"
-        print(f"modalkit-django, Modal (fake):    {rate:7.0f} jobs/s{ratio}  {details}")
-        print(
-            f"  Modal calls per job: {stats['function_maps'] / args.jobs:.2f}; "  # type: ignore[operator]
-            f"mean batch Modal ran: {stats['mean_batch_size']:.1f}"
-        )
+    rows: list[dict[str, object]] = []
+
+    def row(name: str, processes: int, rate: float, baseline: float | None, **details: object) -> None:
+        ratio = rate / baseline if baseline else None
+        rows.append({"row": name, "processes": processes, "per_s": round(rate), "ratio": ratio, **details})
+        shown = f"{ratio:.2f}" if ratio else "    "
+        print(f"{name:42} {processes:>2} proc {rate:7.0f}/s  {shown}  {details or ''}", flush=True)
+
+    for processes in (int(part) for part in args.processes.split(",")):
+        baseline = bench_noop(args.jobs, args.max_async_tasks, processes)
+        row("raw TaskIQ no-op (baseline)", processes, baseline, None)
+        if args.inference in ("local", "both"):
+            rate, details = bench_modalkit(args.jobs, args.max_async_tasks, {"INFERENCE": "local"}, processes)
+            row("modalkit-django, local inference", processes, rate, baseline, **details)
+        if processes == 1 and args.inference in ("local", "both") and not args.no_sweep_row:
+            env = {"INFERENCE": "local", "BENCH_SWEEP": "1"}
+            rate, details = bench_modalkit(args.jobs, args.max_async_tasks, env, processes)
+            row("modalkit-django, local, the sweep on", processes, rate, baseline, **details)
+        if processes == 1 and args.inference in ("modal", "both"):
+            fake = ModalFakeProcess()
+            try:
+                rate, details = bench_modalkit(args.jobs, args.max_async_tasks, fake.env, processes)
+                stats = fake.stats()
+            finally:
+                fake.stop()
+            calls = round(float(stats["function_maps"]) / args.jobs, 2)  # type: ignore[arg-type]
+            row(
+                "modalkit-django, Modal (fake control plane)",
+                processes,
+                rate,
+                baseline,
+                modal_calls_per_job=calls,
+                mean_modal_batch=round(float(stats["mean_batch_size"]), 1),
+                **details,
+            )  # type: ignore[arg-type]
+    args.json.write_text(json.dumps({"jobs": args.jobs, "rows": rows}, indent=2))
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -94,10 +94,17 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
                     raise
                 logger.warning("The consumer group is gone (Redis restarted empty?); creating it again")
                 with contextlib.suppress(*REDIS_GONE):
-                    await self._declare_consumer_group()
+                    await self._recreate_consumer_group()
                 continue
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    async def _recreate_consumer_group(self) -> None:
+        """From the stream's start: messages sent since Redis came back are read too."""
+        async with Redis(connection_pool=self.connection_pool) as redis:
+            for stream in (self.queue_name, *self.additional_streams):
+                with contextlib.suppress(ResponseError):  # another worker was first
+                    await redis.xgroup_create(stream, self.consumer_group_name, id="0", mkstream=True)
 
     async def _read(self) -> AsyncGenerator[AckableMessage, None]:
         next_reclaim = time.monotonic() + self.reclaim_interval

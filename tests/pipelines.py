@@ -51,3 +51,17 @@ class EchoPipeline(InferencePipeline):
 
     def postprocess(self, input_list: list[BaseModel], raw_output: dict[str, Any]) -> list[InferenceOutputModel]:
         return [EchoResponse(text=text, length=len(text)) for text in raw_output["texts"]]
+
+
+class SleepPipeline(SentimentPipeline):
+    """``{"text": "sleep SECONDS LOG"}`` appends a line to LOG, then sleeps: a slow model
+    whose every run can be counted."""
+
+    def predict(self, input_list: list[BaseModel], preprocessed_data: dict[str, Any]) -> dict[str, Any]:
+        for text in preprocessed_data["texts"]:
+            words = text.split()
+            if words[:1] == ["sleep"]:
+                with Path(words[2]).open("a") as log:
+                    log.write("ran\n")
+                time.sleep(float(words[1]))
+        return super().predict(input_list, preprocessed_data)

@@ -1,17 +1,13 @@
-"""The broker: building it from settings, and the Redis stream broker's batched acks."""
+"""The broker: building it from settings, sending from sync code, surviving a fork."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import uuid
-from typing import Any
 
 import pytest
 import redis
-from django.conf import settings
 from taskiq import InMemoryBroker
 
 from modalkit_django import broker
@@ -35,35 +31,6 @@ def test_a_redis_url_is_the_acknowledging_stream_broker() -> None:
 def test_other_urls_are_refused() -> None:
     with pytest.raises(ModalkitImproperlyConfigured, match="must be a redis:// URL"):
         broker.build_broker(BrokerSettings(url="amqp://localhost"))
-
-
-def xack_calls(client: redis.Redis) -> int:
-    return int(client.info("commandstats").get("cmdstat_xack", {}).get("calls", 0))
-
-
-def test_acks_made_together_share_one_xack_and_leave_no_entries(redis_client: redis.Redis) -> None:
-    queue = f"modalkit-test-acks-{uuid.uuid4().hex[:8]}"
-    stream = RedisStreamBroker(settings.REDIS_URL, queue_name=queue, xread_block=100)
-
-    async def receive_and_ack() -> int:
-        await stream.startup()
-        for n in range(40):
-            redis_client.xadd(queue, {b"data": str(n).encode()})
-        received: list[Any] = []
-        async for message in stream.listen():
-            received.append(message)
-            if len(received) == 40:
-                break
-        before = xack_calls(redis_client)
-        await asyncio.gather(*(message.ack() for message in received))
-        await stream.shutdown()
-        return xack_calls(redis_client) - before
-
-    try:
-        assert asyncio.run(receive_and_ack()) == 1  # upstream sends one per message
-        assert redis_client.xlen(queue) == 0  # acknowledged entries are deleted, not kept forever
-    finally:
-        redis_client.delete(queue)
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,32 @@ def test_a_stream_message_for_a_finished_job_is_harmless(start_worker: Any) -> N
     done = services.submit_job(message={"text": "bad"})
     wait_until(lambda: status_of(done.id) == "succeeded", what="a later job")
     assert Job.objects.get(id=job.id).attempts == 1
+
+
+FAST_TIMERS = {"LEASE_SECONDS": 2, "HEARTBEAT_SECONDS": 0.5, "SWEEP_INTERVAL_SECONDS": 0.5}
+
+
+def test_a_slow_job_that_is_alive_is_never_reclaimed(start_worker: Any, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.log"
+    start_worker(FAST_TIMERS, MODALKIT_TEST_PIPELINE="tests.pipelines.SleepPipeline")
+    # Three times its lease: only the heartbeat keeps it from being run twice.
+    job = services.submit_job(message={"text": f"sleep 6 {runs} good"})
+    wait_until(lambda: status_of(job.id) == "succeeded", timeout=30, what="the slow job")
+    assert Job.objects.get(id=job.id).attempts == 1
+    assert runs.read_text().splitlines() == ["ran"]
+
+
+def test_two_workers_sweep_once_per_period_between_them(start_worker: Any) -> None:
+    from modalkit_django.models import SweepState
+
+    start_worker(FAST_TIMERS)
+    start_worker(FAST_TIMERS)
+    wait_until(SweepState.objects.exists, what="a first sweep")
+    first = SweepState.objects.get()
+    window = 5.0
+    time.sleep(window)
+    last = SweepState.objects.get()
+    sweeps = last.sweeps - first.sweeps
+    # One sweep may be taken every 0.8 x 0.5 s: two workers sweeping on their own
+    # (each every 0.4 to 0.6 s) would make about twice as many.
+    assert 2 <= sweeps <= window / 0.4 + 1

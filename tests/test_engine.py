@@ -180,3 +180,78 @@ def test_a_backend_returning_too_few_predictions_fails_the_jobs(run_async: Any, 
     errors = {Job.objects.get(id=job.id).error["message"] for job in jobs}
     assert errors == {"returned 1 predictions for 3 messages"}
     assert set(Job.objects.values_list("status", flat=True)) == {"failed"}
+
+
+def test_a_malformed_job_id_fails_alone(run_async: Any, scripted: ScriptedInference, caplog: Any) -> None:
+    from modalkit_django import tasks
+
+    jobs = [submit() for _ in range(3)]
+
+    async def one_batch() -> None:
+        ids = [str(job.id) for job in jobs]
+        await asyncio.gather(tasks.run_job("not-a-uuid"), *(tasks.run_job(job_id) for job_id in ids))
+
+    run_async(one_batch)
+    assert set(Job.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert "Ignoring a run_job message for 'not-a-uuid'" in caplog.text
+
+
+def test_a_slow_queue_does_not_hold_up_the_batch(run_async: Any) -> None:
+    modalkit = {
+        **settings.MODALKIT,
+        "QUEUES": {**settings.MODALKIT["QUEUES"], "slow": {"BACKEND": "tests.doubles.SlowQueue"}},
+        "QUEUE_ROUTES": [("slow_*", "slow")],
+        "DELIVERY": {"INLINE_TIMEOUT_SECONDS": 0.5},
+    }
+    job = submit(success_queue="slow_hook")
+
+    async def batch_then_sends() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        batch_engine = engine.get_engine()
+        await batch_engine.process_batch([str(job.id)])
+        batch_done = loop.time() - started
+        await batch_engine.drain(30)
+        return batch_done, loop.time() - started
+
+    with override_settings(MODALKIT=modalkit):
+        batch_done, sends_done = run_async(batch_then_sends)
+    # The batch slot is free once the result is stored; the send gave up after its inline deadline.
+    assert batch_done < 0.5 <= sends_done < 5
+    job.refresh_from_db()
+    assert job.status == "succeeded"
+    delivery = job.deliveries.get()
+    assert (delivery.status, delivery.attempts) == ("retrying", 1)
+    assert delivery.last_error == "TimeoutError: no answer within 0.5 s; retried later"
+
+
+def test_inference_past_its_deadline_fails_the_batch(run_async: Any) -> None:
+    modalkit = {
+        **settings.MODALKIT,
+        "INFERENCE": {"BACKEND": "tests.doubles.ScriptedInference", "OPTIONS": {"delay": 5}},
+        "WORKER": {**settings.MODALKIT["WORKER"], "INFERENCE_TIMEOUT_SECONDS": 0.2},
+    }
+    job = submit(failure_queue="errors")
+    with override_settings(MODALKIT=modalkit):
+        run_async(flow.process_batch, [str(job.id)])
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error == {"type": "InferenceTimeout", "message": "Inference did not finish within 0.2 s"}
+
+
+def test_database_steps_wait_for_the_database_to_come_back(run_async: Any) -> None:
+    from django.db import OperationalError
+
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("the database system is shutting down")
+        return "stored"
+
+    assert run_async(engine.run_db, flaky) == "stored"
+    assert len(calls) == 3
+
+    with flow.with_modalkit(WORKER={"DATABASE_RETRY_SECONDS": 0}), pytest.raises(OperationalError):
+        run_async(engine.run_db, lambda: (_ for _ in ()).throw(OperationalError("gone for good")))

@@ -1,0 +1,118 @@
+"""A Redis and a PostgreSQL of a test's own, on free loopback ports, to kill and restart.
+
+Fault tests stop and start these, never the shared servers the rest of the suite (and
+CI) runs against. PostgreSQL refuses to run as root, so when the tests run as root the
+cluster is made and run as the ``postgres`` user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import redis
+
+__all__ = ["PrivatePostgres", "PrivateRedis", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(predicate: object, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not come up in {timeout}s")
+        time.sleep(0.05)
+
+
+class PrivateRedis:
+    """``redis-server`` keeping nothing on disk: killed and started again, it is empty."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait(self.answers, "redis-server")
+
+    def answers(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.kill()
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster (``initdb`` into a temporary folder, trust auth)."""
+
+    def __init__(self) -> None:
+        debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        self.bindir = Path(debian[-1] if debian else os.path.dirname(shutil.which("pg_ctl") or ""))
+        self.port = free_port()
+        self.datadir = Path(tempfile.mkdtemp(prefix="modalkit-pg-"))
+        self.as_postgres = os.geteuid() == 0
+        if self.as_postgres:
+            shutil.chown(self.datadir, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [str(self.bindir / tool), *args]
+        if self.as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.datadir} -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.datadir), "-o", options, "-w", "-l", str(self.datadir / "log"), "start")
+        _wait(self.answers, "postgres")
+
+    def stop(self) -> None:
+        """A fast shutdown: connections are cut, as in a restart or a failover."""
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+
+    def answers(self) -> bool:
+        try:
+            with psycopg.connect(self.url(), connect_timeout=1):
+                return True
+        except psycopg.Error:
+            return False
+
+    def create_database(self, name: str) -> str:
+        with psycopg.connect(self.url(), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # not running
+            self.stop()
+        shutil.rmtree(self.datadir, ignore_errors=True)
