@@ -7,6 +7,7 @@ delivery task), except the last test, where a real worker does all of it.
 from __future__ import annotations
 
 import json
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -166,3 +167,23 @@ def test_a_worker_retries_until_sqs_is_back(
     [received] = sqs.receive_all(name)
     assert json.loads(received["Body"])["job_id"] == str(job.id)
     assert received["MessageId"] == delivery.external_id
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_stopping_worker_finishes_the_sends_it_started(
+    start_worker: Any, use_queues: Any, worker_env: Any, webhook_receiver: WebhookReceiver
+) -> None:
+    modalkit = use_queues(webhook_alias(webhook_receiver), routes=[("*", "hooks")])
+    worker = start_worker(**worker_env(modalkit))
+    webhook_receiver.responding.clear()  # the receiver takes the POST, then holds its answer
+    job = services.submit_job(message={"text": "good"}, success_queue="sentiment_results")
+    wait_until(lambda: webhook_receiver.requests, what="the POST to arrive")
+
+    threading.Timer(4.0, webhook_receiver.responding.set).start()
+    worker.stop()  # SIGTERM while the POST is in flight
+
+    delivery = QueueDelivery.objects.get(job_id=job.id)
+    # Recorded as the receiver saw it: sent once, not failed and sent again later.
+    assert (delivery.status, delivery.attempts, delivery.external_id) == ("sent", 1, "received-1")
+    assert len(webhook_receiver.requests) == 1
