@@ -61,6 +61,8 @@ class BrokerWaker:
     """
 
     def __init__(self) -> None:
+        # The broker failing now, and how many wake-ups it refused: one outage, one log line.
+        self._failing: object = None
         self._failures = 0
 
     def wake_jobs(self, job_ids: Ids) -> None:
@@ -87,7 +89,8 @@ class BrokerWaker:
             async with asyncio.timeout(WAKE_TIMEOUT_SECONDS):
                 await broker.akick_many(task, [str(id) for id in ids])
         except Exception as exc:
-            if not self._failures:
+            if self._failing is not broker.get_broker():
+                self._failing, self._failures = broker.get_broker(), 0
                 logger.error(
                     "Could not wake workers (%s: %s); the work is kept, the sweep wakes them once the broker is back",
                     type(exc).__name__,
@@ -96,6 +99,6 @@ class BrokerWaker:
             self._failures += 1
             await run_db(on_failure, ids)
         else:
-            if self._failures:
+            if self._failing is not None:
                 logger.warning("The broker takes wake-ups again, after %d failed", self._failures)
-                self._failures = 0
+                self._failing, self._failures = None, 0

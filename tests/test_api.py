@@ -430,3 +430,16 @@ def test_any_other_inference_error_on_predict_is_a_502(api: Client) -> None:
         response = post(api, "/api/predict", {"message": {"text": "x"}})
     assert response.status_code == 502
     assert response.json() == {"detail": "output expired"}
+
+
+def test_a_database_that_is_away_is_a_503_with_retry_after(api: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import OperationalError
+
+    def unavailable(**kwargs: Any) -> None:
+        raise OperationalError("the database system is shutting down")
+
+    monkeypatch.setattr(services, "get_job", unavailable)
+    response = api.get(f"/api/jobs/{uuid.uuid4()}")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json() == {"detail": "The service is briefly unavailable; retry shortly."}

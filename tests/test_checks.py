@@ -83,3 +83,30 @@ def test_e008_backend_refuses_its_options() -> None:
 
 def test_e009_task_module_cannot_be_imported() -> None:
     assert ids_with(TASK_MODULES=["myapp.nowhere"]) == ["modalkit_django.E009"]
+
+
+def test_e010_a_heartbeat_slower_than_half_the_lease() -> None:
+    assert ids_with(WORKER={"LEASE_SECONDS": 10, "HEARTBEAT_SECONDS": 6}) == ["modalkit_django.E010"]
+    assert ids_with(WORKER={"LEASE_SECONDS": 10, "HEARTBEAT_SECONDS": 5}) == []
+
+
+def test_w001_a_backend_named_by_a_path_that_moved_still_works() -> None:
+    old = {"BACKEND": "modalkit_django.inference.local.LocalBackend"}
+    with override_settings(MODALKIT={**settings.MODALKIT, "INFERENCE": old}):
+        messages = check_modalkit()
+        from modalkit_django.clients import get_inference_backend
+        from modalkit_django.clients.local import LocalBackend
+
+        assert isinstance(get_inference_backend(), LocalBackend)
+    assert [(message.id, message.level) for message in messages] == [("modalkit_django.W001", checks.WARNING)]
+    assert "modalkit_django.clients.local.LocalBackend" in messages[0].msg
+
+
+def test_old_import_paths_forward_with_a_warning() -> None:
+    from modalkit_django.clients import InferenceBackend
+    from modalkit_django.inference import backends
+
+    with pytest.warns(DeprecationWarning, match=r"moved to modalkit_django\.clients\.InferenceBackend"):
+        assert backends.InferenceBackend is InferenceBackend
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        backends.Nothing  # noqa: B018

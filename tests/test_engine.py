@@ -255,3 +255,31 @@ def test_database_steps_wait_for_the_database_to_come_back(run_async: Any) -> No
 
     with flow.with_modalkit(WORKER={"DATABASE_RETRY_SECONDS": 0}), pytest.raises(OperationalError):
         run_async(engine.run_db, lambda: (_ for _ in ()).throw(OperationalError("gone for good")))
+
+
+def test_a_batch_that_fails_as_a_whole_fails_each_of_its_callers(run_async: Any) -> None:
+    async def broken(job_ids: Any) -> None:
+        raise RuntimeError("the database is gone for good")
+
+    async def run() -> list[Any]:
+        batcher = JobBatcher(broken, batch_size=10)
+        return await asyncio.gather(batcher.run("a"), batcher.run("b"), return_exceptions=True)
+
+    outcomes = run_async(run)
+    assert [str(outcome) for outcome in outcomes] == ["the database is gone for good"] * 2
+
+
+def test_the_sweeper_goes_on_after_a_failed_sweep(run_async: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    calls: list[str] = []
+
+    async def failing_sweep(*, worker: str) -> None:
+        calls.append(worker)
+        if len(calls) == 2:
+            raise asyncio.CancelledError  # stop the loop after its second pass
+        raise RuntimeError("the database is away")
+
+    monkeypatch.setattr(sweeper, "sweep_once", failing_sweep)
+    with flow.with_modalkit(WORKER={"SWEEP_INTERVAL_SECONDS": 0.01}), pytest.raises(asyncio.CancelledError):
+        run_async(sweeper.run_sweeper)
+    assert len(calls) == 2
+    assert "Sweep failed; trying again in 0.01s" in caplog.text

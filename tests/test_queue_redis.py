@@ -175,3 +175,28 @@ def test_concurrent_first_uses_share_one_client(run_async: Any) -> None:
         return list(await asyncio.gather(*(clients.get() for _ in range(5))))
 
     assert len({id(client) for client in run_async(together)}) == 1
+
+
+def test_close_from_another_thread_closes_each_loops_client_on_its_loop() -> None:
+    import threading
+
+    from modalkit_django.queues.clients import LoopLocal
+
+    closed: list[str] = []
+
+    async def close(client: str) -> None:
+        closed.append(client)
+
+    clients = LoopLocal(lambda: "client", close)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert asyncio.run_coroutine_threadsafe(clients.get(), loop).result(5) == "client"
+        clients.close()  # from this thread: scheduled on the client's own loop
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), loop).result(5)
+        assert closed == ["client"]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
