@@ -2,21 +2,30 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 PORT ?= 8000
-# Django 6 needs Python >= 3.12: take python3.12/3.13 from PATH, else from pyenv.
+# The main row runs on the newest supported Python (3.13, else 3.12), from PATH or pyenv.
 PYTHON ?= $(shell scripts/find-python)
+# The oldest supported row: Python 3.11 with Django 5.2 LTS.
+PYTHON_OLDEST ?= $(shell scripts/find-python --oldest)
+OLDEST := .venv-oldest
+UV_VERSION := 0.13.9
 
-.PHONY: run test faults lint check clean
+.PHONY: run test test-oldest faults lint clean
 
-$(VENV)/.installed: requirements.txt
-	@test -n "$(PYTHON)" || { echo "Python >= 3.12 not found; set PYTHON=/path/to/python3.12" >&2; exit 1; }
+# uv installs the pinned requirements several times faster than pip.
+$(UV):
+	@test -n "$(PYTHON)" || { echo "Python >= 3.12 not found; set PYTHON=/path/to/python3.13" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# The core and the embedded demo only: no Modal SDK, boto3 or Redis client.
+$(VENV)/.installed: requirements.txt $(UV)
+	$(UV) pip install --python $(PY) --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-extras.txt requirements-dev.txt
+	$(UV) pip install --python $(PY) --quiet -r requirements-dev.txt
 	touch $@
 
 run: $(VENV)/.installed
@@ -29,6 +38,17 @@ run: $(VENV)/.installed
 test: lint
 	scripts/ensure-services
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The whole suite again on the oldest supported row (CI runs it after `make test`).
+$(OLDEST)/.installed: requirements.txt requirements-extras.txt requirements-dev.txt .ci/oldest-overrides.txt $(UV)
+	@test -n "$(PYTHON_OLDEST)" || { echo "Python 3.11 not found; set PYTHON_OLDEST" >&2; exit 1; }
+	test -x $(OLDEST)/bin/python || $(PYTHON_OLDEST) -m venv $(OLDEST)
+	$(UV) pip install --python $(OLDEST)/bin/python --quiet -r requirements-dev.txt --override .ci/oldest-overrides.txt
+	touch $@
+
+test-oldest: $(OLDEST)/.installed
+	scripts/ensure-services
+	$(OLDEST)/bin/python -m pytest --no-cov $(PYTEST_ARGS)
 
 # Faults caused for real with the shipped timers (minutes): kills workers, Redis, PostgreSQL
 # of their own and measures how soon every accepted job settles. CI runs it after `make test`.
@@ -43,4 +63,4 @@ lint: $(VENV)/.installed-dev
 	$(PY) manage.py makemigrations --check --dry-run
 
 clean:
-	rm -rf $(VENV) db.sqlite3* .coverage htmlcov .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST) db.sqlite3* .coverage htmlcov .pytest_cache .mypy_cache .ruff_cache dist

@@ -104,7 +104,7 @@ def build_broker(spec: BrokerSettings) -> AsyncBroker:
     elif spec.url.startswith(REDIS_SCHEMES):
         from .redis_stream import RedisStreamBroker
 
-        broker = RedisStreamBroker(spec.url, queue_name=spec.queue_name, **spec.options)
+        broker = RedisStreamBroker(spec.url, queue_name=spec.stream_name(), **spec.options)
     else:
         raise ModalkitImproperlyConfigured(
             f"MODALKIT['BROKER']['URL'] must be a redis:// URL or None, not {spec.url!r}"

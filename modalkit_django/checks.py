@@ -11,7 +11,9 @@
 ``modalkit_django.E008``  a backend refuses its ``OPTIONS``
 ``modalkit_django.E009``  a module in ``MODALKIT["TASK_MODULES"]`` cannot be found
 ``modalkit_django.E010``  the worker's timers contradict each other (heartbeat vs lease)
+``modalkit_django.E011``  a backend needs an optional dependency that is not installed
 ``modalkit_django.W001``  a backend is named by a path that moved (it still works until 1.0)
+``modalkit_django.W002``  the broker's stream has a name other deployments would share
 =====================  ===============================================================
 
 Checks have no side effects: they validate backend classes and their options by
@@ -31,8 +33,21 @@ from django.utils.module_loading import import_string
 
 from . import conf
 from .exceptions import ModalkitImproperlyConfigured
+from .inference.config import DEFAULT_APP_PREFIX
 
-__all__ = ["check_modalkit", "register"]
+__all__ = ["EXTRAS", "check_modalkit", "register"]
+
+# The optional dependencies, by the module that is missing, and the extra that brings them.
+EXTRAS = {
+    "boto3": "sqs",
+    "botocore": "sqs",
+    "modal": "modal",
+    "taskiq_redis": "redis",
+    "redis": "redis",
+    "httpx": "webhook",
+}
+
+MINIMAL_CONFIG = "model_settings:\n  model_entries:\n    my_model: {}"
 
 
 def register() -> None:
@@ -44,40 +59,26 @@ def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
         settings = conf.get_settings()
     except ModalkitImproperlyConfigured as exc:
         return [checks.Error(str(exc), hint="See the MODALKIT section of the README.", id="modalkit_django.E001")]
-    errors: list[checks.CheckMessage] = []
-    errors += _check_pipeline()
+    errors = _check_pipeline()
     try:
         config = conf.get_config()
     except ModalkitImproperlyConfigured as exc:
-        errors.append(
-            checks.Error(
-                str(exc),
-                hint="Set MODALKIT['CONFIG'] or MODALKIT_CONFIG to readable YAML files in ModalKit's schema.",
-                id="modalkit_django.E002",
-            )
-        )
-        return errors
+        hint = f"Set MODALKIT['CONFIG'] or MODALKIT_CONFIG; the smallest modalkit.yaml is:\n{MINIMAL_CONFIG}"
+        return [*errors, checks.Error(str(exc), hint=hint, id="modalkit_django.E002")]
     errors += _check_default_model(config.model_settings.model_entries)
     errors += _check_backends(settings)
+    errors += _check_task_modules(settings)
     aliases = {config.app_settings.queue_config.backend, *(alias for _, alias in settings.queue_routes)}
-    for alias in sorted(aliases - set(settings.queues)):
-        errors.append(
-            checks.Error(
-                f"Queue backend alias {alias!r} is used but not defined in MODALKIT['QUEUES'].",
-                hint="Define it in MODALKIT['QUEUES'], or fix modalkit.yaml queue_config.backend / QUEUE_ROUTES.",
-                id="modalkit_django.E006",
-            )
+    errors += [
+        checks.Error(
+            f"Queue backend alias {alias!r} is used but not defined in MODALKIT['QUEUES'].",
+            hint="Define it in MODALKIT['QUEUES'], or fix modalkit.yaml queue_config.backend / QUEUE_ROUTES.",
+            id="modalkit_django.E006",
         )
+        for alias in sorted(aliases - set(settings.queues))
+    ]
     errors += _check_timers(settings.worker)
-    url = settings.broker.url
-    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-        errors.append(
-            checks.Error(
-                f"MODALKIT['BROKER']['URL'] {url!r} is not a Redis URL.",
-                hint="Use redis://host:port/db, or None for the in-process broker.",
-                id="modalkit_django.E007",
-            )
-        )
+    errors += _check_broker(settings.broker, config.app_settings.app_prefix)
     return errors
 
 
@@ -113,17 +114,12 @@ def _check_default_model(entries: dict[str, Any]) -> list[checks.CheckMessage]:
     ]
 
 
-def _check_timers(worker: conf.WorkerSettings) -> list[checks.CheckMessage]:
-    if worker.heartbeat_seconds * 2 <= worker.lease_seconds:
-        return []
-    return [
-        checks.Error(
-            f"WORKER['HEARTBEAT_SECONDS'] ({worker.heartbeat_seconds:g}) must be at most half of "
-            f"WORKER['LEASE_SECONDS'] ({worker.lease_seconds:g}): a live worker's jobs would be reclaimed.",
-            hint="The defaults are a 30 s lease renewed every 10 s.",
-            id="modalkit_django.E010",
-        )
-    ]
+def _missing_extra(module: str, where: str) -> checks.CheckMessage:
+    extra = EXTRAS.get(module.partition(".")[0])
+    install = f'pip install "modalkit-django[{extra}]"' if extra else f"pip install {module}"
+    return checks.Error(
+        f"{where} needs {module!r}, which is not installed.", hint=f"Install it: {install}", id="modalkit_django.E011"
+    )
 
 
 def _check_backends(settings: conf.ModalkitSettings) -> list[checks.CheckMessage]:
@@ -143,15 +139,19 @@ def _check_backends(settings: conf.ModalkitSettings) -> list[checks.CheckMessage
                 )
             )
         try:
-            import_string(spec.backend_path)
+            backend_class = import_string(spec.backend_path)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.partition(".")[0] in EXTRAS:
+                errors.append(_missing_extra(exc.name, where))
+                continue
+            errors.append(_unimportable(where, spec, exc))
+            continue
         except ImportError as exc:
-            errors.append(
-                checks.Error(
-                    f"{where} names {spec.backend!r}, which cannot be imported: {exc}",
-                    hint="Check the dotted path, and install the backend's optional dependency if it has one.",
-                    id="modalkit_django.E005",
-                )
-            )
+            errors.append(_unimportable(where, spec, exc))
+            continue
+        missing = [module for module in getattr(backend_class, "requires", ()) if find_spec(module) is None]
+        if missing:
+            errors += [_missing_extra(module, where) for module in missing]
             continue
         try:
             spec.build(*args, what=where).close()
@@ -161,6 +161,19 @@ def _check_backends(settings: conf.ModalkitSettings) -> list[checks.CheckMessage
                     str(exc), hint="Fix OPTIONS: see the backend's section in the README.", id="modalkit_django.E008"
                 )
             )
+    return errors
+
+
+def _unimportable(where: str, spec: conf.BackendSpec, exc: ImportError) -> checks.CheckMessage:
+    return checks.Error(
+        f"{where} names {spec.backend!r}, which cannot be imported: {exc}",
+        hint="Check the dotted path.",
+        id="modalkit_django.E005",
+    )
+
+
+def _check_task_modules(settings: conf.ModalkitSettings) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
     for module in settings.task_modules:
         try:
             found = find_spec(module) is not None
@@ -174,4 +187,41 @@ def _check_backends(settings: conf.ModalkitSettings) -> list[checks.CheckMessage
                     id="modalkit_django.E009",
                 )
             )
+    return errors
+
+
+def _check_timers(worker: conf.WorkerSettings) -> list[checks.CheckMessage]:
+    if worker.heartbeat_seconds * 2 <= worker.lease_seconds:
+        return []
+    return [
+        checks.Error(
+            f"WORKER['HEARTBEAT_SECONDS'] ({worker.heartbeat_seconds:g}) must be at most half of "
+            f"WORKER['LEASE_SECONDS'] ({worker.lease_seconds:g}): a live worker's jobs would be reclaimed.",
+            hint="The defaults are a 30 s lease renewed every 10 s.",
+            id="modalkit_django.E010",
+        )
+    ]
+
+
+def _check_broker(broker: conf.BrokerSettings, app_prefix: str) -> list[checks.CheckMessage]:
+    if broker.url is None:
+        return []
+    if not broker.url.startswith(("redis://", "rediss://", "unix://")):
+        return [
+            checks.Error(
+                f"MODALKIT['BROKER']['URL'] {broker.url!r} is not a Redis URL.",
+                hint="Use redis://host:port/db, or None for the in-process broker.",
+                id="modalkit_django.E007",
+            )
+        ]
+    errors = [_missing_extra(module, "MODALKIT['BROKER']") for module in ("taskiq_redis",) if find_spec(module) is None]
+    if broker.queue_name is None and app_prefix == DEFAULT_APP_PREFIX:
+        errors.append(
+            checks.Warning(
+                f"The broker's stream is named after app_settings.app_prefix, still ModalKit's default "
+                f"{DEFAULT_APP_PREFIX!r}: another deployment on the same Redis would take this one's wake-ups.",
+                hint="Set app_settings.app_prefix in modalkit.yaml, or MODALKIT['BROKER']['QUEUE_NAME'].",
+                id="modalkit_django.W002",
+            )
+        )
     return errors

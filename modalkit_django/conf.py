@@ -10,7 +10,7 @@ A complete ``MODALKIT`` setting, with the defaults::
         "PIPELINE": "project.sentiment.SentimentPipeline",
         "DEFAULT_MODEL": None,                  # None: the only model entry
         "INFERENCE": {"BACKEND": "modalkit_django.clients.local.LocalBackend", "OPTIONS": {}},
-        "BROKER": {"URL": None, "QUEUE_NAME": "modalkit", "OPTIONS": {}},  # None: in-process
+        "BROKER": {"URL": None, "QUEUE_NAME": None, "OPTIONS": {}},  # None: in-process
         "QUEUES": {"memory": {"BACKEND": "modalkit_django.queues.memory.MemoryBackend"}},
         "QUEUE_ROUTES": [],                     # [("ml_*", "taskiq"), ...], first match wins
         "TASK_MODULES": [],                     # your TaskIQ task/consumer modules, imported by workers
@@ -92,8 +92,13 @@ class BackendSpec(_Setting):
 class BrokerSettings(_Setting):
     # redis://… selects TaskIQ's acknowledged RedisStreamBroker; None runs tasks in-process.
     url: str | None = None
-    queue_name: str = "modalkit"
+    # The Redis stream; None: named after the Modal app (app_prefix + MODALKIT_APP_POSTFIX),
+    # so that deployments sharing a Redis do not share a stream.
+    queue_name: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+
+    def stream_name(self) -> str:
+        return self.queue_name or f"{get_config().app_name}:jobs"
 
 
 class DeliverySettings(_Setting):

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from .validators import json_problem
 
 __all__ = [
+    "AnyObject",
     "DeliveryOut",
     "ErrorOut",
     "JobAccepted",
@@ -29,6 +30,12 @@ __all__ = [
 QueueName = Field(default="", max_length=255, description="Where the result goes; empty: nowhere.")
 # Text that reaches the database as a query parameter: no NUL characters.
 NO_NUL = r"^[^\x00]*$"
+
+
+class AnyObject(BaseModel):
+    """A JSON object of any shape: the model's input and output while the pipeline is unknown."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 class ErrorOut(Schema):

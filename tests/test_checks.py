@@ -110,3 +110,74 @@ def test_old_import_paths_forward_with_a_warning() -> None:
         assert backends.InferenceBackend is InferenceBackend
     with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
         backends.Nothing  # noqa: B018
+
+
+def test_e011_a_backend_whose_extra_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    # As if installed without [sqs] and [modal]: importing either fails, as it would.
+    for module in ("boto3", "modal"):
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.delitem(sys.modules, "modalkit_django.queues.sqs", raising=False)
+    queues = {**settings.MODALKIT["QUEUES"], "sqs": {"BACKEND": "modalkit_django.queues.sqs.SQSBackend"}}
+    modal = {"BACKEND": "modalkit_django.clients.modal.ModalBackend", "OPTIONS": {"class_name": "C"}}
+    with override_settings(MODALKIT={**settings.MODALKIT, "QUEUES": queues, "INFERENCE": modal}):
+        messages = check_modalkit()
+    assert [message.id for message in messages] == ["modalkit_django.E011", "modalkit_django.E011"]
+    assert [message.hint for message in messages] == [
+        'Install it: pip install "modalkit-django[sqs]"',
+        'Install it: pip install "modalkit-django[modal]"',
+    ]
+
+
+def test_w002_a_stream_other_deployments_would_share(tmp_path: Path) -> None:
+    default_prefix = tmp_path / "modalkit.yaml"
+    default_prefix.write_text("model_settings:\n  model_entries:\n    sentiment: {}\n")
+    redis = {"URL": "redis://127.0.0.1:6379/0"}
+    with override_settings(MODALKIT={**settings.MODALKIT, "CONFIG": default_prefix, "BROKER": redis}):
+        assert [message.id for message in check_modalkit()] == ["modalkit_django.W002"]
+    named = {**redis, "QUEUE_NAME": "shop-jobs"}
+    with override_settings(MODALKIT={**settings.MODALKIT, "CONFIG": default_prefix, "BROKER": named}):
+        assert check_modalkit() == []
+
+
+# Each mistake, as `manage.py check` reports it: an E-code and exit status 1, never a traceback.
+MISTAKES = {
+    "missing modalkit.yaml": ({"CONFIG": "/nowhere/modalkit.yaml"}, "modalkit_django.E002"),
+    "invalid modalkit.yaml": ({"CONFIG": "{bad}"}, "modalkit_django.E002"),
+    "a PIPELINE that does not exist": ({"PIPELINE": "shop.nowhere.Pipeline"}, "modalkit_django.E003"),
+    "a backend path that does not exist": (
+        {"QUEUES": {"memory": {"BACKEND": "shop.queues.Nope"}}},
+        "modalkit_django.E005",
+    ),
+    "an invalid MODALKIT": ({"WORKER": {"BATCH_SIZE": 0}}, "modalkit_django.E001"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_manage_py_check_reports_each_mistake_with_its_code(mistake: str, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    changes, code = MISTAKES[mistake]
+    if changes.get("CONFIG") == "{bad}":
+        bad = tmp_path / "modalkit.yaml"
+        bad.write_text("app_settings: [not, a, mapping\n")
+        changes = {"CONFIG": str(bad)}
+    settings_module = tmp_path / "mistaken_settings.py"
+    settings_module.write_text(
+        "import json\nfrom project.settings import *  # noqa\nfrom project.settings import MODALKIT\n"
+        f"MODALKIT = {{**MODALKIT, **json.loads({json.dumps(json.dumps(changes))})}}\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mistaken_settings", "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert code in result.stderr
+    assert "Traceback" not in result.stderr

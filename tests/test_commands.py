@@ -62,9 +62,10 @@ def test_worker_command_passes_taskiq_options_through() -> None:
     assert "--workers" in result.stdout
 
 
-def test_worker_command_defaults_max_async_tasks_to_fill_the_batches() -> None:
+def test_worker_command_defaults_fill_the_batches_and_keep_the_log_quiet() -> None:
     from modalkit_django.management.commands.taskiq import _with_defaults
 
-    assert _with_defaults(["--workers", "1"]) == ["--workers", "1", "--max-async-tasks", "400"]
-    assert _with_defaults(["--max-async-tasks", "50"]) == ["--max-async-tasks", "50"]
-    assert _with_defaults(["--max-async-tasks=50"]) == ["--max-async-tasks=50"]
+    quiet = ["--log-level", "WARNING"]
+    assert _with_defaults(["--workers", "1"]) == ["--workers", "1", "--max-async-tasks", "400", *quiet]
+    assert _with_defaults(["--max-async-tasks", "50"]) == ["--max-async-tasks", "50", *quiet]
+    assert _with_defaults(["--max-async-tasks=50", "--log-level=INFO"]) == ["--max-async-tasks=50", "--log-level=INFO"]

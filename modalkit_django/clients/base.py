@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ..exceptions import InferenceError, PipelineError
 from ..inference.batch import Outcome
@@ -22,6 +22,9 @@ class InferenceBackend(ABC):
     process with ``OPTIONS`` as keyword arguments. Constructors must not connect
     anywhere: system checks build one to validate the options.
     """
+
+    # Modules it needs that are optional dependencies (checked by modalkit_django.E011).
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
         self.options = options

@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 
 class ModalBackend(InferenceBackend):
+    requires = ("modal",)
+
     def __init__(
         self,
         *,

@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 CONFIG_ENV = "MODALKIT_CONFIG"
+# ModalKit's default app_prefix: a deployment that keeps it shares names with others.
+DEFAULT_APP_PREFIX = "modalkit"
 APP_POSTFIX_ENV = "MODALKIT_APP_POSTFIX"
 DEFAULT_APP_POSTFIX = "-dev"
 
@@ -120,7 +122,7 @@ class AuthConfig(_Section):
 
 
 class AppSettings(_Section):
-    app_prefix: str = "modalkit"
+    app_prefix: str = DEFAULT_APP_PREFIX
     build_config: BuildConfig = BuildConfig()
     deployment_config: DeploymentConfig = DeploymentConfig()
     batch_config: BatchConfig = BatchConfig()

@@ -41,15 +41,23 @@ class Command(BaseCommand):
             raise CommandError(f"taskiq worker exited with status {status}", returncode=status)
 
 
-def _with_defaults(taskiq_args: list[str]) -> list[str]:
-    """TaskIQ's options, plus a ``--max-async-tasks`` that keeps the batches full.
+def _given(option: str, taskiq_args: list[str]) -> bool:
+    return any(arg == option or arg.startswith(f"{option}=") for arg in taskiq_args)
 
-    Jobs are run in batches formed from the messages a worker holds, so it should
-    hold enough to fill every batch in flight twice over; TaskIQ's default (100)
-    caps a batch at about 50. Measured with bench/throughput.py: 100 → ~440
-    jobs/s, 400 → ~630.
+
+def _with_defaults(taskiq_args: list[str]) -> list[str]:
+    """TaskIQ's options, plus defaults for a job worker.
+
+    ``--max-async-tasks``: jobs are run in batches formed from the messages a worker
+    holds, so it should hold enough to fill every batch in flight twice over; TaskIQ's
+    default (100) caps a batch at about 50. Measured with bench/throughput.py: 100 →
+    ~440 jobs/s, 400 → ~630. ``--log-level WARNING``: TaskIQ's INFO logs lines for every
+    task, hundreds a second.
     """
-    if any(arg == "--max-async-tasks" or arg.startswith("--max-async-tasks=") for arg in taskiq_args):
-        return taskiq_args
-    worker = get_settings().worker
-    return [*taskiq_args, "--max-async-tasks", str(2 * worker.batch_size * worker.batches_in_flight)]
+    defaults = []
+    if not _given("--max-async-tasks", taskiq_args):
+        worker = get_settings().worker
+        defaults += ["--max-async-tasks", str(2 * worker.batch_size * worker.batches_in_flight)]
+    if not _given("--log-level", taskiq_args):
+        defaults += ["--log-level", "WARNING"]
+    return [*taskiq_args, *defaults]

@@ -1,0 +1,17 @@
+"""The HTTP API: a ninja ``Router`` for the host project to mount, e.g. under ``/api/``::
+
+    from ninja import NinjaAPI
+    from modalkit_django.api import add_error_handlers, build_router
+
+    api = add_error_handlers(NinjaAPI())
+    api.add_router("/", build_router())
+
+Views parse input, call one service and shape the answer; domain errors become HTTP
+errors in one place (:mod:`.errors`).
+"""
+
+from .auth import Caller
+from .errors import add_error_handlers, http_errors
+from .router import build_router
+
+__all__ = ["Caller", "add_error_handlers", "build_router", "http_errors"]

@@ -1,0 +1,89 @@
+"""Domain errors as HTTP answers, in one place.
+
+Views raise what the services raise; :func:`http_errors` maps the domain errors a client
+can cause or should see, and :func:`add_error_handlers` gives the ``NinjaAPI`` the
+answers a router cannot give itself: a database that is briefly away (restarting,
+failing over) is a JSON 503 with ``Retry-After``, not a 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import HttpError
+
+from ..exceptions import (
+    IdempotencyConflict,
+    InferenceAuthError,
+    InferenceError,
+    InferenceNotDeployed,
+    InferenceTimeout,
+    InferenceUnavailable,
+    InvalidJobState,
+    JobNotFound,
+    ModalkitError,
+    ModalkitImproperlyConfigured,
+    PipelineError,
+    UnknownModel,
+)
+
+__all__ = ["RETRY_AFTER_SECONDS", "add_error_handlers", "http_errors"]
+
+logger = logging.getLogger(__name__)
+
+# What a client is told to wait when the database is away: about one restart.
+RETRY_AFTER_SECONDS = 5
+
+# Most specific first: the first isinstance match wins.
+_STATUS_FOR_ERROR: tuple[tuple[type[ModalkitError], int], ...] = (
+    (UnknownModel, 404),
+    (JobNotFound, 404),
+    (InvalidJobState, 409),
+    (IdempotencyConflict, 409),
+    (PipelineError, 502),
+    (InferenceNotDeployed, 502),
+    (InferenceAuthError, 502),
+    (InferenceUnavailable, 503),
+    (InferenceTimeout, 504),
+    # Any other reason the model produced nothing (e.g. an unexpected Modal error).
+    (InferenceError, 502),
+)
+
+MISCONFIGURED = "The service is misconfigured; its operators can see why with `manage.py check`."
+
+
+@contextlib.contextmanager
+def http_errors() -> Iterator[None]:
+    """Turn the domain errors a client can cause or should see into HTTP errors."""
+    try:
+        yield
+    except ModalkitImproperlyConfigured as exc:
+        # The operators' problem, not the client's: the details go to the log.
+        logger.error("Answering 503: %s", exc)
+        raise HttpError(503, MISCONFIGURED) from exc
+    except ModalkitError as exc:
+        for error_class, status in _STATUS_FOR_ERROR:
+            if isinstance(exc, error_class):
+                raise HttpError(status, str(exc)) from exc
+        raise
+
+
+def add_error_handlers(api: NinjaAPI) -> NinjaAPI:
+    """Give ``api`` the error answers the router's views rely on; returns ``api``."""
+
+    def database_unavailable(request: HttpRequest, exc: Any) -> HttpResponse:
+        logger.warning("Answering 503: the database is unavailable (%s: %s)", type(exc).__name__, exc)
+        detail = "The service is briefly unavailable; retry shortly."
+        response = api.create_response(request, {"detail": detail}, status=503)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+
+    for error in (OperationalError, InterfaceError):
+        api.add_exception_handler(error, database_unavailable)
+    return api

@@ -1,0 +1,163 @@
+"""The views: a ninja ``Router`` typed with the pipeline's own input and output schemas.
+
+No ``from __future__ import annotations`` here: ninja reads the views' annotations at
+runtime, and the request schemas are local to :func:`build_router`.
+"""
+
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse
+from ninja import Router
+from ninja.params import functions as param
+from ninja.responses import Status
+
+from .. import services
+from ..clients import get_inference_backend
+from ..conf import get_pipeline_class, resolve_model
+from ..exceptions import ModalkitImproperlyConfigured
+from ..inference.pipeline import InferencePipeline
+from ..models import Job, JobStatus
+from ..schemas import (
+    NO_NUL,
+    AnyObject,
+    ErrorOut,
+    JobAccepted,
+    async_request_schema,
+    job_page_schema,
+    job_schema,
+    sync_request_schema,
+)
+from .auth import ApiKeyBearer, StaticApiKey, owner_of
+from .errors import http_errors
+
+__all__ = ["build_router"]
+
+
+def _job_out(job: Job) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "model_name": job.model_name,
+        "status": job.status,
+        "result": job.result,
+        "error": job.error,
+        "meta": job.meta,
+        "success_queue": job.success_queue,
+        "failure_queue": job.failure_queue,
+        "attempts": job.attempts,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "deliveries": list(job.deliveries.all()),
+    }
+
+
+def _configured_pipeline() -> type[InferencePipeline] | None:
+    try:
+        return get_pipeline_class()
+    except ModalkitImproperlyConfigured:
+        return None  # manage.py check says why; the views answer 503 meanwhile
+
+
+def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
+    """The API for ``pipeline``, typed with its schemas.
+
+    Without ``pipeline``, ``MODALKIT["PIPELINE"]``; if that cannot be loaded, the router
+    is built untyped and its model views answer 503 until it can (``manage.py check``
+    reports the mistake), so that a configuration error never breaks the URLconf.
+    """
+    typed = pipeline or _configured_pipeline()
+    input_model = typed.input_model if typed else AnyObject
+    output_model = typed.output_model if typed else AnyObject
+    predict_request = sync_request_schema(input_model)
+    async_predict_request = async_request_schema(input_model)
+    job_out = job_schema(output_model)
+    router = Router(auth=[ApiKeyBearer(), StaticApiKey()], tags=["inference"])
+    client_errors = {401: ErrorOut, 404: ErrorOut}
+
+    def require_pipeline() -> None:
+        if typed is None:
+            get_pipeline_class()  # raises the configuration error: a 503
+
+    @router.post(
+        "/predict",
+        response={200: output_model, **client_errors, 502: ErrorOut, 503: ErrorOut, 504: ErrorOut},
+        summary="Run the model now and return its output",
+    )
+    async def predict(request: HttpRequest, payload: predict_request, model_name: str | None = None) -> Any:  # type: ignore[valid-type]
+        with http_errors():
+            require_pipeline()
+            name = resolve_model(model_name)
+            return await get_inference_backend().apredict(name, payload.message.model_dump(mode="json"))  # type: ignore[attr-defined]
+
+    @router.post(
+        "/async/predict",
+        response={202: JobAccepted, **client_errors, 409: ErrorOut, 503: ErrorOut},
+        summary="Queue a job; its result goes to success_queue or failure_queue",
+    )
+    async def async_predict(
+        request: HttpRequest,
+        response: HttpResponse,
+        payload: async_predict_request,  # type: ignore[valid-type]
+        model_name: str | None = None,
+        idempotency_key: str | None = param.Header(
+            None,
+            alias="Idempotency-Key",
+            max_length=255,
+            pattern=NO_NUL,
+            description="Repeat a request safely: the same key and body return the first job.",
+        ),
+    ) -> Any:
+        with http_errors():
+            require_pipeline()
+            job = await sync_to_async(services.submit_job)(
+                model_name=model_name,
+                message=payload.message.model_dump(mode="json"),  # type: ignore[attr-defined]
+                success_queue=payload.success_queue,  # type: ignore[attr-defined]
+                failure_queue=payload.failure_queue,  # type: ignore[attr-defined]
+                meta=payload.meta,  # type: ignore[attr-defined]
+                owner=owner_of(request),
+                idempotency_key=idempotency_key,
+            )
+        if job.replayed:
+            response["Idempotent-Replayed"] = "true"
+        return Status(
+            202, {"job_id": job.id, "status": job.status, "model_name": job.model_name, "created_at": job.created_at}
+        )
+
+    @router.get("/jobs", response={200: job_page_schema(job_out), **client_errors}, summary="Your jobs, newest first")
+    async def list_jobs(
+        request: HttpRequest,
+        status: JobStatus | None = None,
+        model_name: str | None = param.Query(None, max_length=100, pattern=NO_NUL),
+        limit: int = param.Query(20, ge=1, le=100),
+        before: str | None = param.Query(None, description="The `next` of the previous page."),
+    ) -> Any:
+        with http_errors():
+            jobs, following = await sync_to_async(services.list_jobs)(
+                owner=owner_of(request), status=status, model_name=model_name, limit=limit, before=before
+            )
+        return {"jobs": [_job_out(job) for job in jobs], "next": following.id if following else None}
+
+    @router.get("/jobs/{job_id}", response={200: job_out, **client_errors}, summary="A job's status and result")
+    async def get_job(request: HttpRequest, job_id: str) -> Any:
+        with http_errors():
+            job = await sync_to_async(services.get_job)(job_id=job_id, owner=owner_of(request))
+        return _job_out(job)
+
+    @router.post(
+        "/jobs/{job_id}/cancel",
+        response={200: job_out, **client_errors, 409: ErrorOut},
+        summary="Cancel a job that has not started",
+    )
+    async def cancel_job(request: HttpRequest, job_id: str) -> Any:
+        def cancel() -> Job:
+            job = services.get_job(job_id=job_id, owner=owner_of(request))
+            services.cancel_job(job=job)
+            return services.get_job(job_id=job_id, owner=owner_of(request))
+
+        with http_errors():
+            job = await sync_to_async(cancel)()
+        return _job_out(job)
+
+    return router
