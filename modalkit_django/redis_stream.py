@@ -43,6 +43,14 @@ logger = logging.getLogger(__name__)
 REDIS_GONE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+def _raise_if_cancelled() -> None:
+    """On Python 3.11, redis-py can swallow a cancellation that arrives during a blocking
+    read (the read just returns): without this, a worker could not be stopped."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
     def __init__(self, url: str, *, idle_timeout: int = 30_000, reclaim_interval: float = 5.0, **kwargs: Any) -> None:
         super().__init__(url, idle_timeout=idle_timeout, **kwargs)
@@ -86,6 +94,7 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
                         backoff = 0.1
                         yield message
             except REDIS_GONE as exc:
+                _raise_if_cancelled()  # a shutdown that redis-py reported as a timeout
                 if outage_since is None:
                     outage_since = time.monotonic()
                     logger.error("Lost Redis (%s); reconnecting with backoff, batches in flight go on", exc)
@@ -118,6 +127,7 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
                     noack=False,
                     count=self.count,
                 )
+                _raise_if_cancelled()
                 for stream, entries in fetched or []:
                     for entry_id, fields in entries:
                         yield self._message(stream, entry_id, fields)
