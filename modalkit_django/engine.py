@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import InterfaceError, OperationalError, connections, transaction
+from django.db import InterfaceError, OperationalError, connections
 from django.utils import timezone
 
 from .batching import JobBatcher
@@ -83,11 +83,12 @@ def _claim(job_ids: Sequence[str]) -> list[Job]:
 
 def _finish(results: list[tuple[Job, Prediction]]) -> list[QueueDelivery]:
     worker = get_settings().worker
-    with transaction.atomic():
-        finished = Job.objects.finish(
-            results, max_attempts=worker.max_attempts, retry_backoff_seconds=worker.retry_backoff_seconds
-        )
-        return QueueDelivery.objects.bulk_create(deliveries_for(finished, timezone.now(), sent_by_caller=True))
+    return Job.objects.finish(
+        results,
+        max_attempts=worker.max_attempts,
+        retry_backoff_seconds=worker.retry_backoff_seconds,
+        deliveries_for=lambda finished: deliveries_for(finished, timezone.now(), sent_by_caller=True),
+    )
 
 
 def _record(results: list[SendResult]) -> None:

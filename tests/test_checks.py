@@ -61,6 +61,7 @@ def test_e007_broker_url_not_redis() -> None:
     assert ids_with(BROKER={"URL": "amqp://guest@localhost"}) == ["modalkit_django.E007"]
 
 
+@pytest.mark.django_db(databases=["default", "embedded"])  # the JSONField check asks SQLite
 def test_checks_run_with_manage_py_check() -> None:
     from django.core.management import call_command
     from django.core.management.base import SystemCheckError

@@ -24,11 +24,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from ..exceptions import PermanentDeliveryError
+from . import postgres
 from .jobs import Job
 from .states import SEND_FIELDS, UNSENT_DELIVERY_STATUSES, DeliveryRoute, DeliveryStatus, save_rows
 
@@ -70,14 +71,16 @@ class DeliveryQuerySet(models.QuerySet["QueueDelivery"]):
         """Deliveries due for an attempt, longest-due first; each is left to its caller
         for ``claim_seconds`` before it is due again."""
         now = timezone.now()
-        with transaction.atomic(savepoint=False):
+        with transaction.atomic(savepoint=False, using=self.db):
             ids = list(
                 self.due(now)
                 .order_by("next_attempt_at")
                 .select_for_update(skip_locked=True)
                 .values_list("id", flat=True)[:limit]
             )
-            QueueDelivery.objects.filter(id__in=ids).update(next_attempt_at=now + dt.timedelta(seconds=claim_seconds))
+            self.model._default_manager.using(self.db).filter(id__in=ids).update(
+                next_attempt_at=now + dt.timedelta(seconds=claim_seconds)
+            )
         return ids
 
     def record(self, results: Iterable[SendResult], *, policy: DeliveryPolicy) -> None:
@@ -88,16 +91,27 @@ class DeliveryQuerySet(models.QuerySet["QueueDelivery"]):
         """
         now = timezone.now()
         attempted = {result.delivery.id: result for result in results}
-        with transaction.atomic(savepoint=False):
-            current = dict(
-                self.select_for_update().unsent().filter(id__in=list(attempted)).values_list("id", "attempts")
-            )
-            updated = [
-                result.delivery.record(result, now, policy)
-                for delivery_id, result in attempted.items()
-                if current.get(delivery_id) == result.delivery.attempts
-            ]
-            save_rows(QueueDelivery, updated, SEND_FIELDS)
+        if not attempted:
+            return
+        if connections[self.db].vendor == "postgresql":
+            previous = [result.delivery.attempts for result in attempted.values()]
+            deliveries = [result.delivery.record(result, now, policy) for result in attempted.values()]
+            written = postgres.record(self.model, deliveries, previous, using=self.db)
+        else:
+            with transaction.atomic(savepoint=False, using=self.db):
+                current = dict(
+                    self.select_for_update().unsent().filter(id__in=list(attempted)).values_list("id", "attempts")
+                )
+                deliveries = [
+                    result.delivery.record(result, now, policy)
+                    for delivery_id, result in attempted.items()
+                    if current.get(delivery_id) == result.delivery.attempts
+                ]
+                save_rows(QueueDelivery, deliveries, SEND_FIELDS, using=self.db)
+            written = {delivery.id for delivery in deliveries}
+        for delivery in deliveries:
+            if delivery.id in written and delivery.status == DeliveryStatus.DEAD:
+                logger.error("Delivery %s to %r is dead: %s", delivery.id, delivery.queue_name, delivery.last_error)
 
     def mark_due(self, delivery_ids: Iterable[uuid.UUID | str]) -> int:
         """Their wake-up was never sent: due now, so the next sweep sends them."""
@@ -106,9 +120,9 @@ class DeliveryQuerySet(models.QuerySet["QueueDelivery"]):
     def redeliver(self, *, claim_seconds: float) -> list[uuid.UUID]:
         """Send these again, whatever their status, each with a fresh attempt budget."""
         now = timezone.now()
-        with transaction.atomic(savepoint=False):
+        with transaction.atomic(savepoint=False, using=self.db):
             ids = list(self.select_for_update(of=("self",)).values_list("id", flat=True))
-            QueueDelivery.objects.filter(id__in=ids).update(
+            self.model._default_manager.using(self.db).filter(id__in=ids).update(
                 status=DeliveryStatus.PENDING,
                 attempts=0,
                 attempts_since=now,
@@ -183,7 +197,6 @@ class QueueDelivery(models.Model):
         if isinstance(result.error, PermanentDeliveryError) or self.attempts >= policy.max_attempts or too_old:
             self.status = DeliveryStatus.DEAD
             self.next_attempt_at = None
-            logger.error("Delivery %s to %r is dead: %s", self.id, self.queue_name, self.last_error)
         else:
             self.status = DeliveryStatus.RETRYING
             self.next_attempt_at = retry_at

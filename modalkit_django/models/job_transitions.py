@@ -10,22 +10,27 @@ operator acting at the same moment changes nothing twice.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from ..exceptions import InferenceError, PipelineError
 from ..validators import json_problem
+from . import postgres
 from .states import FINISHED_JOB_STATUSES, OUTCOME_FIELDS, UNSENT_DELIVERY_STATUSES, JobStatus, save_rows
 
 if TYPE_CHECKING:
+    from .deliveries import QueueDelivery
     from .jobs import Job
 
 __all__ = ["JobQuerySet"]
+
+logger = logging.getLogger(__name__)
 
 # A model's output, or why there is none (clients.Prediction; not imported: a lower layer).
 Prediction = dict[str, Any] | InferenceError
@@ -53,11 +58,14 @@ class JobQuerySet(models.QuerySet["Job"]):
         now = timezone.now()
         token = uuid.uuid4()
         expires = now + dt.timedelta(seconds=lease_seconds)
-        with transaction.atomic(savepoint=False):
+        if connections[self.db].vendor == "postgresql":
+            ids = [str(job_id) for job_id in job_ids]
+            return postgres.claim(self.model, ids, token=token, now=now, expires=expires, using=self.db)
+        with transaction.atomic(savepoint=False, using=self.db):
             jobs = list(self.runnable(now).filter(id__in=list(job_ids)).select_for_update(skip_locked=True))
             if not jobs:
                 return []
-            self.model.objects.filter(id__in=[job.id for job in jobs]).update(
+            self.model._default_manager.using(self.db).filter(id__in=[job.id for job in jobs]).update(
                 status=JobStatus.RUNNING,
                 started_at=now,
                 attempts=F("attempts") + 1,
@@ -86,44 +94,55 @@ class JobQuerySet(models.QuerySet["Job"]):
         *,
         max_attempts: int,
         retry_backoff_seconds: float,
-    ) -> list[Job]:
-        """Store each claimed job's output or error; return the jobs now finished.
+        deliveries_for: Callable[[list[Job]], list[QueueDelivery]],
+    ) -> list[QueueDelivery]:
+        """Store each claimed job's output or error, with the deliveries of those that
+        finished (``deliveries_for`` makes them), in one transaction; return the deliveries.
 
         A transient error sends its job back to the queue with backoff until it has used
         ``max_attempts``. A job whose lease was reclaimed meanwhile belongs to another run
-        and is left alone. Joins the caller's transaction, so the caller can insert the
-        finished jobs' deliveries in the same one.
+        and is left alone.
         """
         now = timezone.now()
+        tokens = {job.id: job.lease_token for job, _ in results}
         finished: list[Job] = []
-        requeued: list[Job] = []
-        with transaction.atomic(savepoint=False):
+        for job, prediction in results:
+            if not isinstance(prediction, InferenceError) and (problem := json_problem(prediction, max_depth=None)):
+                # One output the database refuses must not fail its whole batch.
+                prediction = PipelineError(f"The model's output cannot be stored: it contains {problem}")
+            if isinstance(prediction, InferenceError) and prediction.retryable and job.attempts < max_attempts:
+                job.requeue(now, prediction.as_dict(), delay=retry_backoff_seconds * 2 ** (job.attempts - 1))
+            elif isinstance(prediction, InferenceError):
+                job.end(JobStatus.FAILED, now, error=prediction.as_dict())
+                finished.append(job)
+            else:
+                job.end(JobStatus.SUCCEEDED, now, result=prediction)
+                finished.append(job)
+        jobs = [job for job, _ in results]
+        deliveries = deliveries_for(finished)
+        if connections[self.db].vendor == "postgresql":
+            held = postgres.finish(self.model, jobs, [tokens[job.id] for job in jobs], deliveries, using=self.db)
+        else:
+            held = self._finish_through_the_orm(jobs, tokens, deliveries)
+        if len(held) < len(jobs):
+            dropped = len(jobs) - len(held)
+            logger.warning("%d jobs were reclaimed before they finished; their runs' results are dropped", dropped)
+        return [delivery for delivery in deliveries if delivery.job_id in held]
+
+    def _finish_through_the_orm(
+        self, jobs: list[Job], tokens: dict[uuid.UUID, uuid.UUID | None], deliveries: list[QueueDelivery]
+    ) -> set[uuid.UUID]:
+        with transaction.atomic(savepoint=False, using=self.db):
             held = set(
                 self.select_for_update()
-                .filter(
-                    id__in=[job.id for job, _ in results],
-                    status=JobStatus.RUNNING,
-                    lease_token__in={job.lease_token for job, _ in results},
-                )
+                .filter(id__in=list(tokens), status=JobStatus.RUNNING, lease_token__in=set(tokens.values()))
                 .values_list("id", flat=True)
             )
-            for job, prediction in results:
-                if job.id not in held:
-                    continue
-                if not isinstance(prediction, InferenceError) and (problem := json_problem(prediction, max_depth=None)):
-                    # One output the database refuses must not fail its whole batch.
-                    prediction = PipelineError(f"The model's output cannot be stored: it contains {problem}")
-                if isinstance(prediction, InferenceError) and prediction.retryable and job.attempts < max_attempts:
-                    job.requeue(now, prediction.as_dict(), delay=retry_backoff_seconds * 2 ** (job.attempts - 1))
-                    requeued.append(job)
-                elif isinstance(prediction, InferenceError):
-                    job.end(JobStatus.FAILED, now, error=prediction.as_dict())
-                    finished.append(job)
-                else:
-                    job.end(JobStatus.SUCCEEDED, now, result=prediction)
-                    finished.append(job)
-            save_rows(self.model, finished + requeued, OUTCOME_FIELDS)
-        return finished
+            save_rows(self.model, [job for job in jobs if job.id in held], OUTCOME_FIELDS, using=self.db)
+            rows = [delivery for delivery in deliveries if delivery.job_id in held]
+            if rows:
+                type(rows[0])._default_manager.using(self.db).bulk_create(rows)
+        return held
 
     # --- The sweep: oldest first, a bounded number per pass ---------------------------
 
@@ -133,7 +152,7 @@ class JobQuerySet(models.QuerySet["Job"]):
         Back to the queue, or failed once out of attempts. Returns (requeued, failed).
         """
         now = timezone.now()
-        with transaction.atomic(savepoint=False):
+        with transaction.atomic(savepoint=False, using=self.db):
             jobs = list(
                 self.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
                 .order_by("lease_expires_at")
@@ -145,14 +164,14 @@ class JobQuerySet(models.QuerySet["Job"]):
                 job.requeue(now, WORKER_LOST, delay=0)
             for job in failed:
                 job.end(JobStatus.FAILED, now, error=WORKER_LOST)
-            save_rows(self.model, jobs, OUTCOME_FIELDS)
+            save_rows(self.model, jobs, OUTCOME_FIELDS, using=self.db)
         return requeued, failed
 
     def expire_waiting(self, *, timeout: float, limit: int) -> list[Job]:
         """Queued jobs that waited longer than ``timeout`` seconds, oldest first: expired."""
         now = timezone.now()
         error = {"type": "Expired", "message": f"The job waited more than {timeout:g} s in the queue."}
-        with transaction.atomic(savepoint=False):
+        with transaction.atomic(savepoint=False, using=self.db):
             jobs = list(
                 self.filter(status=JobStatus.QUEUED, queued_at__lt=now - dt.timedelta(seconds=timeout))
                 .order_by("queued_at")
@@ -160,7 +179,7 @@ class JobQuerySet(models.QuerySet["Job"]):
             )
             for job in jobs:
                 job.end(JobStatus.EXPIRED, now, error=error)
-            save_rows(self.model, jobs, OUTCOME_FIELDS)
+            save_rows(self.model, jobs, OUTCOME_FIELDS, using=self.db)
         return jobs
 
     def take_unwoken(self, *, woken_before: dt.datetime, limit: int) -> list[uuid.UUID]:
@@ -170,7 +189,7 @@ class JobQuerySet(models.QuerySet["Job"]):
         woken now; the caller sends the wake-ups.
         """
         now = timezone.now()
-        with transaction.atomic(savepoint=False):
+        with transaction.atomic(savepoint=False, using=self.db):
             ids = list(
                 self.runnable(now)
                 .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=woken_before))
@@ -178,7 +197,7 @@ class JobQuerySet(models.QuerySet["Job"]):
                 .select_for_update(skip_locked=True)
                 .values_list("id", flat=True)[:limit]
             )
-            self.model.objects.filter(id__in=ids).update(enqueued_at=now)
+            self.model._default_manager.using(self.db).filter(id__in=ids).update(enqueued_at=now)
         return ids
 
     def mark_unwoken(self, job_ids: Iterable[uuid.UUID | str]) -> int:
@@ -195,7 +214,7 @@ class JobQuerySet(models.QuerySet["Job"]):
         doomed = self.filter(status__in=FINISHED_JOB_STATUSES, finished_at__lt=finished_before).exclude(
             deliveries__status__in=UNSENT_DELIVERY_STATUSES
         )
-        with transaction.atomic(savepoint=False):
+        with transaction.atomic(savepoint=False, using=self.db):
             ids = list(
                 doomed.order_by("finished_at").select_for_update(skip_locked=True).values_list("id", flat=True)[:limit]
             )
@@ -209,20 +228,20 @@ class JobQuerySet(models.QuerySet["Job"]):
     def cancel(self) -> list[Job]:
         """Cancel the queued jobs among these; return them. Others are left as they are."""
         now = timezone.now()
-        with transaction.atomic(savepoint=False):
+        with transaction.atomic(savepoint=False, using=self.db):
             jobs = list(self.filter(status=JobStatus.QUEUED).select_for_update(of=("self",)))
             for job in jobs:
                 job.end(JobStatus.CANCELED, now, error=CANCELED)
-            save_rows(self.model, jobs, OUTCOME_FIELDS)
+            save_rows(self.model, jobs, OUTCOME_FIELDS, using=self.db)
         return jobs
 
     def rerun(self) -> list[uuid.UUID]:
         """Queue the finished jobs among these again, as a new generation; return their ids."""
         now = timezone.now()
-        with transaction.atomic(savepoint=False):
+        with transaction.atomic(savepoint=False, using=self.db):
             finished = self.filter(status__in=FINISHED_JOB_STATUSES).select_for_update(of=("self",))
             ids = list(finished.values_list("id", flat=True))
-            self.model.objects.filter(id__in=ids).update(
+            self.model._default_manager.using(self.db).filter(id__in=ids).update(
                 status=JobStatus.QUEUED,
                 reruns=F("reruns") + 1,
                 attempts=0,

@@ -54,7 +54,7 @@ OUTCOME_FIELDS = [
 SEND_FIELDS = ["status", "attempts", "sent_at", "external_id", "next_attempt_at", "last_error"]
 
 
-def save_rows(model: type[models.Model], rows: Sequence[Any], fields: list[str]) -> None:
+def save_rows(model: type[models.Model], rows: Sequence[Any], fields: list[str], *, using: str) -> None:
     """Write ``fields`` of existing, locked ``rows`` in one statement.
 
     An upsert (``INSERT … ON CONFLICT (id) DO UPDATE``) is Django's cheapest multi-row
@@ -62,4 +62,6 @@ def save_rows(model: type[models.Model], rows: Sequence[Any], fields: list[str])
     for a batch of 100 jobs. Callers lock the rows first, so none is inserted anew.
     """
     if rows:
-        model._default_manager.bulk_create(rows, update_conflicts=True, unique_fields=["id"], update_fields=fields)
+        model._default_manager.using(using).bulk_create(
+            rows, update_conflicts=True, unique_fields=["id"], update_fields=fields
+        )
