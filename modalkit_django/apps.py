@@ -11,12 +11,20 @@ class ModalkitConfig(AppConfig):
         from taskiq import TaskiqEvents
 
         from . import broker, checks, conf, engine, tasks, wakeups, worker
+        from .api.auth import keys
         from .clients import inference_backends
         from .queues import queues
 
         checks.register()
         # In this order: the settings are read again before anything is rebuilt from them.
-        receivers = (conf.clear_caches, broker.reset, inference_backends.reset, queues.reset, engine.forget_engines)
+        receivers = (
+            conf.clear_caches,
+            broker.reset,
+            inference_backends.reset,
+            queues.reset,
+            engine.forget_engines,
+            keys.clear,
+        )
         for index, receiver in enumerate(receivers):
             setting_changed.connect(receiver, dispatch_uid=f"modalkit:setting_changed:{index}")
         broker.add_worker_hook(TaskiqEvents.WORKER_STARTUP, worker.on_startup)

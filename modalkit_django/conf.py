@@ -16,6 +16,7 @@ A complete ``MODALKIT`` setting, with the defaults::
         "TASK_MODULES": [],                     # your TaskIQ task/consumer modules, imported by workers
         "DELIVERY": {...},                      # see DeliverySettings
         "WORKER": {...},                        # see WorkerSettings
+        "API": {"KEY_CACHE_SECONDS": 5},        # see ApiSettings
     }
 """
 
@@ -139,6 +140,14 @@ class WorkerSettings(_Setting):
     database_retry_seconds: float = Field(default=60.0, ge=0)
 
 
+class ApiSettings(_Setting):
+    # How long an API key's lookup is kept in the process: a revoked key works this long at most.
+    key_cache_seconds: float = Field(default=5.0, ge=0)
+    # Threads (so database connections at most) for the API's synchronous database work,
+    # per server process; keep it within the database pool's size.
+    database_threads: int = Field(default=4, ge=1)
+
+
 class ModalkitSettings(_Setting):
     config: Path | list[Path] = Path("modalkit.yaml")
     pipeline: str = ""
@@ -153,6 +162,7 @@ class ModalkitSettings(_Setting):
     task_modules: list[str] = Field(default_factory=list)
     delivery: DeliverySettings = DeliverySettings()
     worker: WorkerSettings = WorkerSettings()
+    api: ApiSettings = ApiSettings()
 
 
 @functools.cache

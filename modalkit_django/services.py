@@ -23,12 +23,15 @@ from django.utils import timezone
 
 from .conf import get_settings, resolve_model
 from .exceptions import IdempotencyConflict, InvalidJobState, JobNotFound
+from .intake import get_intake
 from .messages import deliveries_for
 from .models import ApiKey, DeliveryQuerySet, Job, JobQuerySet, QueueDelivery
+from .threads import run_sync
 from .wakeups import get_waker
 
 __all__ = [
     "BulkResult",
+    "asubmit_job",
     "authenticate_api_key",
     "cancel_job",
     "cancel_jobs",
@@ -81,35 +84,79 @@ def submit_job(
     job from then is returned (``job.replayed`` is True) and nothing new is queued;
     with another request, :class:`IdempotencyConflict`.
     """
-    model_name = resolve_model(model_name)
-    meta = meta or {}
-    fingerprint = _fingerprint(model_name, message, success_queue, failure_queue, meta) if idempotency_key else ""
-    if idempotency_key and (existing := _job_for_key(owner, idempotency_key, fingerprint)):
+    job = _new_job(message, model_name, success_queue, failure_queue, meta, owner, idempotency_key)
+    if idempotency_key and (existing := _job_for_key(owner, idempotency_key, job.request_fingerprint)):
         return existing
-    now = timezone.now()
     try:
         with transaction.atomic():
-            job = Job.objects.create(
-                model_name=model_name,
-                message=message,
-                success_queue=success_queue,
-                failure_queue=failure_queue,
-                meta=meta,
-                owner=owner,
-                created_at=now,
-                queued_at=now,
-                enqueued_at=now,
-                idempotency_key=idempotency_key or "",
-                request_fingerprint=fingerprint,
-            )
+            job.save(force_insert=True)
     except IntegrityError:
         # The same key, submitted concurrently, won the race.
-        replay = _job_for_key(owner, idempotency_key, fingerprint) if idempotency_key else None
+        replay = _job_for_key(owner, idempotency_key, job.request_fingerprint) if idempotency_key else None
         if replay is None:
             raise
         return replay
     transaction.on_commit(partial(get_waker().wake_jobs, [job.id]))
     return job
+
+
+async def asubmit_job(
+    *,
+    message: dict[str, Any],
+    model_name: str | None = None,
+    success_queue: str = "",
+    failure_queue: str = "",
+    meta: dict[str, Any] | None = None,
+    owner: Any = None,
+    idempotency_key: str | None = None,
+) -> Job:
+    """:func:`submit_job` for async code: jobs submitted together are inserted together.
+
+    A submit with an ``idempotency_key`` checks for its first job, so it takes the
+    one-by-one path.
+    """
+    if idempotency_key:
+        return await run_sync(
+            submit_job,
+            message=message,
+            model_name=model_name,
+            success_queue=success_queue,
+            failure_queue=failure_queue,
+            meta=meta,
+            owner=owner,
+            idempotency_key=idempotency_key,
+        )
+    return await get_intake().submit(_new_job(message, model_name, success_queue, failure_queue, meta, owner, None))
+
+
+def _new_job(
+    message: dict[str, Any],
+    model_name: str | None,
+    success_queue: str,
+    failure_queue: str,
+    meta: dict[str, Any] | None,
+    owner: Any,
+    idempotency_key: str | None,
+) -> Job:
+    """A queued job, not saved yet."""
+    model_name = resolve_model(model_name)
+    meta = meta or {}
+    now = timezone.now()
+    return Job(
+        model_name=model_name,
+        message=message,
+        success_queue=success_queue,
+        failure_queue=failure_queue,
+        meta=meta,
+        owner=owner,
+        created_at=now,
+        queued_at=now,
+        enqueued_at=now,
+        idempotency_key=idempotency_key or "",
+        request_fingerprint=_fingerprint(model_name, message, success_queue, failure_queue, meta)
+        if idempotency_key
+        else "",
+    )
 
 
 def _fingerprint(model_name: str, *request: Any) -> str:

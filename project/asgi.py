@@ -1,8 +1,10 @@
+"""The demo's ASGI application, for `make serve` (uvicorn): the API on its lean path."""
+
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+from modalkit_django.asgi import get_asgi_application
 
 application = get_asgi_application()
 

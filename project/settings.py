@@ -65,14 +65,27 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-        # Workers keep one connection each; checked before reuse.
-        conn_max_age=600,
-        conn_health_checks=True,
-    )
-}
+DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    from psycopg_pool import ConnectionPool
+
+    # A bounded pool per process, whatever the concurrency: under ASGI each request may run
+    # its queries on a new thread, and persistent per-thread connections (CONN_MAX_AGE)
+    # reached Postgres's max_connections at 32 clients. A connection goes back to the pool
+    # when the request (or the worker's step) ends.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {
+            "min_size": 1,
+            "max_size": int(os.environ.get("DATABASE_POOL_SIZE", "8")),
+            "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", "10")),
+            # Connections the server closed (a restart) are replaced, not handed out.
+            "check": ConnectionPool.check_connection,
+        }
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = 600
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded worker writes from its own thread: WAL and IMMEDIATE avoid "database is locked".
     DATABASES["default"]["OPTIONS"] = {

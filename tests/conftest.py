@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from django.conf import settings
 from django.db import connection
 from django.test import Client, override_settings
 
-from modalkit_django import broker, services
+from modalkit_django import broker, intake, services, threads, wakeups
 from modalkit_django.queues import queues
 from modalkit_django.queues.memory import MemoryBackend
 
@@ -45,6 +46,52 @@ def _stop_in_process_broker(django_db_setup: Any) -> Iterator[None]:
     """Stop the embedded worker before the test database is dropped: it holds a connection."""
     yield
     broker.reset()
+    intake.close_connections()
+    threads.close_connections()
+
+
+class RecordingWaker:
+    """Records the wake-ups services send, and whether each job was committed by then."""
+
+    def __init__(self) -> None:
+        self.jobs: list[list[Any]] = []
+        self.deliveries: list[list[Any]] = []
+        self.committed: list[bool] = []
+
+    def wake_jobs(self, job_ids: Any) -> None:
+        from modalkit_django.models import Job
+
+        self.jobs.append(list(job_ids))
+        # Read on another connection: only committed rows are there.
+        with ThreadPoolExecutor(1) as other:
+            self.committed.append(other.submit(_count_committed, Job, list(job_ids)).result() == len(job_ids))
+
+    async def awake_jobs(self, job_ids: Any) -> None:
+        self.jobs.append(list(job_ids))
+
+    def wake_deliveries(self, delivery_ids: Any) -> None:
+        self.deliveries.append(list(delivery_ids))
+
+    async def awake_deliveries(self, delivery_ids: Any) -> None:
+        self.deliveries.append(list(delivery_ids))
+
+    async def broker_epoch(self) -> str:
+        return "recording"
+
+
+def _count_committed(model: Any, ids: list[Any]) -> int:
+    try:
+        return int(model.objects.filter(id__in=ids).count())
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def recording_waker() -> Iterator[RecordingWaker]:
+    waker = RecordingWaker()
+    previous = wakeups.set_waker(waker)
+    yield waker
+    wakeups.set_waker(previous)
 
 
 @pytest.fixture

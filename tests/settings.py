@@ -19,6 +19,9 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# The embedded default's database: the ORM paths of the state machine run on it
+# (tests/test_models_orm.py), PostgreSQL's own statements on "default".
+DATABASES["embedded"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
 if "MODALKIT_TEST_DATABASE_NAME" in os.environ:
     # A worker subprocess must use the test database the test run created.
     DATABASES["default"]["NAME"] = os.environ["MODALKIT_TEST_DATABASE_NAME"]
@@ -40,6 +43,9 @@ MODALKIT = {
     "QUEUES": {**MODALKIT["QUEUES"], **json.loads(os.environ.get("MODALKIT_TEST_QUEUES", "{}"))},
     "QUEUE_ROUTES": json.loads(os.environ.get("MODALKIT_TEST_QUEUE_ROUTES", "[]")),
     "TASK_MODULES": json.loads(os.environ.get("MODALKIT_TEST_TASK_MODULES", "[]")),
+    # Looked up on every request, so a test that revokes a key sees it at once; the cache
+    # has tests of its own.
+    "API": {"KEY_CACHE_SECONDS": 0},
 }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

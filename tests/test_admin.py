@@ -110,6 +110,7 @@ def test_redeliver_action_resets_the_delivery(staff: Client) -> None:
     assert (delivery.status, delivery.attempts) == ("pending", 0)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_api_key_created_in_the_admin_is_shown_once_and_works(staff: Client, admin_user: Any) -> None:
     response = staff.post(
         reverse("admin:modalkit_django_apikey_add"), {"name": "ci", "owner": admin_user.pk}, follow=True

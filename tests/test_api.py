@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings
 from django.test import Client, override_settings
 from django.urls import path
+from django.utils import timezone
 from ninja import NinjaAPI
 
 from modalkit_django import services
@@ -21,7 +22,18 @@ from modalkit_django.models import Job, QueueDelivery
 from . import flow
 from .conftest import wait_until
 
-pytestmark = pytest.mark.django_db
+# The API's database work runs on threads of its own (modalkit_django.threads), as in
+# production: it sees committed rows only, so these tests commit.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def waker(request: pytest.FixtureRequest) -> Any:
+    """Wake-ups are recorded, not sent: jobs stay as the API left them (but where a test
+    asks for the in-process broker, to watch one run)."""
+    if "in_process_broker" in request.keywords:
+        return None
+    return request.getfixturevalue("recording_waker")
 
 
 def post(client: Client, url: str, body: Any) -> Any:
@@ -158,12 +170,11 @@ def test_static_modalkit_key_from_auth_config(tmp_path: Path) -> None:
 # --- /async/predict ----------------------------------------------------------------
 
 
-def test_async_predict_stores_a_queued_job_and_wakes_a_worker_on_commit(
-    api: Client, user: Any, django_capture_on_commit_callbacks: Any
+def test_async_predict_stores_a_queued_job_and_wakes_a_worker_once_it_is_committed(
+    api: Client, user: Any, recording_waker: Any
 ) -> None:
     body = {"message": {"text": "good"}, "success_queue": "ok_q", "failure_queue": "err_q", "meta": {"id": 7}}
-    with django_capture_on_commit_callbacks() as callbacks:
-        response = post(api, "/api/async/predict", body)
+    response = post(api, "/api/async/predict", body)
     assert response.status_code == 202
     data = response.json()
     job = Job.objects.get(id=data["job_id"])
@@ -175,8 +186,9 @@ def test_async_predict_stores_a_queued_job_and_wakes_a_worker_on_commit(
     }
     assert (job.status, job.message, job.meta, job.owner) == ("queued", {"text": "good"}, {"id": 7}, user)
     assert (job.success_queue, job.failure_queue) == ("ok_q", "err_q")
-    # The wake-up goes out only after the row is committed.
-    assert len(callbacks) == 1
+    # The wake-up went out after the row was committed (it was already readable then).
+    assert recording_waker.jobs == [[job.id]]
+    assert recording_waker.committed == [True]
 
 
 def test_async_predict_queues_are_optional(api: Client) -> None:
@@ -203,7 +215,7 @@ def test_async_predict_validation_errors_name_the_field(api: Client, body: dict[
     assert not Job.objects.exists()
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.in_process_broker
 def test_async_job_runs_on_the_in_process_broker(api: Client) -> None:
     """The embedded default on Postgres: the job runs in this process after commit."""
     job_id = post(api, "/api/async/predict", {"message": {"text": "love it"}, "success_queue": "q"}).json()["job_id"]
@@ -312,19 +324,18 @@ def test_openapi_documents_the_models_types_and_auth(client: Client) -> None:
 # --- Idempotency-Key -------------------------------------------------------------------
 
 
-def test_a_repeated_idempotency_key_returns_the_first_job(api: Client, django_capture_on_commit_callbacks: Any) -> None:
+def test_a_repeated_idempotency_key_returns_the_first_job(api: Client, waker: Any) -> None:
     body = {"message": {"text": "good"}, "success_queue": "q", "meta": {"n": 1}}
-    with django_capture_on_commit_callbacks() as callbacks:
-        first = api.post("/api/async/predict", data=json.dumps(body), content_type="application/json",
-                         headers={"Idempotency-Key": "order-42"})  # fmt: skip
-        again = api.post("/api/async/predict", data=json.dumps(body), content_type="application/json",
-                         headers={"Idempotency-Key": "order-42"})  # fmt: skip
+    first = api.post("/api/async/predict", data=json.dumps(body), content_type="application/json",
+                     headers={"Idempotency-Key": "order-42"})  # fmt: skip
+    again = api.post("/api/async/predict", data=json.dumps(body), content_type="application/json",
+                     headers={"Idempotency-Key": "order-42"})  # fmt: skip
     assert (first.status_code, again.status_code) == (202, 202)
     assert again.json() == first.json()
     assert again["Idempotent-Replayed"] == "true"
     assert not first.has_header("Idempotent-Replayed")
     assert Job.objects.count() == 1
-    assert len(callbacks) == 1  # one job, one wake-up
+    assert waker.jobs == [[Job.objects.get().id]]  # one job, one wake-up
 
 
 def test_a_reused_idempotency_key_with_another_request_is_a_409(api: Client) -> None:
@@ -443,3 +454,30 @@ def test_a_database_that_is_away_is_a_503_with_retry_after(api: Client, monkeypa
     assert response.status_code == 503
     assert response["Retry-After"] == "5"
     assert response.json() == {"detail": "The service is briefly unavailable; retry shortly."}
+
+
+def test_a_key_is_looked_up_once_per_cache_period_and_a_revocation_holds_after_it(
+    api: Client, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from modalkit_django.api.auth import keys
+    from modalkit_django.models import ApiKey
+
+    lookups: list[str] = []
+    real_lookup = services.authenticate_api_key
+
+    def counted(*, raw_key: str) -> Any:
+        lookups.append(raw_key)
+        return real_lookup(raw_key=raw_key)
+
+    monkeypatch.setattr(services, "authenticate_api_key", counted)
+    keys.clear()
+    with override_settings(MODALKIT={**settings.MODALKIT, "API": {"KEY_CACHE_SECONDS": 0.5}}):
+        assert api.get(f"/api/jobs/{uuid.uuid4()}").status_code == 404
+        assert api.get(f"/api/jobs/{uuid.uuid4()}").status_code == 404
+        assert lookups == [api_key]  # once for both requests
+        ApiKey.objects.update(revoked_at=timezone.now())
+        assert api.get(f"/api/jobs/{uuid.uuid4()}").status_code == 404  # cached: still known
+        time.sleep(0.6)
+        assert api.get(f"/api/jobs/{uuid.uuid4()}").status_code == 401

@@ -98,7 +98,7 @@ def test_a_webhook_answering_500_twice_is_sent_on_the_third_attempt(
     assert delivery.external_id == "received-3"
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_failing_queue_kills_the_delivery_visibly_then_redeliver_sends_it(
     run_job: Any,
     retry_delivery: Any,
@@ -108,6 +108,7 @@ def test_a_failing_queue_kills_the_delivery_visibly_then_redeliver_sends_it(
     api: Client,
     admin_client: Client,
     user: Any,
+    recording_waker: Any,  # this test runs the delivery task itself
 ) -> None:
     use_queues(webhook_alias(webhook_receiver), routes=[("*", "hooks")], DELIVERY={"MAX_ATTEMPTS": 3})
     webhook_receiver.statuses.extend([503] * 100)  # down for good, until fixed
@@ -131,6 +132,7 @@ def test_a_failing_queue_kills_the_delivery_visibly_then_redeliver_sends_it(
     admin_client.post(changelist, {"action": "redeliver", "_selected_action": [str(delivery.id)]})
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("pending", 0)
+    assert recording_waker.deliveries == [[delivery.id]]
     # What the delivery task that redeliver wakes does:
     run_async(flow.deliver, str(delivery.id))
     delivery.refresh_from_db()

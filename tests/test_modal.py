@@ -52,6 +52,7 @@ def predict(api: Client, text: str) -> Any:
 # --- /predict ------------------------------------------------------------------------
 
 
+@pytest.mark.django_db(transaction=True)
 def test_predict_calls_the_deployed_class(api: Client, fake: Any) -> None:
     response = predict(api, "what a great film")
     assert response.status_code == 200, response.content
@@ -60,12 +61,14 @@ def test_predict_calls_the_deployed_class(api: Client, fake: Any) -> None:
     assert fake.stats.function_maps == 1
 
 
+@pytest.mark.django_db(transaction=True)
 def test_predict_pipeline_error_is_a_502(api: Client, fake: Any) -> None:
     response = predict(api, "explode")
     assert response.status_code == 502
     assert response.json() == {"detail": "the model cannot read 'explode'"}
 
 
+@pytest.mark.django_db(transaction=True)
 def test_predict_exception_raised_remotely_is_a_502_naming_it(api: Client, fake: Any) -> None:
     with on_modal(app_name="modalkit-echo-dev", class_name="BrokenService"):
         response = predict(api, "anything")
@@ -73,6 +76,7 @@ def test_predict_exception_raised_remotely_is_a_502_naming_it(api: Client, fake:
     assert response.json() == {"detail": "'predict_batch lost its model'"}
 
 
+@pytest.mark.django_db(transaction=True)
 def test_predict_on_a_class_that_is_not_deployed_is_a_502(api: Client, fake: Any) -> None:
     with on_modal(class_name="NoSuchService"):
         response = predict(api, "good")
@@ -80,6 +84,7 @@ def test_predict_on_a_class_that_is_not_deployed_is_a_502(api: Client, fake: Any
     assert response.json()["detail"].startswith("modalkit-sentiment-dev/NoSuchService is not deployed")
 
 
+@pytest.mark.django_db(transaction=True)
 def test_predict_with_refused_credentials_is_a_502(api: Client, fake: Any) -> None:
     fake.reject_auth = True
     response = predict(api, "good")
@@ -87,6 +92,7 @@ def test_predict_with_refused_credentials_is_a_502(api: Client, fake: Any) -> No
     assert response.json()["detail"].startswith("Modal refused the credentials")
 
 
+@pytest.mark.django_db(transaction=True)
 def test_predict_when_modal_is_unavailable_is_a_503(api: Client, fake: Any) -> None:
     fake.unavailable = True
     response = predict(api, "good")
@@ -94,6 +100,7 @@ def test_predict_when_modal_is_unavailable_is_a_503(api: Client, fake: Any) -> N
     assert "is unavailable" in response.json()["detail"]
 
 
+@pytest.mark.django_db(transaction=True)
 def test_predict_past_the_deadline_is_a_504(api: Client, fake: Any) -> None:
     fake.delay = 3.0
     with on_modal(timeout=0.5):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,10 +12,12 @@ from ninja.security import APIKeyHeader, HttpBearer
 from ninja.security.base import SecuritySchema
 
 from .. import services
-from ..conf import get_config
+from ..conf import get_config, get_settings
 from ..exceptions import ModalkitImproperlyConfigured
+from ..models import ApiKey
+from ..threads import run_sync
 
-__all__ = ["ApiKeyBearer", "Caller", "StaticApiKey", "owner_of"]
+__all__ = ["ApiKeyBearer", "Caller", "KeyCache", "StaticApiKey", "keys", "owner_of"]
 
 DEFAULT_STATIC_KEY_HEADER = "x-api-key"
 
@@ -27,12 +30,42 @@ class Caller:
     key_name: str
 
 
+class KeyCache:
+    """Callers by key digest, kept ``MODALKIT["API"]["KEY_CACHE_SECONDS"]``: no query per
+    request, and a revoked key (or a deactivated user) stops working within that time."""
+
+    # A flood of made-up keys must not grow the cache without end.
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, Caller | None]] = {}
+
+    async def caller(self, raw_key: str) -> Caller | None:
+        digest = ApiKey.digest_of(raw_key)
+        now = time.monotonic()
+        entry = self._entries.get(digest)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        api_key = await run_sync(services.authenticate_api_key, raw_key=raw_key)
+        caller = Caller(owner=api_key.owner, key_name=api_key.name) if api_key else None
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[digest] = (now + get_settings().api.key_cache_seconds, caller)
+        return caller
+
+    def clear(self, **kwargs: Any) -> None:
+        """``setting_changed`` receiver, and for tests."""
+        self._entries.clear()
+
+
+keys = KeyCache()
+
+
 class ApiKeyBearer(HttpBearer):
     """``Authorization: Bearer mk_…`` — an :class:`~modalkit_django.models.ApiKey`."""
 
-    def authenticate(self, request: HttpRequest, token: str) -> Caller | None:
-        api_key = services.authenticate_api_key(raw_key=token)
-        return Caller(owner=api_key.owner, key_name=api_key.name) if api_key else None
+    async def authenticate(self, request: HttpRequest, token: str) -> Caller | None:
+        return await keys.caller(token)
 
 
 class StaticApiKey(APIKeyHeader):
@@ -41,7 +74,7 @@ class StaticApiKey(APIKeyHeader):
 
     def __init__(self) -> None:
         # Not super().__init__(): ninja's reads param_name (so the file) right away.
-        self.is_async = False
+        self.is_async = True
 
     @property
     def openapi_security_schema(self) -> SecuritySchema:  # type: ignore[override]
@@ -54,7 +87,7 @@ class StaticApiKey(APIKeyHeader):
         except ModalkitImproperlyConfigured:
             return DEFAULT_STATIC_KEY_HEADER
 
-    def authenticate(self, request: HttpRequest, key: str | None) -> Caller | None:
+    async def authenticate(self, request: HttpRequest, key: str | None) -> Caller | None:
         expected = get_config().app_settings.auth_config.api_key
         if key and expected and hmac.compare_digest(key.encode(), expected.encode()):
             return Caller(owner=None, key_name="modalkit.yaml auth_config")

@@ -6,7 +6,6 @@ runtime, and the request schemas are local to :func:`build_router`.
 
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
 from ninja.params import functions as param
@@ -28,6 +27,7 @@ from ..schemas import (
     job_schema,
     sync_request_schema,
 )
+from ..threads import run_sync
 from .auth import ApiKeyBearer, StaticApiKey, owner_of
 from .errors import http_errors
 
@@ -110,7 +110,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
     ) -> Any:
         with http_errors():
             require_pipeline()
-            job = await sync_to_async(services.submit_job)(
+            job = await services.asubmit_job(
                 model_name=model_name,
                 message=payload.message.model_dump(mode="json"),  # type: ignore[attr-defined]
                 success_queue=payload.success_queue,  # type: ignore[attr-defined]
@@ -134,15 +134,20 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         before: str | None = param.Query(None, description="The `next` of the previous page."),
     ) -> Any:
         with http_errors():
-            jobs, following = await sync_to_async(services.list_jobs)(
-                owner=owner_of(request), status=status, model_name=model_name, limit=limit, before=before
+            jobs, following = await run_sync(
+                services.list_jobs,
+                owner=owner_of(request),
+                status=status,
+                model_name=model_name,
+                limit=limit,
+                before=before,
             )
         return {"jobs": [_job_out(job) for job in jobs], "next": following.id if following else None}
 
     @router.get("/jobs/{job_id}", response={200: job_out, **client_errors}, summary="A job's status and result")
     async def get_job(request: HttpRequest, job_id: str) -> Any:
         with http_errors():
-            job = await sync_to_async(services.get_job)(job_id=job_id, owner=owner_of(request))
+            job = await run_sync(services.get_job, job_id=job_id, owner=owner_of(request))
         return _job_out(job)
 
     @router.post(
@@ -157,7 +162,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
             return services.get_job(job_id=job_id, owner=owner_of(request))
 
         with http_errors():
-            job = await sync_to_async(cancel)()
+            job = await run_sync(cancel)
         return _job_out(job)
 
     return router

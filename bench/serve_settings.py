@@ -1,0 +1,19 @@
+"""Settings both sides of bench/submit.py are served with: the demo project on PostgreSQL
+and Redis, its own settings otherwise. ``BENCH_URLCONF`` picks the app."""
+
+import os
+
+from project.settings import *  # noqa: F403
+from project.settings import MODALKIT
+
+ROOT_URLCONF = os.environ.get("BENCH_URLCONF", "project.urls")
+DEBUG = False
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+MODALKIT = {
+    **MODALKIT,
+    "BROKER": {"URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), "QUEUE_NAME": os.environ["BENCH_QUEUE"]},
+}
+LOGGING = {"version": 1, "disable_existing_loggers": False}
+if os.environ.get("BENCH_NO_MIDDLEWARE"):
+    MIDDLEWARE = []
+    SILENCED_SYSTEM_CHECKS = ["admin.E408", "admin.E409", "admin.E410"]

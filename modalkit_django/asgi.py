@@ -1,0 +1,94 @@
+"""The ASGI application: the API on a lean path, everything else on Django's own handler.
+
+In ``asgi.py``::
+
+    from modalkit_django.asgi import get_asgi_application
+
+    application = get_asgi_application()
+
+Django's ASGI handler runs each request in a context of its own thread and calls every
+``MIDDLEWARE`` that is not natively async (all of Django's own) through a thread hop,
+before and after the view: measured here, about thirty hops and two thread starts per
+request, most of a submit's cost, and the reason throughput fell as clients were added.
+Bearer-token API requests need none of it (no session, CSRF cookie or messages), so
+requests under ``api_prefix`` go to :class:`ApiHandler`: the same request, URL
+resolution, view and error handling, on the event loop, with no per-request thread.
+What ``SecurityMiddleware`` does (``SECURE_SSL_REDIRECT``, HSTS, ``nosniff``, the
+referrer and cross-origin policies) is still applied, in place. Everything else (the
+admin, your pages) is Django's handler with your ``MIDDLEWARE``, unchanged.
+"""
+
+from __future__ import annotations
+
+import gc
+from contextlib import closing
+from typing import Any, cast
+
+import django
+from django.core import signals
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.exception import convert_exception_to_response
+from django.http import HttpResponse, HttpResponseBase
+from django.middleware.security import SecurityMiddleware
+from django.urls import set_script_prefix
+
+__all__ = ["ApiHandler", "get_asgi_application"]
+
+Scope = dict[str, Any]
+
+
+class ApiHandler(ASGIHandler):
+    """Django's ASGI handler without its per-request thread and without ``MIDDLEWARE``.
+
+    Views must be async (the API's are); their synchronous database work runs on a
+    bounded pool of threads that give their connections back after every call
+    (:mod:`modalkit_django.threads`). ``request_started`` and ``request_finished`` are
+    sent as Django sends them, from the event loop.
+    """
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        self._middleware_chain = convert_exception_to_response(self._get_response_async)  # type: ignore[attr-defined]
+        self._security = SecurityMiddleware(lambda request: HttpResponse())
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        body_file = await self.read_body(receive)
+        with closing(body_file):
+            set_script_prefix(get_script_prefix(scope))
+            signals.request_started.send(sender=self.__class__, scope=scope)
+            request, error = self.create_request(scope, body_file)
+            response: HttpResponseBase
+            if request is None:
+                assert error is not None
+                response = error
+            else:
+                # SecurityMiddleware's checks and headers are plain computation: no hop needed.
+                response = self._security.process_request(request) or await self.get_response_async(request)
+                response = self._security.process_response(request, cast(HttpResponse, response))
+            await self.send_response(response, send)
+            response.close()  # sends request_finished
+
+
+def get_asgi_application(*, api_prefix: str = "/api/") -> Any:
+    """The project's ASGI application: requests under ``api_prefix`` take the API's lean
+    path (:class:`ApiHandler`), all others Django's handler."""
+    django.setup(set_prefix=False)
+    pages = ASGIHandler()
+    api = ApiHandler()
+    # What start-up made (settings, URLs, models, schemas) lives as long as the process:
+    # move it out of the garbage collector's way, so that its full passes, which otherwise
+    # walk all of it, stay short and do not stretch the slowest requests.
+    gc.collect()
+    gc.freeze()
+
+    async def application(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(api_prefix):
+            await api(scope, receive, send)
+        else:
+            await pages(scope, receive, send)
+
+    return application
