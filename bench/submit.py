@@ -186,8 +186,11 @@ def main() -> None:
                 for clients in (int(part) for part in args.clients.split(",")):
                     level = measure(server, app, path, raw, port, clients, args.requests)
                     levels.append(level)
-                    print(f"{server:8} {app:8} {clients:>4} clients {level.per_s:8.0f} req/s  "
-                          f"p50 {level.p50_ms:6.1f} ms  p99 {level.p99_ms:6.1f} ms  errors {level.errors}", flush=True)  # fmt: skip
+                    print(
+                        f"{server:8} {app:10} {clients:>4} clients {level.per_s:8.0f} req/s  "
+                        f"p50 {level.p50_ms:6.1f} ms  p99 {level.p99_ms:6.1f} ms  errors {level.errors}",
+                        flush=True,
+                    )
                 if app == "project":
                     predict = request_bytes("/api/predict", {"message": body["message"]}, key)
                     levels.append(measure(server, "project", "/api/predict", predict, port, 1, 1000))
