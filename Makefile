@@ -11,7 +11,7 @@ PYTHON_OLDEST ?= $(shell scripts/find-python --oldest)
 OLDEST := .venv-oldest
 UV_VERSION := 0.13.9
 
-.PHONY: run test test-oldest faults lint clean
+.PHONY: run serve test test-oldest faults lint clean
 
 # uv installs the pinned requirements several times faster than pip.
 $(UV):
@@ -24,6 +24,11 @@ $(VENV)/.installed: requirements.txt $(UV)
 	$(UV) pip install --python $(PY) --quiet -r requirements.txt
 	touch $@
 
+# What `make serve` adds: PostgreSQL's pool, the Redis broker, uvicorn.
+$(VENV)/.installed-extras: $(VENV)/.installed requirements-extras.txt
+	$(UV) pip install --python $(PY) --quiet -r requirements.txt -r requirements-extras.txt
+	touch $@
+
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-extras.txt requirements-dev.txt
 	$(UV) pip install --python $(PY) --quiet -r requirements-dev.txt
 	touch $@
@@ -33,6 +38,15 @@ run: $(VENV)/.installed
 	$(PY) manage.py demo_setup
 	@echo "Serving on http://127.0.0.1:$(PORT)/  (admin: /admin/, API docs: /api/docs)"
 	$(PY) manage.py runserver 127.0.0.1:$(PORT)
+
+# Production serving: uvicorn, one process per core, the API on its lean path
+# (modalkit_django.asgi). Set DATABASE_URL, BROKER_URL and DJANGO_SECRET_KEY; run workers
+# beside it with `manage.py taskiq worker`.
+WEB_PROCESSES ?= $(shell nproc 2>/dev/null || echo 2)
+serve: $(VENV)/.installed-extras
+	$(PY) manage.py migrate --noinput
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-0} $(PY) -m uvicorn project.asgi:application --host $${HOST:-127.0.0.1} --port $(PORT) \
+		--workers $(WEB_PROCESSES) --no-access-log
 
 # The suite, after the static checks (ruff, mypy, migrations) that CI holds it to.
 test: lint

@@ -73,7 +73,13 @@ def sweep(*, worker: str, broker_epoch: str | None) -> SweepResult | None:
     asked): when it differs from the last one seen, every queued job is woken again.
     """
     settings = get_settings().worker
-    state = SweepState.objects.begin(worker=worker, period=settings.sweep_interval_seconds * 0.8)
+    # A sweep still "running" after a lease is taken to have died with its worker: the
+    # next one must not wait longer for it than a dead worker's jobs wait for theirs.
+    state = SweepState.objects.begin(
+        worker=worker,
+        period=settings.sweep_interval_seconds * 0.8,
+        stale_after=max(settings.lease_seconds, 2 * settings.sweep_interval_seconds),
+    )
     if state is None:
         return None
     now = timezone.now()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -65,34 +66,39 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    from psycopg_pool import ConnectionPool
 
-    # A bounded pool per process, whatever the concurrency: under ASGI each request may run
-    # its queries on a new thread, and persistent per-thread connections (CONN_MAX_AGE)
-    # reached Postgres's max_connections at 32 clients. A connection goes back to the pool
-    # when the request (or the worker's step) ends.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"]["OPTIONS"] = {
-        "pool": {
-            "min_size": 1,
-            "max_size": int(os.environ.get("DATABASE_POOL_SIZE", "8")),
-            "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", "10")),
-            # Connections the server closed (a restart) are replaced, not handed out.
-            "check": ConnectionPool.check_connection,
+def database(url: str) -> dict[str, Any]:
+    """The database at ``url``, as the demo (and its tests) connect to it."""
+    settings: dict[str, Any] = dict(dj_database_url.parse(url))
+    if settings["ENGINE"] == "django.db.backends.postgresql":
+        from psycopg_pool import ConnectionPool
+
+        # A bounded pool per process, whatever the concurrency: under ASGI each request
+        # may run its queries on a new thread, and persistent per-thread connections
+        # (CONN_MAX_AGE) reached Postgres's max_connections at 32 clients. A connection
+        # goes back to the pool when the request (or the worker's step) ends.
+        settings["CONN_MAX_AGE"] = 0
+        settings["OPTIONS"] = {
+            "pool": {
+                "min_size": 1,
+                "max_size": int(os.environ.get("DATABASE_POOL_SIZE", "8")),
+                "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT", "10")),
+                # Connections the server closed (a restart) are replaced, not handed out.
+                "check": ConnectionPool.check_connection,
+            }
         }
-    }
-else:
-    DATABASES["default"]["CONN_MAX_AGE"] = 600
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The embedded worker writes from its own thread: WAL and IMMEDIATE avoid "database is locked".
-    DATABASES["default"]["OPTIONS"] = {
-        "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    }
+    elif settings["ENGINE"] == "django.db.backends.sqlite3":
+        # The embedded worker writes from its own thread: WAL and IMMEDIATE avoid "database is locked".
+        settings["CONN_MAX_AGE"] = 600
+        settings["OPTIONS"] = {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    return settings
+
+
+DATABASES = {"default": database(os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []

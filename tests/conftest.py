@@ -26,7 +26,7 @@ from modalkit_django.queues.memory import MemoryBackend
 ROOT = Path(__file__).resolve().parent.parent
 
 # Loopback peers: a fake Modal control plane, an SQS server, a webhook receiver.
-pytest_plugins = ["tests.modal_fake.fixtures", "tests.queue_peers"]
+pytest_plugins = ["tests.modal_fake.fixtures", "tests.queue_peers", "tests.stack"]
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:

@@ -7,18 +7,10 @@ the worker subprocess gets the same through ``MODALKIT_TEST_BROKER_URL``.
 import json
 import os
 
-import dj_database_url
-
 from project.settings import *  # noqa: F403
-from project.settings import MODALKIT
+from project.settings import MODALKIT, database
 
-DATABASES = {
-    "default": dj_database_url.parse(
-        os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/modalkit"),
-        conn_max_age=600,
-        conn_health_checks=True,
-    )
-}
+DATABASES = {"default": database(os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/modalkit"))}
 # The embedded default's database: the ORM paths of the state machine run on it
 # (tests/test_models_orm.py), PostgreSQL's own statements on "default".
 DATABASES["embedded"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}

@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 
 from modalkit_django import services, sweeper
+from modalkit_django.conf import get_settings
 from modalkit_django.exceptions import DeliveryError, InferenceUnavailable
 from modalkit_django.models import Job, QueueDelivery, SendResult, SweepState
 
@@ -178,9 +179,10 @@ def test_one_sweep_per_period_whoever_asks() -> None:
 def test_a_sweep_that_died_does_not_block_the_next_forever() -> None:
     assert sweeper.sweep(worker="a", broker_epoch=None) is not None
     # "a" took the next period's sweep, then died before finishing it.
-    SweepState.objects.update(started_at=timezone.now() - dt.timedelta(seconds=30), finished_at=None)
+    lease = get_settings().worker.lease_seconds
+    SweepState.objects.update(started_at=timezone.now() - dt.timedelta(seconds=lease - 5), finished_at=None)
     assert sweeper.sweep(worker="b", broker_epoch=None) is None
-    SweepState.objects.update(started_at=timezone.now() - dt.timedelta(seconds=61))
+    SweepState.objects.update(started_at=timezone.now() - dt.timedelta(seconds=lease + 1))
     assert sweeper.sweep(worker="b", broker_epoch=None) is not None
 
 

@@ -12,16 +12,17 @@ __all__ = ["SweepState"]
 
 
 class SweepStateQuerySet(models.QuerySet["SweepState"]):
-    def begin(self, *, worker: str, period: float) -> SweepState | None:
+    def begin(self, *, worker: str, period: float, stale_after: float) -> SweepState | None:
         """Take this period's sweep for ``worker``; ``None`` if another has it.
 
         A compare-and-set on the one row: it succeeds when no sweep started in the last
-        ``period`` seconds and the last one finished (or died long ago), so however many
-        worker processes try, one sweeps per period.
+        ``period`` seconds and the last one finished, or has run for ``stale_after``
+        seconds (its worker died mid-sweep), so however many worker processes try, one
+        sweeps per period.
         """
         now = timezone.now()
         taken = self.filter(
-            Q(finished_at__gte=F("started_at")) | Q(started_at__lt=now - dt.timedelta(seconds=max(60.0, 10 * period))),
+            Q(finished_at__gte=F("started_at")) | Q(started_at__lt=now - dt.timedelta(seconds=stale_after)),
             pk=SweepState.SINGLETON,
             started_at__lte=now - dt.timedelta(seconds=period),
         ).update(started_at=now, worker=worker, sweeps=F("sweeps") + 1)

@@ -1,0 +1,188 @@
+"""The service as its users run it, as processes: uvicorn and workers on a PostgreSQL and a
+Redis of its own, which tests may stop, kill and start again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from .conftest import ROOT
+from .private_services import PrivatePostgres, PrivateRedis, free_port
+
+# The target of the engine's design: after any single fault, every accepted job settled
+# within 60 s of the fault ending.
+SETTLED_WITHIN = 60.0
+FINAL = ("succeeded", "failed", "expired", "canceled")
+
+
+class Stack:
+    """The service as its users run it: a web server and workers, on private PostgreSQL and Redis."""
+
+    def __init__(self, postgres: PrivatePostgres, redis: PrivateRedis, tmp: Path) -> None:
+        self.postgres = postgres
+        self.redis = redis
+        self.tmp = tmp
+        database = f"faults_{uuid.uuid4().hex[:8]}"
+        self.database_url = postgres.create_database(database)
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "TEST_DATABASE_URL": self.database_url,
+            "MODALKIT_TEST_DATABASE_NAME": database,
+            "MODALKIT_TEST_BROKER_URL": redis.url,
+            "MODALKIT_TEST_BROKER_QUEUE": "modalkit-faults",
+            "MODALKIT_TEST_WORKER": "{}",  # the shipped timers
+        }
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Any] = []
+        self.manage("migrate", "--noinput")
+        [line] = [line for line in self.manage("demo_setup").splitlines() if line.startswith("API key:")]
+        self.api_key = line.removeprefix("API key: ")
+        self.port = free_port()
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def spawn(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        """``manage.py ARGS``, or ``python -m ARGS`` when the first is ``-m``."""
+        log = (self.tmp / f"{name}.log").open("ab")
+        self.logs.append(log)
+        process = subprocess.Popen(
+            [sys.executable, *(args if args[0] == "-m" else ("manage.py", *args))],
+            cwd=ROOT,
+            env={**self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
+        return self.spawn("worker", "taskiq", "worker", "--workers", "1", "--log-level", "WARNING", **env)
+
+    def start_server(self, processes: int = 1) -> None:
+        """The production server (`make serve`): uvicorn, with the API on its lean path."""
+        self.spawn(
+            "server", "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", str(processes), "--no-access-log",
+        )  # fmt: skip
+        with self.client() as client:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if client.get("/api/docs").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}",
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            timeout=30,
+        )
+
+    def statuses(self, job_ids: list[str]) -> dict[str, str]:
+        with psycopg.connect(self.database_url) as connection:
+            rows = connection.execute(
+                "SELECT id::text, status FROM modalkit_django_job WHERE id = ANY(%s::uuid[])", [job_ids]
+            ).fetchall()
+        return dict(rows)
+
+    def wait_settled(self, job_ids: list[str], *, since: float) -> float:
+        """Seconds from ``since`` until every job is final; fails past SETTLED_WITHIN."""
+        while True:
+            statuses = self.statuses(job_ids)
+            if len(statuses) == len(job_ids) and all(status in FINAL for status in statuses.values()):
+                return time.monotonic() - since
+            waited = time.monotonic() - since
+            if waited > SETTLED_WITHIN + 30:
+                counts = {status: list(statuses.values()).count(status) for status in set(statuses.values())}
+                pytest.fail(f"after {waited:.0f}s: {counts}, {len(job_ids) - len(statuses)} missing")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        for log in self.logs:
+            log.close()
+
+
+def children(pid: int) -> set[int]:
+    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return {int(line) for line in result.stdout.split()}
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    postgres, redis = PrivatePostgres(), PrivateRedis()
+    postgres.start()
+    redis.start()
+    built = None
+    try:
+        built = Stack(postgres, redis, tmp_path)
+        yield built
+    finally:
+        if built is not None:
+            built.stop()
+        redis.stop()
+        postgres.destroy()
+
+
+class Submitter(threading.Thread):
+    """Posts jobs to the API as fast as ``rate`` allows until stopped; keeps every answer."""
+
+    def __init__(self, stack: Stack, *, rate: float, text: str = "good") -> None:
+        super().__init__(daemon=True)
+        self.stack = stack
+        self.interval = 1 / rate
+        self.text = text
+        self.accepted: list[str] = []
+        self.answers: list[tuple[int, str, str | None]] = []
+        self.latencies: list[float] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with self.stack.client() as client:
+            while not self.halt.is_set():
+                started = time.monotonic()
+                try:
+                    response = client.post("/api/async/predict", json={"message": {"text": self.text}})
+                    self.latencies.append(time.monotonic() - started)
+                except httpx.TransportError as exc:
+                    self.answers.append((0, repr(exc), None))
+                else:
+                    self.answers.append((response.status_code, response.text, response.headers.get("retry-after")))
+                    if response.status_code == 202:
+                        self.accepted.append(response.json()["job_id"])
+                time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=60)
