@@ -34,10 +34,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-extras.txt requirements-
 	touch $@
 
 run: $(VENV)/.installed
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py demo_setup
+	DJANGO_DEBUG=1 $(PY) manage.py migrate --noinput
+	DJANGO_DEBUG=1 $(PY) manage.py demo_setup
 	@echo "Serving on http://127.0.0.1:$(PORT)/  (admin: /admin/, API docs: /api/docs)"
-	$(PY) manage.py runserver 127.0.0.1:$(PORT)
+	DJANGO_DEBUG=1 $(PY) manage.py runserver 127.0.0.1:$(PORT)
 
 # Production serving: uvicorn, one process per core, the API on its lean path
 # (modalkit_django.asgi). Set DATABASE_URL, BROKER_URL and DJANGO_SECRET_KEY; run workers
@@ -73,8 +73,9 @@ faults: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy modalkit_django project
-	$(PY) manage.py makemigrations --check --dry-run
+	DJANGO_DEBUG=1 $(VENV)/bin/mypy modalkit_django project
+	DJANGO_DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 
 clean:
 	rm -rf $(VENV) $(OLDEST) db.sqlite3* .coverage htmlcov .pytest_cache .mypy_cache .ruff_cache dist
+

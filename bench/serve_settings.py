@@ -3,6 +3,9 @@ and Redis, its own settings otherwise. ``BENCH_URLCONF`` picks the app."""
 
 import os
 
+# The demo refuses to start without a key when DEBUG is off; a benchmark signs nothing.
+os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-secret-" + "k" * 40)
+
 from project.settings import *  # noqa: F403
 from project.settings import MODALKIT
 

@@ -4,6 +4,9 @@ import os
 
 import dj_database_url
 
+# The demo refuses to start without a key when DEBUG is off; a benchmark signs nothing.
+os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-secret-" + "k" * 40)
+
 from project.settings import *  # noqa: F403
 from project.settings import MODALKIT
 

@@ -8,6 +8,23 @@ parts with environment variables:
 - ``BROKER_URL``     e.g. redis://127.0.0.1:6379/0        (default: the in-process broker)
 - ``INFERENCE``      ``local`` (default: the model runs in this process) or ``modal``
                      (the deployed ``project/modal_app.py``; needs Modal credentials)
+
+The settings fail closed: ``DEBUG`` is off unless ``DJANGO_DEBUG=1`` (``make run`` sets
+it), and with ``DEBUG`` off the project refuses to start without ``DJANGO_SECRET_KEY``.
+Serving over HTTPS, switch on the production security settings (each flag is ``1`` or
+``0``; the defaults suit ``make run`` on plain http):
+
+- ``DJANGO_ALLOWED_HOSTS``                  e.g. jobs.example.com   (default: 127.0.0.1,localhost)
+- ``DJANGO_CSRF_TRUSTED_ORIGINS``           e.g. https://jobs.example.com   (default: none)
+- ``DJANGO_SECURE_SSL_REDIRECT``            redirect http to https
+- ``DJANGO_SECURE_HSTS_SECONDS``            e.g. 31536000   (default: 0, no HSTS header)
+- ``DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS`` HSTS for every subdomain too
+- ``DJANGO_SECURE_HSTS_PRELOAD``            allow submitting the domain to browsers' preload lists
+- ``DJANGO_SECURE_COOKIES``                 session and CSRF cookies over https only
+- ``DJANGO_SECURE_PROXY_SSL_HEADER``        behind a TLS-terminating proxy that sets
+                                            ``X-Forwarded-Proto: https`` (and strips it from clients)
+
+``python manage.py check --deploy`` reports what is still missing.
 """
 
 from __future__ import annotations
@@ -21,9 +38,57 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-insecure-demo-only-set-DJANGO_SECRET_KEY")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-ALLOWED_HOSTS = [host for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if host]
+
+def flag(name: str) -> bool:
+    """The environment variable ``name`` as a switch: ``1`` is on; unset, empty or ``0`` is off.
+
+    Anything else is refused rather than read as off, so ``DJANGO_SECURE_COOKIES=true``
+    cannot leave cookies insecure unnoticed.
+    """
+    value = os.environ.get(name, "")
+    if value not in {"", "0", "1"}:
+        raise ImproperlyConfigured(f"{name} must be 1 (on) or 0 (off), not {value!r}")
+    return value == "1"
+
+
+def listing(name: str, default: str = "") -> list[str]:
+    """The environment variable ``name`` as a comma-separated list."""
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = flag("DJANGO_DEBUG")
+
+# Only for DEBUG: a key anyone can read in this file signs nothing worth protecting.
+INSECURE_DEMO_SECRET_KEY = "django-insecure-demo-only-set-DJANGO_SECRET_KEY"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if DEBUG and not SECRET_KEY:
+    SECRET_KEY = INSECURE_DEMO_SECRET_KEY
+if not DEBUG and SECRET_KEY in {"", INSECURE_DEMO_SECRET_KEY}:
+    raise ImproperlyConfigured(
+        "DEBUG is off (DJANGO_DEBUG is not 1), so DJANGO_SECRET_KEY must be set to a secret key of your own: "
+        "export DJANGO_SECRET_KEY=\"$(python -c 'from django.core.management.utils import "
+        "get_random_secret_key as k; print(k())')\" (keep it secret and the same across restarts), "
+        "or run `make run` (DJANGO_DEBUG=1) to try the demo locally."
+    )
+
+ALLOWED_HOSTS = listing("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
+# Full origins with their scheme, e.g. https://jobs.example.com, for POSTs from those sites.
+CSRF_TRUSTED_ORIGINS = listing("DJANGO_CSRF_TRUSTED_ORIGINS")
+
+# Production security: every switch is off by default so `make run` works over plain http.
+SECURE_SSL_REDIRECT = flag("DJANGO_SECURE_SSL_REDIRECT")
+try:
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS") or "0")
+except ValueError as exc:
+    raise ImproperlyConfigured(
+        f"DJANGO_SECURE_HSTS_SECONDS must be a number of seconds, not {os.environ['DJANGO_SECURE_HSTS_SECONDS']!r}"
+    ) from exc
+SECURE_HSTS_INCLUDE_SUBDOMAINS = flag("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS")
+SECURE_HSTS_PRELOAD = flag("DJANGO_SECURE_HSTS_PRELOAD")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = flag("DJANGO_SECURE_COOKIES")
+# Trust X-Forwarded-Proto only behind a proxy that sets it and strips clients' own: otherwise
+# any client could claim https.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if flag("DJANGO_SECURE_PROXY_SSL_HEADER") else None
 
 INSTALLED_APPS = [
     "django.contrib.admin",

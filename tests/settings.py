@@ -7,6 +7,10 @@ the worker subprocess gets the same through ``MODALKIT_TEST_BROKER_URL``.
 import json
 import os
 
+# The demo refuses to start without a key when DEBUG is off. In the environment rather
+# than SECRET_KEY, so the workers, servers and `manage.py` runs the tests start inherit it.
+os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-secret-" + "k" * 40)
+
 from project.settings import *  # noqa: F403
 from project.settings import MODALKIT, database
 

@@ -26,6 +26,7 @@ def test_run_configuration_completes_a_job(tmp_path: Path) -> None:
     env = {
         **{key: value for key, value in os.environ.items() if not key.startswith(("MODALKIT_", "BROKER_URL"))},
         "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DJANGO_DEBUG": "1",  # as make run serves it
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
     }
     env.pop("DATABASE_URL_UNUSED", None)
