@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
+from django.contrib.sessions.models import Session
 from django.test import Client
 from django.urls import reverse
 
@@ -110,20 +113,169 @@ def test_redeliver_action_resets_the_delivery(staff: Client) -> None:
     assert (delivery.status, delivery.attempts) == ("pending", 0)
 
 
+KEY = re.compile(r"mk_[\w-]{43}")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_api_key_created_in_the_admin_is_shown_once_and_works(staff: Client, admin_user: Any) -> None:
-    response = staff.post(
-        reverse("admin:modalkit_django_apikey_add"), {"name": "ci", "owner": admin_user.pk}, follow=True
-    )
-    [note] = [str(message) for message in get_messages(response.wsgi_request) if "API key:" in str(message)]
-    raw_key = note.split()[2]
+    response = staff.post(reverse("admin:modalkit_django_apikey_add"), {"name": "ci", "owner": admin_user.pk})
+    assert response.status_code == 200  # rendered at once: no redirect to carry the key over
+    page = response.content.decode()
+    [raw_key] = KEY.findall(page)
+    assert page.count(raw_key) == 1
     api_key = ApiKey.objects.get(name="ci")
     assert api_key.digest == ApiKey.digest_of(raw_key)
+    # Neither the messages cookie (signed, not encrypted) nor the session holds it.
+    assert all(raw_key not in morsel.value for morsel in [*response.cookies.values(), *staff.cookies.values()])
+    assert all(raw_key not in str(message) for message in get_messages(response.wsgi_request))
+    assert all(raw_key not in str(session.get_decoded()) for session in Session.objects.all())
     page = staff.get(reverse("admin:modalkit_django_apikey_change", args=[api_key.pk])).content.decode()
     assert raw_key not in page
     client = Client(headers={"Authorization": f"Bearer {raw_key}"})
     response = client.post("/api/predict", {"message": {"text": "good"}}, content_type="application/json")
     assert response.status_code == 200
+
+
+@pytest.fixture
+def key_staff(client: Client, django_user_model: Any) -> Any:
+    """A staff user with every API key permission, and none about users."""
+    carol = django_user_model.objects.create_user("carol", password="pw", is_staff=True)
+    carol.user_permissions.add(
+        *Permission.objects.filter(codename__in=["add_apikey", "view_apikey", "change_apikey", "delete_apikey"])
+    )
+    client.force_login(carol)
+    return carol
+
+
+def test_key_staff_add_keys_for_themselves_only(client: Client, key_staff: Any, other_user: Any) -> None:
+    url = reverse("admin:modalkit_django_apikey_add")
+    form = client.get(url).context["adminform"].form
+    assert list(form.fields["owner"].queryset) == [key_staff]
+    response = client.post(url, {"name": "theirs", "owner": other_user.pk})
+    assert response.status_code == 200 and "owner" in response.context["adminform"].form.errors
+    assert not ApiKey.objects.filter(name="theirs").exists()
+    # Their own key, with the project's grants and limits: they may not grant themselves more.
+    response = client.post(url, {"name": "mine", "owner": key_staff.pk, "allowed_queues": "*", "rate_limit": "9"})
+    assert response.status_code == 200 and KEY.search(response.content.decode())
+    mine = ApiKey.objects.get(name="mine")
+    assert (mine.owner, mine.allowed_queues, mine.rate_limit) == (key_staff, [], None)
+
+
+def test_key_staff_see_and_revoke_their_own_keys_only(client: Client, key_staff: Any, other_user: Any) -> None:
+    mine, _ = services.create_api_key(owner=key_staff, name="mine")
+    theirs, theirs_raw = services.create_api_key(owner=other_user, name="theirs")
+    changelist = reverse("admin:modalkit_django_apikey_changelist")
+    page = client.get(changelist).content.decode()
+    assert mine.prefix in page and theirs.prefix not in page
+    for view in ("change", "delete", "history"):
+        response = client.get(reverse(f"admin:modalkit_django_apikey_{view}", args=[theirs.pk]))
+        assert response.status_code == 302 and response.url == reverse("admin:index")  # "does not exist"
+    # Their own key they may rename, but not grant it queues or raise its limits.
+    response = client.post(
+        reverse("admin:modalkit_django_apikey_change", args=[mine.pk]),
+        {"name": "renamed", "allowed_queues": "*", "rate_limit": "999"},
+    )
+    assert response.status_code == 302
+    mine.refresh_from_db()
+    assert (mine.name, mine.allowed_queues, mine.rate_limit) == ("renamed", [], None)
+    client.post(changelist, {"action": "revoke", "_selected_action": [mine.pk, theirs.pk]})
+    mine.refresh_from_db()
+    theirs.refresh_from_db()
+    assert mine.revoked_at is not None and theirs.revoked_at is None
+    assert services.authenticate_api_key(raw_key=theirs_raw) == theirs
+
+
+def test_user_admins_manage_everyones_keys(client: Client, key_staff: Any, other_user: Any) -> None:
+    key_staff.user_permissions.add(Permission.objects.get(codename="change_user"))
+    client.force_login(type(key_staff).objects.get(pk=key_staff.pk))  # drop the permission cache
+    theirs, _ = services.create_api_key(owner=other_user, name="theirs")
+    assert theirs.prefix in client.get(reverse("admin:modalkit_django_apikey_changelist")).content.decode()
+    response = client.post(
+        reverse("admin:modalkit_django_apikey_add"),
+        {"name": "for-bob", "owner": other_user.pk, "allowed_queues": "bob-*", "max_queued_jobs": "3"},
+    )
+    assert response.status_code == 200
+    key = ApiKey.objects.get(name="for-bob")
+    assert (key.owner, key.allowed_queues, key.max_queued_jobs) == (other_user, ["bob-*"], 3)
+
+
+def test_api_key_grants_and_limits_are_edited_one_queue_per_line(staff: Client, user: Any) -> None:
+    api_key, _ = services.create_api_key(owner=user, name="k")
+    url = reverse("admin:modalkit_django_apikey_change", args=[api_key.pk])
+    form = {"name": "k", "rate_limit": "60", "max_queued_jobs": "5"}
+    response = staff.post(url, {**form, "allowed_queues": " acme-*\r\n\r\nresults\nacme-*\n"})
+    assert response.status_code == 302
+    api_key.refresh_from_db()
+    assert (api_key.allowed_queues, api_key.rate_limit, api_key.max_queued_jobs) == (["acme-*", "results"], 60, 5)
+    assert "acme-*\nresults" in staff.get(url).content.decode()  # the form shows it as it is typed
+    assert "acme-*, results" in staff.get(reverse("admin:modalkit_django_apikey_changelist")).content.decode()
+
+    for queues, limit in (("good\nbad\x1bname", "60"), ("x" * 256, "60"), ("ok", "0")):
+        response = staff.post(url, {**form, "allowed_queues": queues, "rate_limit": limit})
+        assert response.status_code == 200 and response.context["adminform"].form.errors
+    api_key.refresh_from_db()
+    assert (api_key.allowed_queues, api_key.rate_limit) == (["acme-*", "results"], 60)
+
+    staff.post(url, {**form, "allowed_queues": "", "rate_limit": ""})
+    api_key.refresh_from_db()
+    assert (api_key.allowed_queues, api_key.rate_limit) == ([], None)  # none granted; the setting's limit
+
+
+ODD_QUERIES = [
+    "q=%00",
+    "q=a%00b",
+    "status__exact=%00",
+    "status=%00",
+    "status__in=%00",
+    "created_at__gte=%00",
+    "created_at__year=%00",
+    "o=%00",
+    "p=%00",
+    "%00=1",
+    "q=ok&revoked_at__isnull=%00",
+    "queue_name=%00",
+    "route__exact=%00",
+    "backend=%00",
+    "model_name=%00",
+]
+
+
+@pytest.mark.parametrize("model", ["job", "queuedelivery", "apikey"])
+@pytest.mark.parametrize("query", ODD_QUERIES)
+def test_changelists_survive_odd_query_strings(staff: Client, user: Any, model: str, query: str) -> None:
+    finished_job(success_queue="results")
+    services.create_api_key(owner=user, name="k")
+    response = staff.get(f"{reverse(f'admin:modalkit_django_{model}_changelist')}?{query}")
+    assert response.status_code in (200, 302, 400)
+    if response.status_code == 302:
+        assert response.url.endswith("?e=1")
+
+
+@pytest.mark.parametrize("model", ["job", "queuedelivery", "apikey"])
+@pytest.mark.parametrize("selected", ["\x00", "abc", "1\x00"])
+def test_actions_refuse_odd_row_ids(staff: Client, model: str, selected: str) -> None:
+    url = reverse(f"admin:modalkit_django_{model}_changelist")
+    response = staff.post(url, {"action": "delete_selected", "_selected_action": [selected]})
+    assert response.status_code == 400
+
+
+def test_errors_are_shown_with_url_secrets_redacted(staff: Client) -> None:
+    job, [delivery] = finished_job(success_queue="results")
+    secret_error = "POST https://hooks.example.com/x?token=abc123&v=2 answered 410 Gone"
+    flow.record([SendResult(delivery, error=PermanentDeliveryError(secret_error))])
+    Job.objects.filter(pk=job.pk).update(
+        error={"type": "Upstream", "message": "fetch 'https://bob:hunter2@files.example.com/a?sig=s3cr3t' failed"}
+    )
+    pages = [
+        staff.get(reverse("admin:modalkit_django_queuedelivery_changelist")),
+        staff.get(reverse("admin:modalkit_django_queuedelivery_change", args=[delivery.pk])),
+        staff.get(reverse("admin:modalkit_django_job_change", args=[job.pk])),
+    ]
+    for response in pages:
+        page = response.content.decode()
+        assert "abc123" not in page and "s3cr3t" not in page and "hunter2" not in page
+        assert "https://hooks.example.com/x?token=***&amp;v=***" in page
+    assert "https://bob:***@files.example.com/a?sig=***" in pages[2].content.decode()
 
 
 def test_revoke_action(staff: Client, user: Any) -> None:
@@ -135,8 +287,6 @@ def test_revoke_action(staff: Client, user: Any) -> None:
 
 
 def test_actions_need_their_own_permissions(client: Client, django_user_model: Any) -> None:
-    from django.contrib.auth.models import Permission
-
     viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
     viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_job", "view_queuedelivery"]))
     client.force_login(viewer)
