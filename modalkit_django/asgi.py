@@ -21,10 +21,12 @@ admin, your pages) is Django's handler with your ``MIDDLEWARE``, unchanged.
 from __future__ import annotations
 
 import gc
+import json
 from contextlib import closing
 from typing import Any, cast
 
 import django
+from django.conf import settings
 from django.core import signals
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
@@ -56,6 +58,10 @@ class ApiHandler(ASGIHandler):
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        if (too_big := _declared_too_big(scope)) is not None:
+            # Refused before reading it: Django would spool the whole body to disk first.
+            await self.send_response(too_big, send)
+            return
         body_file = await self.read_body(receive)
         with closing(body_file):
             set_script_prefix(get_script_prefix(scope))
@@ -64,13 +70,26 @@ class ApiHandler(ASGIHandler):
             response: HttpResponseBase
             if request is None:
                 assert error is not None
-                response = error
+                # Django's answer is an HTML page; an API client gets the API's JSON shape.
+                response = _json_error(error.status_code, error.reason_phrase)
             else:
                 # SecurityMiddleware's checks and headers are plain computation: no hop needed.
                 response = self._security.process_request(request) or await self.get_response_async(request)
                 response = self._security.process_response(request, cast(HttpResponse, response))
             await self.send_response(response, send)
             response.close()  # sends request_finished
+
+
+def _json_error(status: int, detail: str) -> HttpResponse:
+    return HttpResponse(json.dumps({"detail": detail}), status=status, content_type="application/json")
+
+
+def _declared_too_big(scope: Scope) -> HttpResponse | None:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length" and limit is not None and value.isdigit() and int(value) > limit:
+            return _json_error(413, f"The request body is over {limit} bytes.")
+    return None
 
 
 def get_asgi_application(*, api_prefix: str = "/api/") -> Any:

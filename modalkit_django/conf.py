@@ -146,6 +146,13 @@ class ApiSettings(_Setting):
     # Threads (so database connections at most) for the API's synchronous database work,
     # per server process; keep it within the database pool's size.
     database_threads: int = Field(default=4, ge=1)
+    # Queue names (fnmatch patterns) a new API key may send results to; [] : none until granted.
+    default_allowed_queues: list[str] = Field(default_factory=list)
+    # Per key, unless the key sets its own; None: no limit. Counted in RATE_LIMIT_CACHE
+    # (a Django cache alias: make it a shared one, e.g. Redis, when several processes serve).
+    rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    max_queued_jobs: int | None = Field(default=None, ge=1)
+    rate_limit_cache: str = "default"
 
 
 class ModalkitSettings(_Setting):

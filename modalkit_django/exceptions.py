@@ -118,10 +118,13 @@ class InferenceTimeout(InferenceError):
 class DeliveryError(ModalkitError):
     """A backend failed to send; the delivery will be retried."""
 
-    def __init__(self, message: str, *, alias: str = "", queue_name: str = "") -> None:
+    def __init__(self, message: str, *, alias: str = "", queue_name: str = "", status_code: int | None = None) -> None:
         super().__init__(message)
         self.alias = alias
         self.queue_name = queue_name
+        # The receiver's HTTP status, when it answered one: the part of the error an API
+        # client may see (the message may name a configured URL).
+        self.status_code = status_code
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -34,7 +34,8 @@ def deliveries_for(jobs: Iterable[Job], now: dt.datetime, *, sent_by_caller: boo
 
 
 def queue_payload(job: Job, now: dt.datetime) -> dict[str, Any]:
-    """ModalKit's output message plus ``job_id``, ``model_name``, ``meta`` and a timestamp.
+    """ModalKit's output message plus ``job_id``, ``model_name``, ``meta``, a timestamp and
+    ``submitted_by`` (the owner's user id and the API key's prefix).
 
     A failure also carries the original request, as ModalKit's
     ``DelayedFailureOutputModel`` does, so the consumer can resubmit it.
@@ -44,6 +45,8 @@ def queue_payload(job: Job, now: dt.datetime) -> dict[str, Any]:
         "model_name": job.model_name,
         "meta": job.meta,
         "timestamp": now.isoformat(),
+        # Who asked, so a receiver can check the result is from a tenant it expects.
+        "submitted_by": {"owner_id": job.owner_id, "api_key": job.api_key_prefix},
     }
     if job.status == Job.Status.SUCCEEDED:
         return {**(job.result or {}), "status": "success", **common}

@@ -7,12 +7,14 @@ shows the model's own input and output types.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from ninja import Schema
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator
 
+from .models.states import DeliveryRoute, DeliveryStatus, JobStatus
 from .validators import json_problem
 
 __all__ = [
@@ -21,15 +23,32 @@ __all__ = [
     "ErrorOut",
     "JobAccepted",
     "JobError",
+    "ServerErrorOut",
+    "ValidationErrorOut",
     "async_request_schema",
     "job_page_schema",
     "job_schema",
     "sync_request_schema",
 ]
 
-QueueName = Field(default="", max_length=255, description="Where the result goes; empty: nowhere.")
 # Text that reaches the database as a query parameter: no NUL characters.
 NO_NUL = r"^[^\x00]*$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(name: str) -> str:
+    # Queue names end up in logs, the admin and other systems' keys: no line breaks,
+    # escapes or other control characters (which would also let a client forge log lines).
+    if found := _CONTROL.search(name):
+        raise ValueError(f"contains the control character {found.group()!r}; queue names are printable text")
+    return name
+
+
+QueueName = Annotated[
+    str,
+    AfterValidator(_printable),
+    Field(default="", max_length=255, description="Where the result goes; empty: nowhere."),
+]
 
 
 class AnyObject(BaseModel):
@@ -42,9 +61,18 @@ class ErrorOut(Schema):
     detail: str
 
 
+class ServerErrorOut(Schema):
+    detail: str
+    error_id: str = Field(description="Quote it to the service's operators: the log line has the details.")
+
+
+class ValidationErrorOut(Schema):
+    detail: list[dict[str, Any]] = Field(description="One entry per invalid field: its location and the problem.")
+
+
 class JobAccepted(Schema):
     job_id: uuid.UUID
-    status: str
+    status: JobStatus
     model_name: str
     created_at: dt.datetime
 
@@ -55,21 +83,31 @@ class JobError(Schema):
 
 
 class DeliveryOut(Schema):
-    route: str
+    route: DeliveryRoute
     queue_name: str
     backend: str
     message_id: str
-    status: str
+    status: DeliveryStatus
     attempts: int
-    last_error: str
+    last_error: str = Field(
+        description='The last failed attempt: error class and HTTP status ("DeliveryError (HTTP 503)").'
+    )
     next_attempt_at: dt.datetime | None
     sent_at: dt.datetime | None
+
+    @field_validator("last_error", mode="after")
+    @classmethod
+    def _public(cls, value: str) -> str:
+        """Only what precedes the first colon: the error's class and HTTP status. The rest
+        may name a configured URL (with its token), other queues, or a provider's words;
+        operators see it in the admin."""
+        return value.split(":", 1)[0]
 
 
 class _JobBase(Schema):
     job_id: uuid.UUID
     model_name: str
-    status: str
+    status: JobStatus
     error: JobError | None
     meta: dict[str, Any]
     success_queue: str
@@ -106,8 +144,8 @@ def async_request_schema(input_model: type[BaseModel]) -> type[Schema]:
         "AsyncPredictRequest",
         __base__=_StrictSchema,
         message=(input_model, ...),
-        success_queue=(str, QueueName),
-        failure_queue=(str, QueueName),
+        success_queue=(QueueName, ""),
+        failure_queue=(QueueName, ""),
         meta=(dict[str, Any], Field(default_factory=dict)),
     )
     return schema

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -49,9 +50,13 @@ __all__ = [
 # --- API keys ----------------------------------------------------------------------
 
 
-def create_api_key(*, owner: Any, name: str) -> tuple[ApiKey, str]:
-    """Create a key for ``owner``; returns the row and the raw key (shown once)."""
+def create_api_key(*, owner: Any, name: str, allowed_queues: Sequence[str] | None = None) -> tuple[ApiKey, str]:
+    """Create a key for ``owner``, allowed to send results to ``allowed_queues`` (names or
+    patterns; by default ``MODALKIT["API"]["DEFAULT_ALLOWED_QUEUES"]``); returns the row
+    and the raw key (shown once)."""
     api_key = ApiKey(owner=owner, name=name)
+    if allowed_queues is not None:
+        api_key.allowed_queues = list(allowed_queues)
     raw_key = api_key.set_new_key()
     api_key.save()
     return api_key, raw_key
@@ -76,6 +81,7 @@ def submit_job(
     failure_queue: str = "",
     meta: dict[str, Any] | None = None,
     owner: Any = None,
+    api_key_prefix: str = "",
     idempotency_key: str | None = None,
 ) -> Job:
     """Store a queued job; a worker is woken once the transaction commits.
@@ -85,6 +91,7 @@ def submit_job(
     with another request, :class:`IdempotencyConflict`.
     """
     job = _new_job(message, model_name, success_queue, failure_queue, meta, owner, idempotency_key)
+    job.api_key_prefix = api_key_prefix
     if idempotency_key and (existing := _job_for_key(owner, idempotency_key, job.request_fingerprint)):
         return existing
     try:
@@ -108,6 +115,7 @@ async def asubmit_job(
     failure_queue: str = "",
     meta: dict[str, Any] | None = None,
     owner: Any = None,
+    api_key_prefix: str = "",
     idempotency_key: str | None = None,
 ) -> Job:
     """:func:`submit_job` for async code: jobs submitted together are inserted together.
@@ -124,9 +132,12 @@ async def asubmit_job(
             failure_queue=failure_queue,
             meta=meta,
             owner=owner,
+            api_key_prefix=api_key_prefix,
             idempotency_key=idempotency_key,
         )
-    return await get_intake().submit(_new_job(message, model_name, success_queue, failure_queue, meta, owner, None))
+    job = _new_job(message, model_name, success_queue, failure_queue, meta, owner, None)
+    job.api_key_prefix = api_key_prefix
+    return await get_intake().submit(job)
 
 
 def _new_job(

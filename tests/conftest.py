@@ -106,7 +106,8 @@ def other_user(django_user_model: Any) -> Any:
 
 @pytest.fixture
 def api_key(user: Any) -> str:
-    _, raw_key = services.create_api_key(owner=user, name="test")
+    """A key granted every queue (tests/test_admission.py has keys granted less)."""
+    _, raw_key = services.create_api_key(owner=user, name="test", allowed_queues=["*"])
     return raw_key
 
 

@@ -411,7 +411,7 @@ def test_list_jobs_rejects_bad_parameters(api: Client, params: dict[str, Any], s
         ('{"message": {"text": "x"}, "meta": {"score": 1e999}}', "meta", "the number inf"),
         ('{"message": {"text": "x"}, "meta": {"k\\u0000": 1}}', "meta", "a NUL character"),
         ('{"message": {"text": "a\\u0000b"}}', "message", "a NUL character"),
-        ('{"message": {"text": "x"}, "success_queue": "q\\u0000"}', "success_queue", "a NUL character"),
+        ('{"message": {"text": "x"}, "success_queue": "q\\u0000"}', "success_queue", "the control character '\\x00'"),
     ],
 )
 def test_unstorable_json_is_a_422_naming_the_field(api: Client, raw_body: str, loc: str, problem: str) -> None:

@@ -31,6 +31,14 @@ def test_api_key_command_prints_a_working_key(user: Any) -> None:
     api_key = services.authenticate_api_key(raw_key=output.split()[2])
     assert api_key is not None
     assert (api_key.owner, api_key.name) == (user, "laptop")
+    assert api_key.allowed_queues == []  # MODALKIT["API"]["DEFAULT_ALLOWED_QUEUES"]
+
+
+def test_api_key_command_grants_the_queues_it_is_given(user: Any) -> None:
+    output = run("modalkit_api_key", "alice", "--allow-queue", "acme-*", "--allow-queue", "audit")
+    api_key = services.authenticate_api_key(raw_key=output.split()[2])
+    assert api_key is not None
+    assert api_key.allowed_queues == ["acme-*", "audit"]
 
 
 def test_api_key_command_rejects_unknown_users() -> None:
@@ -43,7 +51,9 @@ def test_demo_setup_prints_admin_credentials_and_a_key() -> None:
     assert output[0].startswith("Admin user: admin / ")
     password = output[0].split(" / ")[1]
     assert authenticate(username="admin", password=password) is not None
-    assert services.authenticate_api_key(raw_key=output[1].removeprefix("API key: ")) is not None
+    demo_key = services.authenticate_api_key(raw_key=output[1].removeprefix("API key: "))
+    assert demo_key is not None
+    assert demo_key.allowed_queues == ["*"]  # the demo works out of the box
     # Running it again resets the password and adds a key.
     again = run("demo_setup").splitlines()
     assert authenticate(username="admin", password=again[0].split(" / ")[1]) is not None

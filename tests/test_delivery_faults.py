@@ -121,12 +121,11 @@ def test_a_failing_queue_kills_the_delivery_visibly_then_redeliver_sends_it(
 
     [shown] = api.get(f"/api/jobs/{job.id}").json()["deliveries"]
     assert (shown["status"], shown["attempts"], shown["backend"]) == ("dead", 3, "hooks")
-    assert shown["last_error"].startswith("DeliveryError: POST http://127.0.0.1")
-    assert "answered 503 Service Unavailable" in shown["last_error"]
+    assert shown["last_error"] == "DeliveryError (HTTP 503)"  # the URL is for operators only
     changelist = reverse("admin:modalkit_django_queuedelivery_changelist")
     page = admin_client.get(changelist, {"status__exact": "dead"}).content.decode()
     assert str(delivery.id) in page
-    assert "DeliveryError: POST http://127.0.0.1" in page
+    assert "DeliveryError (HTTP 503): POST http://127.0.0.1" in page
 
     webhook_receiver.statuses.clear()  # fixed
     admin_client.post(changelist, {"action": "redeliver", "_selected_action": [str(delivery.id)]})

@@ -36,5 +36,6 @@ def test_two_web_and_two_worker_processes_run_every_job_once(stack: Stack) -> No
     stack.wait_settled(job_ids, since=started)
 
     assert set(stack.statuses(job_ids).values()) == {"succeeded"}
-    delivered = [json.loads(raw) for raw in redis.Redis.from_url(stack.redis.url).lrange("scored", 0, -1)]
+    results = redis.Redis.from_url(stack.redis.url).lrange("modalkit:results:scored", 0, -1)
+    delivered = [json.loads(raw) for raw in results]
     assert sorted(body["job_id"] for body in delivered) == sorted(job_ids)

@@ -72,6 +72,7 @@ def test_finish_success_stores_the_result_and_a_success_delivery() -> None:
         "model_name": "sentiment",
         "meta": {"r": 1},
         "timestamp": delivery.payload["timestamp"],
+        "submitted_by": {"owner_id": None, "api_key": ""},
     }
     # The sweep leaves it to the worker that is sending it now.
     assert delivery.next_attempt_at > timezone.now()

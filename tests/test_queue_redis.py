@@ -12,6 +12,7 @@ import pytest
 import redis
 from django.conf import settings
 
+from modalkit_django.conf import get_settings
 from modalkit_django.exceptions import DeliveryError, ModalkitImproperlyConfigured, PermanentDeliveryError
 from modalkit_django.queues.base import QueueMessage
 from modalkit_django.queues.clients import LoopLocal
@@ -200,3 +201,29 @@ def test_close_from_another_thread_closes_each_loops_client_on_its_loop() -> Non
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+def test_the_default_key_is_in_a_namespace_of_its_own(run_async: Any, redis_client: redis.Redis) -> None:
+    one = message("sentiment_results")
+    assert run_async(RedisBackend("redis", url=settings.REDIS_URL).asend, one) == one.message_id
+    try:
+        assert json.loads(redis_client.lpop("modalkit:results:sentiment_results")) == one.payload
+    finally:
+        redis_client.delete("modalkit:results:sentiment_results")
+
+
+def test_a_queue_whose_key_is_the_brokers_is_refused(run_async: Any, redis_client: redis.Redis) -> None:
+    stream = get_settings().broker.stream_name()
+    backend = RedisBackend("redis", url=settings.REDIS_URL, key_prefix="")
+    fine, broker_stream, epoch = message("fine-results"), message(stream), message(f"{stream}:modalkit-epoch")
+    before = redis_client.exists(stream, f"{stream}:modalkit-epoch")
+
+    outcomes = run_async(backend.asend_many, [fine, broker_stream, epoch])
+
+    try:
+        assert outcomes[0] == fine.message_id
+        assert all(isinstance(outcome, PermanentDeliveryError) for outcome in outcomes[1:])
+        assert "is the broker's" in str(outcomes[1])
+        assert redis_client.exists(stream, f"{stream}:modalkit-epoch") == before
+    finally:
+        redis_client.delete("fine-results")

@@ -17,17 +17,34 @@ from ..exceptions import ModalkitImproperlyConfigured
 from ..models import ApiKey
 from ..threads import run_sync
 
-__all__ = ["ApiKeyBearer", "Caller", "KeyCache", "StaticApiKey", "keys", "owner_of"]
+__all__ = ["ApiKeyBearer", "Caller", "KeyCache", "StaticApiKey", "caller_of", "keys", "owner_of"]
 
 DEFAULT_STATIC_KEY_HEADER = "x-api-key"
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: a user's API key, or ModalKit's static key (no owner)."""
+    """Who is calling: a user's API key, or ModalKit's static key (no owner), with what
+    the key may do. ``None`` limits mean the ``MODALKIT["API"]`` defaults."""
 
     owner: Any
     key_name: str
+    key_prefix: str = ""
+    # ModalKit's static key is the operators' one shared secret: it may name any queue.
+    allowed_queues: tuple[str, ...] = ("*",)
+    rate_limit: int | None = None
+    max_queued_jobs: int | None = None
+
+    @classmethod
+    def of(cls, api_key: ApiKey) -> Caller:
+        return cls(
+            owner=api_key.owner,
+            key_name=api_key.name,
+            key_prefix=api_key.prefix,
+            allowed_queues=tuple(api_key.allowed_queues or ()),
+            rate_limit=api_key.rate_limit,
+            max_queued_jobs=api_key.max_queued_jobs,
+        )
 
 
 class KeyCache:
@@ -47,7 +64,7 @@ class KeyCache:
         if entry is not None and entry[0] > now:
             return entry[1]
         api_key = await run_sync(services.authenticate_api_key, raw_key=raw_key)
-        caller = Caller(owner=api_key.owner, key_name=api_key.name) if api_key else None
+        caller = Caller.of(api_key) if api_key else None
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.clear()
         self._entries[digest] = (now + get_settings().api.key_cache_seconds, caller)
@@ -94,6 +111,10 @@ class StaticApiKey(APIKeyHeader):
         return None
 
 
-def owner_of(request: HttpRequest) -> Any:
+def caller_of(request: HttpRequest) -> Caller:
     caller: Caller = request.auth  # type: ignore[attr-defined]
-    return caller.owner
+    return caller
+
+
+def owner_of(request: HttpRequest) -> Any:
+    return caller_of(request).owner

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
@@ -32,6 +35,7 @@ from ..exceptions import (
     PipelineError,
     UnknownModel,
 )
+from .admission import TooManyRequests
 
 __all__ = ["RETRY_AFTER_SECONDS", "add_error_handlers", "http_errors"]
 
@@ -75,7 +79,13 @@ def http_errors() -> Iterator[None]:
 
 
 def add_error_handlers(api: NinjaAPI) -> NinjaAPI:
-    """Give ``api`` the error answers the router's views rely on; returns ``api``."""
+    """Give ``api`` the error answers the router's views rely on; returns ``api``.
+
+    Every error is JSON in the API's shape (``{"detail": ...}``), whatever ``DEBUG``
+    says: a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` is a 413, a limit reached a 429
+    with ``Retry-After``, a database that is away a 503 with ``Retry-After``, and
+    anything unexpected a 500 that carries an error id, logged with the traceback.
+    """
 
     def database_unavailable(request: HttpRequest, exc: Any) -> HttpResponse:
         logger.warning("Answering 503: the database is unavailable (%s: %s)", type(exc).__name__, exc)
@@ -84,6 +94,24 @@ def add_error_handlers(api: NinjaAPI) -> NinjaAPI:
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
+    def too_big(request: HttpRequest, exc: Any) -> HttpResponse:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return api.create_response(request, {"detail": f"The request body is over {limit} bytes."}, status=413)
+
+    def too_many(request: HttpRequest, exc: Any) -> HttpResponse:
+        response = api.create_response(request, {"detail": exc.message}, status=429)
+        response["Retry-After"] = str(exc.retry_after)
+        return response
+
+    def unexpected(request: HttpRequest, exc: Any) -> HttpResponse:
+        error_id = uuid.uuid4().hex[:12]
+        logger.error("Answering 500 (error id %s) to %s %r", error_id, request.method, request.path, exc_info=exc)
+        detail = f"Internal error; quote the error id {error_id} to the service's operators."
+        return api.create_response(request, {"detail": detail, "error_id": error_id}, status=500)
+
     for error in (OperationalError, InterfaceError):
         api.add_exception_handler(error, database_unavailable)
+    api.add_exception_handler(RequestDataTooBig, too_big)
+    api.add_exception_handler(TooManyRequests, too_many)
+    api.add_exception_handler(Exception, unexpected)
     return api

@@ -22,13 +22,16 @@ from ..schemas import (
     AnyObject,
     ErrorOut,
     JobAccepted,
+    ServerErrorOut,
+    ValidationErrorOut,
     async_request_schema,
     job_page_schema,
     job_schema,
     sync_request_schema,
 )
 from ..threads import run_sync
-from .auth import ApiKeyBearer, StaticApiKey, owner_of
+from .admission import admit
+from .auth import ApiKeyBearer, StaticApiKey, caller_of, owner_of
 from .errors import http_errors
 
 __all__ = ["build_router"]
@@ -73,7 +76,11 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
     async_predict_request = async_request_schema(input_model)
     job_out = job_schema(output_model)
     router = Router(auth=[ApiKeyBearer(), StaticApiKey()], tags=["inference"])
-    client_errors = {401: ErrorOut, 404: ErrorOut}
+    # What any view may answer (the error handlers of add_error_handlers included): a
+    # missing key, bad parameters, an unexpected error, the database or pipeline away.
+    common = {401: ErrorOut, 422: ValidationErrorOut, 500: ServerErrorOut, 503: ErrorOut}
+    # ... and a view that reads a JSON body: malformed (400) or too large (413).
+    with_body = {**common, 400: ErrorOut, 413: ErrorOut}
 
     def require_pipeline() -> None:
         if typed is None:
@@ -81,7 +88,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
 
     @router.post(
         "/predict",
-        response={200: output_model, **client_errors, 502: ErrorOut, 503: ErrorOut, 504: ErrorOut},
+        response={200: output_model, **with_body, 404: ErrorOut, 502: ErrorOut, 504: ErrorOut},
         summary="Run the model now and return its output",
     )
     async def predict(request: HttpRequest, payload: predict_request, model_name: str | None = None) -> Any:  # type: ignore[valid-type]
@@ -92,7 +99,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
 
     @router.post(
         "/async/predict",
-        response={202: JobAccepted, **client_errors, 409: ErrorOut, 503: ErrorOut},
+        response={202: JobAccepted, **with_body, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
         summary="Queue a job; its result goes to success_queue or failure_queue",
     )
     async def async_predict(
@@ -108,15 +115,18 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
             description="Repeat a request safely: the same key and body return the first job.",
         ),
     ) -> Any:
+        caller = caller_of(request)
         with http_errors():
             require_pipeline()
+            await admit(caller, (payload.success_queue, payload.failure_queue))  # type: ignore[attr-defined]
             job = await services.asubmit_job(
                 model_name=model_name,
                 message=payload.message.model_dump(mode="json"),  # type: ignore[attr-defined]
                 success_queue=payload.success_queue,  # type: ignore[attr-defined]
                 failure_queue=payload.failure_queue,  # type: ignore[attr-defined]
                 meta=payload.meta,  # type: ignore[attr-defined]
-                owner=owner_of(request),
+                owner=caller.owner,
+                api_key_prefix=caller.key_prefix,
                 idempotency_key=idempotency_key,
             )
         if job.replayed:
@@ -125,7 +135,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
             202, {"job_id": job.id, "status": job.status, "model_name": job.model_name, "created_at": job.created_at}
         )
 
-    @router.get("/jobs", response={200: job_page_schema(job_out), **client_errors}, summary="Your jobs, newest first")
+    @router.get("/jobs", response={200: job_page_schema(job_out), **common}, summary="Your jobs, newest first")
     async def list_jobs(
         request: HttpRequest,
         status: JobStatus | None = None,
@@ -144,7 +154,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
             )
         return {"jobs": [_job_out(job) for job in jobs], "next": following.id if following else None}
 
-    @router.get("/jobs/{job_id}", response={200: job_out, **client_errors}, summary="A job's status and result")
+    @router.get("/jobs/{job_id}", response={200: job_out, **common, 404: ErrorOut}, summary="A job's status and result")
     async def get_job(request: HttpRequest, job_id: str) -> Any:
         with http_errors():
             job = await run_sync(services.get_job, job_id=job_id, owner=owner_of(request))
@@ -152,7 +162,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
 
     @router.post(
         "/jobs/{job_id}/cancel",
-        response={200: job_out, **client_errors, 409: ErrorOut},
+        response={200: job_out, **common, 404: ErrorOut, 409: ErrorOut},
         summary="Cancel a job that has not started",
     )
     async def cancel_job(request: HttpRequest, job_id: str) -> Any:

@@ -29,6 +29,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..exceptions import PermanentDeliveryError
+from ..redaction import redact_text
 from . import postgres
 from .jobs import Job
 from .states import SEND_FIELDS, UNSENT_DELIVERY_STATUSES, DeliveryRoute, DeliveryStatus, save_rows
@@ -111,7 +112,8 @@ class DeliveryQuerySet(models.QuerySet["QueueDelivery"]):
             written = {delivery.id for delivery in deliveries}
         for delivery in deliveries:
             if delivery.id in written and delivery.status == DeliveryStatus.DEAD:
-                logger.error("Delivery %s to %r is dead: %s", delivery.id, delivery.queue_name, delivery.last_error)
+                error = redact_text(delivery.last_error)  # logs are read by more people than the admin
+                logger.error("Delivery %s to %r is dead: %s", delivery.id, delivery.queue_name, error)
 
     def mark_due(self, delivery_ids: Iterable[uuid.UUID | str]) -> int:
         """Their wake-up was never sent: due now, so the next sweep sends them."""
@@ -190,7 +192,7 @@ class QueueDelivery(models.Model):
             self.external_id = result.external_id or ""
             self.next_attempt_at = None
             return self
-        self.last_error = f"{type(result.error).__name__}: {result.error}"[:2000]
+        self.last_error = f"{error_label(result.error)}: {result.error}"[:2000]
         delay = min(policy.max_backoff_seconds, policy.backoff_seconds * 2 ** (self.attempts - 1))
         retry_at = now + dt.timedelta(seconds=delay * random.uniform(0.5, 1.0))
         too_old = retry_at - self.attempts_since > dt.timedelta(seconds=policy.max_age_seconds)
@@ -220,3 +222,10 @@ class QueueDelivery(models.Model):
             created_at=now,
             attempts_since=now,
         )
+
+
+def error_label(error: BaseException) -> str:
+    """What precedes the colon in ``last_error``, all the API shows of it: the error's
+    class, and the receiver's HTTP status when it answered one."""
+    status_code = getattr(error, "status_code", None)
+    return f"{type(error).__name__} (HTTP {status_code})" if status_code else type(error).__name__

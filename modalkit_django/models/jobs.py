@@ -52,6 +52,9 @@ class Job(models.Model):
         on_delete=models.CASCADE,
         related_name="modalkit_jobs",
     )
+    # The submitting API key's prefix ("" for ModalKit's static key or the admin): sent
+    # with the result, so that a receiver can check who asked.
+    api_key_prefix = models.CharField(max_length=16, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     # When it last entered the queue: submitted, or re-run. Expiry counts from here.
     queued_at = models.DateTimeField(default=timezone.now)

@@ -22,6 +22,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ..conf import get_settings
 from ..exceptions import DeliveryError, ModalkitImproperlyConfigured, PermanentDeliveryError
 from .base import BatchQueueBackend, QueueMessage
 from .clients import LoopLocal
@@ -29,6 +30,7 @@ from .clients import LoopLocal
 __all__ = ["RedisBackend"]
 
 MODES = ("list", "stream")
+DEFAULT_KEY_PREFIX = "modalkit:results:"
 
 
 class RedisBackend(BatchQueueBackend):
@@ -41,7 +43,9 @@ class RedisBackend(BatchQueueBackend):
     ``mode``
         ``"list"`` (default) or ``"stream"``.
     ``key_prefix``
-        Put before the queue name to make the key (default ``""``).
+        Put before the queue name to make the key (default ``"modalkit:results:"``, a
+        namespace of its own). A key that would be the broker's stream (or one of its
+        keys) is refused: a client naming such a queue must not reach the broker.
     ``max_stream_length``
         Streams only: trim each stream to about this many entries (``MAXLEN ~``).
     ``socket_timeout`` / ``socket_connect_timeout``
@@ -56,7 +60,7 @@ class RedisBackend(BatchQueueBackend):
         *,
         url: str,
         mode: Literal["list", "stream"] = "list",
-        key_prefix: str = "",
+        key_prefix: str = DEFAULT_KEY_PREFIX,
         max_stream_length: int | None = None,
         socket_timeout: float = 5.0,
         socket_connect_timeout: float = 2.0,
@@ -73,6 +77,11 @@ class RedisBackend(BatchQueueBackend):
         self._clients: LoopLocal[redis.asyncio.Redis] = LoopLocal(self._make_client, lambda client: client.aclose())
 
     async def asend_many(self, messages: Sequence[QueueMessage]) -> list[str | BaseException]:
+        refused = {message.message_id: refusal for message in messages if (refusal := self._refusal(message))}
+        if refused:
+            sent = await self.asend_many([message for message in messages if message.message_id not in refused])
+            outcomes = iter(sent)
+            return [refused.get(message.message_id) or next(outcomes) for message in messages]
         client = await self._clients.get()
         async with client.pipeline(transaction=False) as pipeline:
             for message in messages:
@@ -94,6 +103,15 @@ class RedisBackend(BatchQueueBackend):
                 error.__cause__ = exc
                 return [error] * len(messages)
         return [self._outcome(message, reply) for message, reply in zip(messages, replies, strict=True)]
+
+    def _refusal(self, message: QueueMessage) -> PermanentDeliveryError | None:
+        key = self.key_prefix + message.queue_name
+        stream = get_settings().broker.stream_name()
+        if key == stream or key.startswith(stream + ":"):
+            return PermanentDeliveryError(
+                f"Redis key {key!r} is the broker's; refused", alias=self.alias, queue_name=message.queue_name
+            )
+        return None
 
     def _outcome(self, message: QueueMessage, reply: Any) -> str | BaseException:
         if not isinstance(reply, BaseException):

@@ -26,6 +26,7 @@ class Command(BaseCommand):
         admin.set_password(password)
         admin.is_staff = admin.is_superuser = True
         admin.save()
-        _, raw_key = services.create_api_key(owner=admin, name="demo")
+        # The demo's key may send results to any queue; a new key gets none until granted.
+        _, raw_key = services.create_api_key(owner=admin, name="demo", allowed_queues=["*"])
         self.stdout.write(f"Admin user: admin / {password}")
         self.stdout.write(f"API key: {raw_key}")

@@ -1,0 +1,67 @@
+"""What a key may submit: the queues it was granted, and its per-key limits.
+
+Checked before a job is stored. A refusal is an :class:`~ninja.errors.HttpError`: 403
+for a queue the key was not granted, 429 with ``Retry-After`` for a limit reached.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.core.cache import caches
+from ninja.errors import HttpError
+
+from ..conf import get_settings
+from ..models import Job
+from ..models.keys import queue_allowed
+from ..threads import run_sync
+from .auth import Caller
+
+__all__ = ["TooManyRequests", "admit"]
+
+
+class TooManyRequests(HttpError):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(429, message)
+        self.retry_after = retry_after
+
+
+async def admit(caller: Caller, queue_names: tuple[str, ...]) -> None:
+    """Refuse the submit unless ``caller`` may send to every one of ``queue_names`` and
+    is within its rate limit and its cap on waiting jobs."""
+    for name in queue_names:
+        if not queue_allowed(name, caller.allowed_queues):
+            # The name is the client's own (printed with repr: no control characters reach
+            # anyone); which queues exist is not said.
+            raise HttpError(
+                403, f"This API key may not send results to the queue {name!r}; an administrator can grant it."
+            )
+    settings = get_settings().api
+    per_minute = caller.rate_limit or settings.rate_limit_per_minute
+    if per_minute:
+        await _count_submit(caller, per_minute, settings.rate_limit_cache)
+    cap = caller.max_queued_jobs or settings.max_queued_jobs
+    if cap:
+        waiting = await run_sync(_waiting_jobs, caller, cap)
+        if waiting >= cap:
+            raise TooManyRequests(f"This API key has {waiting} jobs waiting, its limit; retry when they have run.", 5)
+
+
+async def _count_submit(caller: Caller, per_minute: int, cache_alias: str) -> None:
+    """A fixed one-minute window per key, counted in a Django cache (shared across
+    processes when the cache is, e.g. Redis)."""
+    now = time.time()
+    window = int(now // 60)
+    key = f"modalkit:submits:{caller.key_prefix or caller.key_name}:{window}"
+    cache = caches[cache_alias]
+    await cache.aadd(key, 0, timeout=61)
+    if await cache.aincr(key) > per_minute:
+        retry_after = max(1, int((window + 1) * 60 - now) + 1)
+        message = f"This API key may submit {per_minute} jobs a minute; retry in {retry_after} s."
+        raise TooManyRequests(message, retry_after)
+
+
+def _waiting_jobs(caller: Caller, cap: int) -> int:
+    # Counted up to the cap only: a long backlog costs no more than a short one.
+    waiting = Job.objects.filter(owner=caller.owner, api_key_prefix=caller.key_prefix, status=Job.Status.QUEUED)
+    return waiting[:cap].count()

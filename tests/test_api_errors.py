@@ -1,0 +1,96 @@
+"""Every error the API gives is JSON in its own shape, documented, and tells nothing secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from django.test import Client, override_settings
+
+from modalkit_django import services
+from modalkit_django.asgi import get_asgi_application
+from modalkit_django.exceptions import DeliveryError
+from modalkit_django.models import QueueDelivery, SendResult
+
+from . import flow
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BIG = json.dumps({"message": {"text": "x" * 2_000}})
+
+
+@pytest.fixture(autouse=True)
+def waker(recording_waker: Any) -> Any:
+    return recording_waker
+
+
+@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1_000)
+def test_a_body_over_the_limit_is_a_json_413(api: Client) -> None:
+    response = api.post("/api/async/predict", data=BIG, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json() == {"detail": "The request body is over 1000 bytes."}
+
+
+@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1_000)
+def test_the_served_api_refuses_a_large_body_before_reading_it(api_key: str) -> None:
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=get_asgi_application())
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+            return await client.post("/api/async/predict", content=BIG, headers=headers)
+
+    response = asyncio.run(post())
+    assert response.status_code == 413
+    assert response.json() == {"detail": "The request body is over 1000 bytes."}
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_unexpected_error_is_a_json_500_with_an_error_id_that_is_logged(
+    api: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, debug: bool
+) -> None:
+    def broken(**kwargs: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(services, "get_job", broken)
+    with override_settings(DEBUG=debug), caplog.at_level(logging.ERROR):
+        response = api.get("/api/jobs/00000000-0000-0000-0000-000000000000")
+
+    assert response.status_code == 500
+    body = response.json()
+    assert set(body) == {"detail", "error_id"}
+    assert body["error_id"] in body["detail"]
+    assert "secret internals" not in response.content.decode()
+    [record] = [record for record in caplog.records if body["error_id"] in record.getMessage()]
+    assert record.exc_info is not None and "secret internals" in str(record.exc_info[1])
+
+
+def test_a_delivery_error_shows_its_class_and_status_only(api: Client, user: Any) -> None:
+    job = services.submit_job(message={"text": "good"}, success_queue="hooks", owner=user)
+    [delivery] = flow.finish([(flow.claim_one(job), flow.OUTPUT)])
+    error = DeliveryError("POST https://hooks.example.com/in?token=s3cret answered 503: busy", status_code=503)
+    flow.record([SendResult(delivery, error=error)])
+    assert "token=s3cret" in QueueDelivery.objects.get().last_error  # kept for operators
+
+    [shown] = api.get(f"/api/jobs/{job.id}").json()["deliveries"]
+
+    assert shown["last_error"] == "DeliveryError (HTTP 503)"
+
+
+def test_the_schema_documents_every_status_and_enumerates_statuses(api: Client) -> None:
+    schema = api.get("/api/openapi.json").json()
+    operations = {
+        (path, method): operation for path, item in schema["paths"].items() for method, operation in item.items()
+    }
+
+    submit = operations[("/api/async/predict", "post")]["responses"]
+    assert {"202", "400", "401", "403", "404", "409", "413", "422", "429", "500", "503"} <= set(submit)
+    for operation in operations.values():
+        assert {"401", "422", "500", "503"} <= set(operation["responses"])
+    components = schema["components"]["schemas"]
+    assert components["JobStatus"]["enum"] == ["queued", "running", "succeeded", "failed", "canceled", "expired"]
+    assert components["DeliveryStatus"]["enum"] == ["pending", "sent", "retrying", "dead"]
+    assert components["JobAccepted"]["properties"]["status"] == {"$ref": "#/components/schemas/JobStatus"}
