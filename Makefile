@@ -79,3 +79,11 @@ lint: $(VENV)/.installed-dev
 clean:
 	rm -rf $(VENV) $(OLDEST) db.sqlite3* .coverage htmlcov .pytest_cache .mypy_cache .ruff_cache dist
 
+# The API fuzzed at length (minutes): at least FUZZ_CASES schemathesis cases against uvicorn,
+# on a database of its own; prints every failure with a curl command that reproduces it.
+# tests/test_fuzz.py runs a few hundred of the same in `make test`.
+FUZZ_CASES ?= 10000
+.PHONY: fuzz
+fuzz: $(VENV)/.installed-dev
+	scripts/ensure-services
+	$(PY) bench/fuzz.py --cases $(FUZZ_CASES)

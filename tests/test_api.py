@@ -396,7 +396,8 @@ def test_list_jobs_filters_by_status_and_model(api: Client, user: Any) -> None:
 
 
 @pytest.mark.parametrize(("params", "status"), [({"status": "done"}, 422), ({"limit": 0}, 422), ({"limit": 101}, 422),
-                                                ({"before": "nope"}, 404)])  # fmt: skip
+                                                ({"before": "nope"}, 422),
+                                                ({"before": "00000000-0000-0000-0000-000000000000"}, 404)])  # fmt: skip
 def test_list_jobs_rejects_bad_parameters(api: Client, params: dict[str, Any], status: int) -> None:
     assert api.get("/api/jobs", params).status_code == status
 

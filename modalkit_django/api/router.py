@@ -4,6 +4,7 @@ No ``from __future__ import annotations`` here: ninja reads the views' annotatio
 runtime, and the request schemas are local to :func:`build_router`.
 """
 
+import uuid
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -35,6 +36,8 @@ from .auth import ApiKeyBearer, StaticApiKey, caller_of, owner_of
 from .errors import http_errors
 
 __all__ = ["build_router"]
+
+_PAGE_CURSOR = param.Query(None, description="The `next` of the previous page.")
 
 
 def _job_out(job: Job) -> dict[str, Any]:
@@ -135,13 +138,17 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
             202, {"job_id": job.id, "status": job.status, "model_name": job.model_name, "created_at": job.created_at}
         )
 
-    @router.get("/jobs", response={200: job_page_schema(job_out), **common}, summary="Your jobs, newest first")
+    @router.get(
+        "/jobs",
+        response={200: job_page_schema(job_out), **common, 404: ErrorOut},
+        summary="Your jobs, newest first (404: `before` is not one of them)",
+    )
     async def list_jobs(
         request: HttpRequest,
         status: JobStatus | None = None,
         model_name: str | None = param.Query(None, max_length=100, pattern=NO_NUL),
         limit: int = param.Query(20, ge=1, le=100),
-        before: str | None = param.Query(None, description="The `next` of the previous page."),
+        before: uuid.UUID | None = _PAGE_CURSOR,
     ) -> Any:
         with http_errors():
             jobs, following = await run_sync(
