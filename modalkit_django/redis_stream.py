@@ -28,19 +28,40 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import taskiq_redis
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, BrokerMessage
 
-__all__ = ["RedisStreamBroker"]
+__all__ = ["RedisStreamBroker", "sentinel_pool"]
+
+SENTINEL_SCHEME = "redis+sentinel://"
 
 logger = logging.getLogger(__name__)
 
 REDIS_GONE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def sentinel_pool(url: str) -> SentinelConnectionPool:
+    """Connections to the master of ``redis+sentinel://[:password@]h:p[,h:p…]/service[/db]``."""
+    rest = url.removeprefix(SENTINEL_SCHEME)
+    credentials, _, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.partition("/")
+    if not hosts or not service:
+        raise ValueError(f"A Sentinel URL names its sentinels and service: {SENTINEL_SCHEME}host:26379/mymaster")
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        sentinels.append((name or host, int(port) if name else 26379))
+    password = unquote(credentials.partition(":")[2]) or None
+    sentinel = Sentinel(sentinels)  # type: ignore[no-untyped-call]
+    return SentinelConnectionPool(service, sentinel, db=int(db or 0), password=password)  # type: ignore[no-untyped-call]
 
 
 def _raise_if_cancelled() -> None:
@@ -52,12 +73,25 @@ def _raise_if_cancelled() -> None:
 
 
 class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
+    """``url``: ``redis://``, ``rediss://`` (TLS), ``unix://``, or Redis Sentinel:
+    ``redis+sentinel://[:password@]host:26379[,host:26379…]/service_name[/db]``, which
+    follows the master the sentinels name through a failover."""
+
     def __init__(self, url: str, *, idle_timeout: int = 30_000, reclaim_interval: float = 5.0, **kwargs: Any) -> None:
-        super().__init__(url, idle_timeout=idle_timeout, **kwargs)
+        sentinel = url.startswith(SENTINEL_SCHEME)
+        super().__init__("redis://" if sentinel else url, idle_timeout=idle_timeout, **kwargs)
+        if sentinel:
+            self.connection_pool = sentinel_pool(url)  # type: ignore[assignment]
         self.reclaim_interval = reclaim_interval
         self._acks: defaultdict[str, list[tuple[str, asyncio.Future[None]]]] = defaultdict(list)
         self._ack_flush: asyncio.Handle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        if isinstance(self.connection_pool, SentinelConnectionPool):
+            for sentinel in self.connection_pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
 
     @property
     def epoch_key(self) -> str:

@@ -44,11 +44,26 @@ class PrivateRedis:
     def __init__(self) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = tempfile.mkdtemp(prefix="modalkit-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            # A folder of its own: a replica's full sync writes an RDB file even without
+            # --save, and one left in the working directory would be loaded at the next start.
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.directory,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -67,6 +82,7 @@ class PrivateRedis:
 
     def stop(self) -> None:
         self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class PrivatePostgres:

@@ -99,13 +99,13 @@ class SQSBackend(BatchQueueBackend):
         super().__init__(alias)
         self.create_missing = create_missing
         self.queue_attributes = dict(queue_attributes or {})
-        self._session_options = {
+        self._session_options: dict[str, Any] = {
             "aws_access_key_id": aws_access_key_id,
             "aws_secret_access_key": aws_secret_access_key,
             "aws_session_token": aws_session_token,
             "profile_name": profile_name,
         }
-        self._client_options = {
+        self._client_options: dict[str, Any] = {
             "region_name": region_name,
             "endpoint_url": endpoint_url,
             "config": Config(
@@ -232,7 +232,7 @@ class SQSBackend(BatchQueueBackend):
 
 def _codes(exc: ClientError) -> set[str]:
     error = exc.response.get("Error", {})
-    return {code for code in (error.get("Code"), error.get("QueryErrorCode")) if code}
+    return {str(code) for code in (error.get("Code"), error.get("QueryErrorCode")) if code}
 
 
 def _is_fifo(queue_name: str) -> bool:

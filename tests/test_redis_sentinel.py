@@ -1,0 +1,106 @@
+"""The broker through Redis Sentinel: it finds the master the sentinel names, and follows
+it through a failover. A master, a replica and a sentinel of the test's own."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from modalkit_django.redis_stream import RedisStreamBroker, sentinel_pool
+
+from .private_services import PrivateRedis, free_port
+from .test_redis_stream import broker_message, reading, take
+
+
+class Sentinel:
+    def __init__(self, master: PrivateRedis, directory: Path) -> None:
+        self.port = free_port()
+        config = directory / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\n"
+            f"sentinel monitor main 127.0.0.1 {master.port} 1\n"
+            "sentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 5000\n"
+        )
+        self.process = subprocess.Popen(
+            ["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.client = redis.Redis(port=self.port, socket_timeout=1)
+
+    def master_port(self) -> int:
+        return int(self.client.sentinel_get_master_addr_by_name("main")[1])
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[tuple[PrivateRedis, PrivateRedis, Sentinel]]:
+    master, replica = PrivateRedis(), PrivateRedis()
+    master.start()
+    replica.start()
+    redis.Redis(port=replica.port).replicaof("127.0.0.1", master.port)
+    sentinel = Sentinel(master, tmp_path)
+    try:
+        yield master, replica, sentinel
+    finally:
+        sentinel.stop()
+        replica.stop()
+        master.stop()
+
+
+def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database() -> None:
+    pool = sentinel_pool("redis+sentinel://:s3cret@10.0.0.1:26380,10.0.0.2/jobs/2")
+    assert pool.service_name == "jobs"
+    assert pool.connection_kwargs["db"] == 2
+    assert pool.connection_kwargs["password"] == "s3cret"
+    assert [(sentinel.connection_pool.connection_kwargs["host"], sentinel.connection_pool.connection_kwargs["port"])
+            for sentinel in pool.sentinel_manager.sentinels] == [("10.0.0.1", 26380), ("10.0.0.2", 26379)]  # fmt: skip
+    with pytest.raises(ValueError, match="names its sentinels and service"):
+        sentinel_pool("redis+sentinel://10.0.0.1:26379")
+
+
+def test_the_broker_follows_the_master_through_a_failover(
+    replicated: tuple[PrivateRedis, PrivateRedis, Sentinel],
+) -> None:
+    master, replica, sentinel = replicated
+    stream = RedisStreamBroker(f"redis+sentinel://127.0.0.1:{sentinel.port}/main/0", queue_name="q", xread_block=100)
+
+    async def run() -> tuple[list[bytes], str, list[bytes]]:
+        await stream.startup()
+        await stream.kick_many([broker_message(n) for n in range(3)])
+        async with reading(stream) as received:
+            before = await take(received, 3)
+        epoch = await stream.epoch()
+        assert await asyncio.to_thread(redis.Redis(port=master.port).wait, 1, 5000) == 1  # the replica has it all
+
+        master.kill()
+        deadline = time.monotonic() + 30
+        while await asyncio.to_thread(sentinel.master_port) != replica.port:
+            assert time.monotonic() < deadline, "the sentinel did not fail over"
+            await asyncio.sleep(0.2)
+
+        while True:  # as a waker does (the sweep resends what it could not): until the new master answers
+            try:
+                await stream.kick_many([broker_message(3)])
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "no master to send to after the failover"
+                await asyncio.sleep(0.2)
+        async with reading(stream) as received:
+            after = await take(received, 1, timeout=30)
+        await stream.shutdown()
+        return before, epoch, after
+
+    before, epoch, after = asyncio.run(run())
+
+    assert sorted(before) == [b"0", b"1", b"2"]
+    assert after == [b"3"]
+    # The epoch was written to the master, and replicated: the promoted replica has it.
+    assert redis.Redis(port=replica.port).get("q:modalkit-epoch") == epoch.encode()
