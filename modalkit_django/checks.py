@@ -12,8 +12,14 @@
 ``modalkit_django.E009``  a module in ``MODALKIT["TASK_MODULES"]`` cannot be found
 ``modalkit_django.E010``  the worker's timers contradict each other (heartbeat vs lease)
 ``modalkit_django.E011``  a backend needs an optional dependency that is not installed
+``modalkit_django.E012``  ``deployment_config.secure: true``: no Modal web endpoint here to protect
+``modalkit_django.E013``  ``deployment_config.allow_concurrent_inputs_handler``: no Modal web handler here
+``modalkit_django.E014``  ``queue_config.broker_url``: the queue backends take their URLs in ``MODALKIT``
+``modalkit_django.E015``  ``auth_config.ssm_key``: the static key is not read from AWS SSM
+``modalkit_django.E016``  a negative ``volume_reload_interval_seconds`` (ModalKit: every batch; here: never)
 ``modalkit_django.W001``  a backend is named by a path that moved (it still works until 1.0)
 ``modalkit_django.W002``  the broker's stream has a name other deployments would share
+``modalkit_django.W003``  ``modalkit.yaml`` has keys no section knows (ModalKit ignores them too)
 =====================  ===============================================================
 
 Checks have no side effects: they validate backend classes and their options by
@@ -33,7 +39,7 @@ from django.utils.module_loading import import_string
 
 from . import conf
 from .exceptions import ModalkitImproperlyConfigured
-from .inference.config import DEFAULT_APP_PREFIX
+from .inference.config import DEFAULT_APP_PREFIX, ModalkitConfig, unknown_keys
 
 __all__ = ["EXTRAS", "check_modalkit", "register"]
 
@@ -66,6 +72,7 @@ def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
         hint = f"Set MODALKIT['CONFIG'] or MODALKIT_CONFIG; the smallest modalkit.yaml is:\n{MINIMAL_CONFIG}"
         return [*errors, checks.Error(str(exc), hint=hint, id="modalkit_django.E002")]
     errors += _check_default_model(config.model_settings.model_entries)
+    errors += _check_modalkit_keys(config)
     errors += _check_backends(settings)
     errors += _check_task_modules(settings)
     aliases = {config.app_settings.queue_config.backend, *(alias for _, alias in settings.queue_routes)}
@@ -79,6 +86,63 @@ def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     ]
     errors += _check_timers(settings.worker)
     errors += _check_broker(settings.broker, config.app_settings.app_prefix)
+    return errors
+
+
+def _check_modalkit_keys(config: ModalkitConfig) -> list[checks.CheckMessage]:
+    """ModalKit keys that would change nothing here: refused, never silently ignored."""
+    app = config.app_settings
+    deployment = app.deployment_config
+    interval = deployment.volume_reload_interval_seconds
+    refused = [
+        (
+            "E012",
+            deployment.secure,
+            "deployment_config.secure: true asks for Modal proxy auth on ModalKit's "
+            "web endpoints; here Django serves the API, authenticated by API keys.",
+            "Remove it, or put your own proxy authentication in front of Django.",
+        ),
+        (
+            "E013",
+            deployment.allow_concurrent_inputs_handler != 10,
+            "deployment_config."
+            "allow_concurrent_inputs_handler sizes ModalKit's web handler; here Django serves the API.",
+            "Remove it; size the API with your ASGI server and MODALKIT['API']['DATABASE_THREADS'].",
+        ),
+        (
+            "E014",
+            app.queue_config.broker_url != "memory://",
+            "queue_config.broker_url is not read: results "
+            "go to the backend aliased by queue_config.backend in MODALKIT['QUEUES'].",
+            "Remove it; give the URL to that backend's OPTIONS (or MODALKIT['BROKER']['URL'] for TaskIQ).",
+        ),
+        (
+            "E015",
+            app.auth_config.ssm_key is not None,
+            "auth_config.ssm_key is not read: the static key "
+            "is not fetched from AWS SSM, so no request would be accepted with it.",
+            "Create per-client keys (manage.py modalkit_api_key), or set auth_config.api_key, e.g. through "
+            "MODALKIT_APP_SETTINGS__AUTH_CONFIG__API_KEY.",
+        ),
+        (
+            "E016",
+            interval is not None and interval < 0,
+            f"volume_reload_interval_seconds: {interval} reloads "
+            "the volumes before every batch in ModalKit but never in the Modal service here.",
+            "Say what you mean: 0 reloads before every batch (ModalKit's default), null never.",
+        ),
+    ]
+    errors: list[checks.CheckMessage] = [
+        checks.Error(message, hint=hint, id=f"modalkit_django.{code}") for code, bad, message, hint in refused if bad
+    ]
+    if unknown := unknown_keys(config):
+        errors.append(
+            checks.Warning(
+                f"modalkit.yaml has keys that are not read: {', '.join(unknown)}.",
+                hint="Check their spelling against ModalKit's schema; ModalKit ignores them too.",
+                id="modalkit_django.W003",
+            )
+        )
     return errors
 
 

@@ -17,6 +17,7 @@ A complete ``MODALKIT`` setting, with the defaults::
         "DELIVERY": {...},                      # see DeliverySettings
         "WORKER": {...},                        # see WorkerSettings
         "API": {"KEY_CACHE_SECONDS": 5},        # see ApiSettings
+        "MESSAGE_FORMAT": "extended",           # "modalkit": ModalKit's messages, no extra fields
     }
 """
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import functools
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
@@ -170,6 +171,9 @@ class ModalkitSettings(_Setting):
     delivery: DeliverySettings = DeliverySettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
+    # What lands on the queues: ModalKit's messages plus job_id, model_name, timestamp…
+    # ("extended"), or exactly ModalKit's, for consumers that forbid extra fields.
+    message_format: Literal["extended", "modalkit"] = "extended"
 
 
 @functools.cache

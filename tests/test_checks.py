@@ -182,3 +182,79 @@ def test_manage_py_check_reports_each_mistake_with_its_code(mistake: str, tmp_pa
     assert result.returncode == 1
     assert code in result.stderr
     assert "Traceback" not in result.stderr
+
+
+DEMO_YAML = Path(__file__).resolve().parent.parent / "modalkit.yaml"
+
+
+def ids_for_yaml(tmp_path: Path, old: str, new: str) -> list[str]:
+    """The error ids for the demo ``modalkit.yaml`` with ``old`` replaced by ``new``."""
+    text = DEMO_YAML.read_text()
+    assert old in text
+    path = tmp_path / "modalkit.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return ids_with(CONFIG=path)
+
+
+DEPLOYMENT = "  deployment_config:\n"
+
+
+def test_e012_secure_is_refused(tmp_path: Path) -> None:
+    assert ids_for_yaml(tmp_path, DEPLOYMENT, DEPLOYMENT + "    secure: false\n") == []
+    assert ids_for_yaml(tmp_path, DEPLOYMENT, DEPLOYMENT + "    secure: true\n") == ["modalkit_django.E012"]
+
+
+def test_e013_handler_concurrency_is_refused(tmp_path: Path) -> None:
+    assert ids_for_yaml(tmp_path, DEPLOYMENT, DEPLOYMENT + "    allow_concurrent_inputs_handler: 10\n") == []
+    new = DEPLOYMENT + "    allow_concurrent_inputs_handler: 50\n"
+    assert ids_for_yaml(tmp_path, DEPLOYMENT, new) == ["modalkit_django.E013"]
+
+
+def test_e014_queue_broker_url_is_refused(tmp_path: Path) -> None:
+    old = '    backend: "memory"'
+    assert ids_for_yaml(tmp_path, old, old + '\n    broker_url: "memory://"') == []
+    new = old + '\n    broker_url: "redis://127.0.0.1:6379"'
+    assert ids_for_yaml(tmp_path, old, new) == ["modalkit_django.E014"]
+
+
+def test_e015_ssm_key_is_refused(tmp_path: Path) -> None:
+    old = "  app_prefix:"
+    new = '  auth_config: {ssm_key: "/svc/api-key", auth_header: "x-api-key"}\n' + old
+    assert ids_for_yaml(tmp_path, old, new) == ["modalkit_django.E015"]
+
+
+@pytest.mark.parametrize(("interval", "ids"), [("-1", ["modalkit_django.E016"]), ("0", []), ("60", [])])
+def test_e016_negative_reload_interval_is_refused(tmp_path: Path, interval: str, ids: list[str]) -> None:
+    old = "volume_reload_interval_seconds: null"
+    assert ids_for_yaml(tmp_path, old, f"volume_reload_interval_seconds: {interval}") == ids
+
+
+def test_w003_unknown_nested_keys_are_named(tmp_path: Path) -> None:
+    text = DEMO_YAML.read_text().replace(DEPLOYMENT, DEPLOYMENT + "    concurency_limit: 3\n", 1)
+    path = tmp_path / "modalkit.yaml"
+    path.write_text(text.replace("    wait_ms: 10", "    wait_ms: 10\n    wait: 1", 1))
+    with override_settings(MODALKIT={**settings.MODALKIT, "CONFIG": path}):
+        [warning] = check_modalkit()
+    assert warning.id == "modalkit_django.W003"
+    assert "app_settings.deployment_config.concurency_limit" in warning.msg
+    assert "app_settings.batch_config.wait" in warning.msg
+
+
+def test_unknown_top_level_keys_are_an_error_as_in_modalkit(tmp_path: Path) -> None:
+    path = tmp_path / "modalkit.yaml"
+    path.write_text(DEMO_YAML.read_text() + "app_setting: {}\n")
+    assert ids_with(CONFIG=path) == ["modalkit_django.E002"]
+
+
+@pytest.mark.django_db(databases=["default", "embedded"])  # the JSONField check asks SQLite
+def test_refused_modalkit_keys_fail_manage_py_check(tmp_path: Path) -> None:
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    path = tmp_path / "modalkit.yaml"
+    path.write_text(DEMO_YAML.read_text().replace(DEPLOYMENT, DEPLOYMENT + "    secure: true\n", 1))
+    with (
+        override_settings(MODALKIT={**settings.MODALKIT, "CONFIG": path}),
+        pytest.raises(SystemCheckError, match=r"modalkit_django\.E012"),
+    ):
+        call_command("check")

@@ -9,7 +9,10 @@ the same environment overrides:
 - ``MODALKIT_APP_POSTFIX`` (default ``-dev``) is appended to ``app_prefix`` to name
   the Modal app.
 
-Unknown keys are ignored, as in ModalKit, so a ModalKit file loads unchanged.
+Unknown keys are treated as ModalKit treats them: at the top level they are an error;
+inside a section they are ignored, so a ModalKit file loads unchanged, but kept, so
+that Django's system check ``modalkit_django.W003`` can name them (a typo such as
+``concurency_limit`` would otherwise pass unnoticed, as it does in ModalKit).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "ModelSettings",
     "config_paths",
     "load_config",
+    "unknown_keys",
 ]
 
 CONFIG_ENV = "MODALKIT_CONFIG"
@@ -45,7 +49,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Kept, not read: see unknown_keys().
+    model_config = ConfigDict(extra="allow", frozen=True)
 
 
 class MountType(StrEnum):
@@ -83,8 +88,9 @@ class DeploymentConfig(_Section):
     gpu: str | list[str] | None = None
     # mount point -> Modal volume name, as in ModalKit
     volumes: dict[str, str] | None = None
-    # None or a negative value disables reloading, as in ModalKit
-    volume_reload_interval_seconds: int | None = -1
+    # None: never. ModalKit's default (-1) reloads before every batch, which 0 does here;
+    # a negative value disables reloading here, so system check E016 refuses it.
+    volume_reload_interval_seconds: int | None = 0
     concurrency_limit: int | None = None
     retries: int = 1
     secrets: list[str] = Field(default_factory=list)
@@ -93,6 +99,8 @@ class DeploymentConfig(_Section):
     timeout: int = 300
     startup_timeout: int | None = None
     allow_concurrent_inputs: int = 1
+    # ModalKit's web handler; there is none here (Django serves the API): E013 and E012
+    # refuse values other than these defaults.
     allow_concurrent_inputs_handler: int = 10
     secure: bool = False
     cloud_bucket_mounts: list[CloudBucketMount] = Field(default_factory=list)
@@ -106,6 +114,7 @@ class BatchConfig(_Section):
 class QueueConfig(_Section):
     # The alias in ``MODALKIT["QUEUES"]`` used when no route matches.
     backend: str = "memory"
+    # ModalKit's TaskIQ broker for results; not read here (E014 refuses another value).
     broker_url: str = "memory://"
 
 
@@ -118,6 +127,8 @@ class AsyncConfig(_Section):
 
 class AuthConfig(_Section):
     api_key: str | None = None
+    # ModalKit reads the key from AWS SSM; not read here (E015 refuses it).
+    ssm_key: str | None = None
     auth_header: str = "x-api-key"
 
 
@@ -144,7 +155,8 @@ class ModalkitConfig(BaseSettings):
         env_prefix="MODALKIT_",
         env_nested_delimiter="__",
         case_sensitive=False,
-        extra="ignore",
+        # As ModalKit's Settings (a pydantic BaseSettings): unknown top-level keys are errors.
+        extra="forbid",
         frozen=True,
     )
 
@@ -172,6 +184,19 @@ class ModalkitConfig(BaseSettings):
     def model_entry(self, model_name: str) -> dict[str, Any]:
         """The settings for one model; ``KeyError`` when it is not configured."""
         return self.model_settings.model_entries[model_name]
+
+
+def unknown_keys(section: BaseModel, path: str = "") -> list[str]:
+    """The dotted paths of the keys no section knows (ModalKit ignores them silently)."""
+    found = [f"{path}{key}" for key in section.model_extra or {}]
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            if isinstance(item, _Section):
+                where = f"{path}{name}" if index is None else f"{path}{name}[{index}]"
+                found += unknown_keys(item, f"{where}.")
+    return found
 
 
 def config_paths(default: str | Path | Sequence[str | Path]) -> list[Path]:

@@ -4,6 +4,12 @@ Used by the Modal app module (``modal deploy project/modal_app.py``); never by D
 ModalKit's pre-1.0 names map onto Modal 1.x: ``concurrency_limit`` → ``max_containers``,
 ``container_idle_timeout`` → ``scaledown_window``, ``allow_concurrent_inputs`` →
 ``@modal.concurrent(max_inputs=...)`` (see :func:`concurrent`).
+
+The base image follows ModalKit's rule (``ModalConfig.get_image``): an ``image`` with a
+``/`` in it names a registry image, pulled as ``image:tag``; any other name, such as
+``python:3.11-slim``, gives Modal's ``debian_slim`` image (ModalKit ignores the name and
+the tag then). Write ``docker.io/library/python`` with ``tag: "3.11-slim"`` for Docker
+Hub's own image.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import modal
 
 from .config import CONFIG_ENV, ModalkitConfig, MountType
 
-__all__ = ["CONTAINER_REQUIREMENTS", "build_image", "cls_options", "concurrent"]
+__all__ = ["CONTAINER_REQUIREMENTS", "base_image", "build_image", "cls_options", "concurrent"]
 
 # What modalkit_django.inference needs in the container; pipelines add their own.
 CONTAINER_REQUIREMENTS = ("pydantic==2.14.4", "pydantic-settings==2.16.3", "PyYAML==6.0.4")
@@ -32,7 +38,7 @@ def build_image(
     """The container image from ``build_config``: base image, packages, env, commands,
     workdir, ``deployment_config.mounts``, the config files and the project's code."""
     build = config.app_settings.build_config
-    image = modal.Image.from_registry(f"{build.image}:{build.tag}")
+    image = base_image(build.image, build.tag)
     image = image.pip_install(*CONTAINER_REQUIREMENTS, *python_packages)
     commands = [build.extra_run_commands] if isinstance(build.extra_run_commands, str) else build.extra_run_commands
     if commands:
@@ -47,6 +53,13 @@ def build_image(
     for local, remote in zip(config_files, remote_configs, strict=True):
         image = image.add_local_file(Path(local), remote)
     return image.add_local_python_source(*local_modules)
+
+
+def base_image(name: str, tag: str) -> modal.Image:
+    """ModalKit's rule: a registry image when ``name`` has a ``/``, else ``debian_slim``."""
+    if name and tag and "/" in name:
+        return modal.Image.from_registry(f"{name}:{tag}")
+    return modal.Image.debian_slim()
 
 
 def cls_options(config: ModalkitConfig, *, image: modal.Image | None = None) -> dict[str, Any]:

@@ -17,10 +17,16 @@ __all__ = ["InferenceOutputModel", "InferencePipeline"]
 
 
 class InferenceOutputModel(BaseModel):
-    """Base for a pipeline's output, as ModalKit's.
+    """Base for a pipeline's output, as ModalKit's: ``status``, ``error`` and any extra fields.
 
     ``status`` other than ``"success"`` marks that one input as failed, with
     ``error`` saying why; the rest of the batch is unaffected.
+
+    One difference, on purpose: ``status`` defaults to ``"success"`` where ModalKit
+    requires it, so an output need not repeat it; every output ModalKit accepts is
+    accepted here with the same values. ModalKit declares no ``meta`` field either: it
+    sets the request's ``meta`` on the output as an extra just before sending, and the
+    queue message here carries it the same way (:func:`modalkit_django.messages.queue_payload`).
     """
 
     model_config = ConfigDict(extra="allow")
