@@ -56,7 +56,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT_SECONDS = 10.0
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 
 WorkerHook = Callable[[TaskiqState], Awaitable[None]]
 

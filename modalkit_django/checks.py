@@ -270,11 +270,11 @@ def _check_timers(worker: conf.WorkerSettings) -> list[checks.CheckMessage]:
 def _check_broker(broker: conf.BrokerSettings, app_prefix: str) -> list[checks.CheckMessage]:
     if broker.url is None:
         return []
-    if not broker.url.startswith(("redis://", "rediss://", "unix://")):
+    if not broker.url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
         return [
             checks.Error(
                 f"MODALKIT['BROKER']['URL'] {broker.url!r} is not a Redis URL.",
-                hint="Use redis://host:port/db, or None for the in-process broker.",
+                hint="Use redis://host:port/db or redis+sentinel://sentinel:26379/service, or None (in-process).",
                 id="modalkit_django.E007",
             )
         ]

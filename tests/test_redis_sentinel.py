@@ -14,6 +14,7 @@ import redis
 
 from modalkit_django.redis_stream import RedisStreamBroker, sentinel_pool
 
+from . import flow
 from .private_services import PrivateRedis, free_port
 from .test_redis_stream import broker_message, reading, take
 
@@ -104,3 +105,18 @@ def test_the_broker_follows_the_master_through_a_failover(
     assert after == [b"3"]
     # The epoch was written to the master, and replicated: the promoted replica has it.
     assert redis.Redis(port=replica.port).get("q:modalkit-epoch") == epoch.encode()
+
+
+@pytest.mark.django_db(databases="__all__")
+def test_a_sentinel_url_passes_the_checks_and_builds_a_sentinel_broker() -> None:
+    from django.core.management import call_command
+
+    from modalkit_django.broker import build_broker
+    from modalkit_django.conf import BrokerSettings
+
+    url = "redis+sentinel://127.0.0.1:26379/main/0"
+    broker = build_broker(BrokerSettings(url=url, queue_name="q"))
+    assert isinstance(broker, RedisStreamBroker)
+    assert broker.connection_pool.service_name == "main"  # type: ignore[attr-defined]
+    with flow.with_modalkit(BROKER={"URL": url, "QUEUE_NAME": "q"}):
+        call_command("check")  # no E007
