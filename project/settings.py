@@ -77,6 +77,8 @@ CSRF_TRUSTED_ORIGINS = listing("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 # Production security: every switch is off by default so `make run` works over plain http.
 SECURE_SSL_REDIRECT = flag("DJANGO_SECURE_SSL_REDIRECT")
+# Load balancers probe over plain HTTP inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^(health|ready)$"]
 try:
     SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS") or "0")
 except ValueError as exc:

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from ninja import NinjaAPI
 
 import modalkit_django
@@ -12,4 +12,6 @@ api.add_router("/", build_router())
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
+    # /health (liveness) and /ready (readiness), for the load balancer and orchestrator.
+    path("", include("modalkit_django.urls")),
 ]

@@ -1,0 +1,77 @@
+"""The subcommands that only read: health, stats, jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.db.models.fields.json import KT
+
+from .. import health as health_checks
+from ..models import JobStatus, QueueDelivery
+from ..stats import job_stats
+from . import selection
+from .arguments import format_age
+from .outcome import Outcome
+
+__all__ = ["health", "jobs", "stats"]
+
+Progress = Callable[[str], None]
+
+
+def health(options: dict[str, Any], progress: Progress) -> Outcome:
+    report = health_checks.check(timeout=options["timeout"])
+    width = max(len(check.name) for check in report.checks)
+    lines = [
+        f"{check.name:<{width}}  {check.status:<7}  {check.duration_ms:>7.1f} ms  {check.error or check.detail}".strip()
+        for check in report.checks
+    ]
+    lines.append("Ready." if report.ok else f"Not ready: {', '.join(report.failed)} failed.")
+    return Outcome(report.as_dict(), lines, failure=None if report.ok else f"Not ready: {', '.join(report.failed)}")
+
+
+def stats(options: dict[str, Any], progress: Progress) -> Outcome:
+    counts = job_stats()
+    lines = _table("Jobs", counts.jobs, JobStatus.values, counts.jobs_by_status)
+    age = counts.oldest_queued_seconds()
+    lines.append(
+        f"Oldest queued job: {format_age(age)} ago ({counts.oldest_queued_model})"
+        if age is not None
+        else "Oldest queued job: none queued"
+    )
+    lines += ["", *_table("Deliveries", counts.deliveries, QueueDelivery.Status.values, counts.deliveries_by_status)]
+    return Outcome(counts.as_dict(), lines)
+
+
+def jobs(options: dict[str, Any], progress: Progress) -> Outcome:
+    selected = selection.jobs(options, require=False).order_by("-created_at", "-id")
+    # Not the JSON columns: only the error's type is shown.
+    rows = list(
+        selected.values(
+            "id",
+            "model_name",
+            "status",
+            "attempts",
+            "reruns",
+            "created_at",
+            "finished_at",
+            error_type=KT("error__type"),
+        )[: max(0, options["limit"])]
+    )
+    lines = [f"{'ID':<36}  {'MODEL':<16}  {'STATUS':<9}  {'TRIES':>5}  {'CREATED':<19}  ERROR"]
+    lines += [
+        f"{row['id']!s:<36}  {row['model_name']:<16}  {row['status']:<9}  {row['attempts']:>5}  "
+        f"{row['created_at']:%Y-%m-%d %H:%M:%S}  {row['error_type'] or ''}".rstrip()
+        for row in rows
+    ]
+    return Outcome({"jobs": rows}, lines if rows else ["No jobs."])
+
+
+def _table(title: str, counts: dict[str, dict[str, int]], statuses: list[str], totals: dict[str, int]) -> list[str]:
+    width = max([len(title), *(len(name) for name in counts), len("total")])
+    header = f"{title:<{width}}" + "".join(f"  {status:>9}" for status in [*statuses, "total"])
+    lines = [header]
+    for name, row in sorted([*counts.items(), ("total", totals)], key=lambda item: item[0] == "total"):
+        cells = [row.get(status, 0) for status in statuses]
+        lines.append(f"{name:<{width}}" + "".join(f"  {cell:>9}" for cell in [*cells, sum(cells)]))
+    return lines

@@ -1,0 +1,32 @@
+"""``manage.py modalkit SUBCOMMAND``: health, stats, jobs, cancel, retry, redeliver, purge.
+
+See :mod:`modalkit_django.cli`; ``manage.py modalkit --help`` lists the subcommands and
+``manage.py modalkit SUBCOMMAND --help`` their options.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.serializers.json import DjangoJSONEncoder
+
+from modalkit_django import cli
+
+
+class Command(BaseCommand):
+    help = "Operate the job service: health, stats, jobs, cancel, retry, redeliver, purge."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        cli.add_subcommands(parser)
+
+    def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
+        outcome = cli.run(subcommand, options, progress=self.stderr.write)
+        if options["json"]:
+            self.stdout.write(json.dumps(outcome.data, cls=DjangoJSONEncoder, indent=2))
+        else:
+            for line in outcome.lines:
+                self.stdout.write(line)
+        if outcome.failure:
+            raise CommandError(outcome.failure, returncode=1)
