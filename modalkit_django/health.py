@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from django.db import connections
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.sentinel import SentinelConnectionPool
 
 from .broker import REDIS_SCHEMES
 from .clients import get_inference_backend
@@ -41,9 +40,7 @@ from .clients.modal import ModalBackend
 from .conf import get_settings
 from .queues import queues
 from .queues.memory import MemoryBackend
-from .queues.redis import RedisBackend
 from .redaction import redact_text
-from .redis_stream import SENTINEL_SCHEME, sentinel_pool
 from .threads import run_sync
 
 __all__ = ["DEFAULT_TIMEOUT_SECONDS", "Check", "Report", "acheck", "check"]
@@ -155,7 +152,9 @@ def _queue(alias: str) -> Probe:
         backend = queues[alias]
         if isinstance(backend, MemoryBackend):
             return "ok", "in-process"
-        if isinstance(backend, RedisBackend):
+        # Imported only if a Redis backend was built: the core installs no Redis client.
+        redis_backends = sys.modules.get("modalkit_django.queues.redis")
+        if redis_backends is not None and isinstance(backend, redis_backends.RedisBackend):
             await _ping(backend.url, timeout)
             return "ok", "redis"
         return "skipped", f"not checked: {type(backend).__name__} can only be checked by sending"
@@ -176,6 +175,12 @@ async def _inference(timeout: float) -> Finding:
 
 async def _ping(url: str, timeout: float) -> None:
     """``PING`` the Redis server at ``url`` on a connection of its own, then close it."""
+    # Here, not at the top: a Redis URL is configured only with the redis extra installed.
+    from redis.asyncio import ConnectionPool, Redis
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    from .redis_stream import SENTINEL_SCHEME, sentinel_pool
+
     pool: ConnectionPool
     if url.startswith(SENTINEL_SCHEME):
         pool = sentinel_pool(url)
