@@ -13,7 +13,8 @@ Runs, in one session so the figures compare:
 
 The queue is filled first, then one worker process (``--workers 1``) is started and
 timed from its first claim to its last send. For Modal, the fake's counters give the
-Modal calls (``FunctionMap`` RPCs) per job and the batch sizes Modal actually ran.
+Modal calls (``FunctionMap`` RPCs: one ``.spawn`` per job) per job and the batch sizes
+Modal actually ran (``modal_batch_sizes``: how many batches of each size).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,6 +239,7 @@ def main() -> None:
             finally:
                 fake.stop()
             calls = round(float(stats["function_maps"]) / args.jobs, 2)  # type: ignore[arg-type]
+            sizes = Counter(stats["batch_sizes"])  # type: ignore[arg-type]
             row(
                 "modalkit-django, Modal (fake control plane)",
                 processes,
@@ -244,6 +247,7 @@ def main() -> None:
                 baseline,
                 modal_calls_per_job=calls,
                 mean_modal_batch=round(float(stats["mean_batch_size"]), 1),
+                modal_batch_sizes={size: sizes[size] for size in sorted(sizes)},
                 **details,
             )  # type: ignore[arg-type]
     args.json.write_text(json.dumps({"jobs": args.jobs, "rows": rows}, indent=2))

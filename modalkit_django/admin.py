@@ -95,14 +95,14 @@ class DeliveryInline(_ReadOnly, _DeliveryError, admin.TabularInline):
 class JobAdmin(_ReadOnly, _QueryCheckingAdmin):
     list_display = ["id", "model_name", "status_badge", "owner", "created_at", "finished_at", "attempts", "queues"]
     list_filter = ["status", "model_name", "success_queue", "failure_queue", "created_at"]
-    search_fields = ["=id", "=idempotency_key", "success_queue", "failure_queue", "meta"]
+    search_fields = ["=id", "=idempotency_key", "=modal_call_id", "success_queue", "failure_queue", "meta"]
     date_hierarchy = "created_at"
     list_select_related = ["owner"]
     inlines = [DeliveryInline]
     actions = ["cancel_jobs", "rerun_jobs"]
     fields = readonly_fields = (
         "id", "model_name", "status_badge", "owner", "attempts", "reruns",
-        "created_at", "started_at", "finished_at", "run_after", "lease_expires_at",
+        "created_at", "started_at", "finished_at", "run_after", "lease_expires_at", "modal_call_id",
         "success_queue", "failure_queue", "idempotency_key",
         "message_json", "meta_json", "result_json", "error_json",
     )  # fmt: skip
@@ -138,7 +138,7 @@ class JobAdmin(_ReadOnly, _QueryCheckingAdmin):
         # Re-running spends model time again: a permission of its own.
         return request.user.has_perm("modalkit_django.rerun_job")
 
-    @admin.action(description="Cancel selected queued jobs", permissions=["cancel"])
+    @admin.action(description="Cancel selected queued jobs (and running ones on a Modal call)", permissions=["cancel"])
     def cancel_jobs(self, request: HttpRequest, queryset: JobQuerySet) -> None:
         self._report(request, "Canceled", services.cancel_jobs(queryset))
 

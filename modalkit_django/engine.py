@@ -30,7 +30,9 @@ from django.utils import timezone
 
 from .batching import JobBatcher
 from .clients import Prediction, get_inference_backend
+from .clients.base import DetachedCalls
 from .conf import get_settings, inference_timeout
+from .detached import predict_detached
 from .exceptions import InferenceError, InferenceTimeout
 from .messages import deliveries_for, message_for
 from .models import Job, QueueDelivery, SendResult
@@ -91,6 +93,10 @@ def _finish(results: list[tuple[Job, Prediction]]) -> list[QueueDelivery]:
     )
 
 
+async def _store_calls(jobs: list[Job]) -> set[uuid.UUID]:
+    return await run_db(Job.objects.attach_calls, jobs)
+
+
 def _record(results: list[SendResult]) -> None:
     QueueDelivery.objects.record(results, policy=get_settings().delivery)
 
@@ -133,8 +139,14 @@ class Engine:
             task.add_done_callback(self._sends.discard)
 
     async def predict(self, jobs: Sequence[Job]) -> list[Prediction]:
-        """One prediction per job, in order: one model call per model name, all under one deadline."""
+        """One prediction per job, in order: one model call per model name, all under one deadline.
+
+        A backend with detached calls (Modal) gets one call per job instead, whose id is
+        stored on the job (see :mod:`.detached`).
+        """
         backend = get_inference_backend()
+        if isinstance(backend, DetachedCalls):
+            return await predict_detached(backend, jobs, deadline=inference_timeout(), store=_store_calls)
         by_model: defaultdict[str, list[int]] = defaultdict(list)
         for index, job in enumerate(jobs):
             by_model[job.model_name].append(index)

@@ -13,7 +13,8 @@
     │   ├── InferenceNotDeployed        the Modal class cannot be found           → 502
     │   ├── InferenceAuthError          Modal refused the credentials             → 502
     │   ├── InferenceUnavailable        connection / service failure (transient)  → 503
-    │   └── InferenceTimeout            no answer before the deadline             → 504
+    │   ├── InferenceTimeout            no answer before the deadline             → 504
+    │   └── InferenceCallLost           a detached call is gone (expired, unknown, cancelled)
     └── DeliveryError                   a queue backend did not take a message
         └── PermanentDeliveryError      it never will: do not retry
 
@@ -23,12 +24,15 @@ any other inference error fails the job at once.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ImproperlyConfigured
 
 __all__ = [
     "DeliveryError",
     "IdempotencyConflict",
     "InferenceAuthError",
+    "InferenceCallLost",
     "InferenceError",
     "InferenceNotDeployed",
     "InferenceTimeout",
@@ -84,15 +88,19 @@ class InferenceError(ModalkitError):
 
     retryable = False
 
-    def __init__(self, message: str, *, error_type: str | None = None) -> None:
+    def __init__(self, message: str, *, error_type: str | None = None, output: dict[str, Any] | None = None) -> None:
         # Stored as JSON: PostgreSQL refuses a NUL character there.
         message = message.replace("\x00", "\\x00")
         super().__init__(message)
         self.message = message
         self.error_type = error_type or type(self).__name__
+        # The pipeline's own output when it reported the failure (a status other than
+        # "success"): ModalKit sends that output, whole, to the failure queue.
+        self.output = output
 
-    def as_dict(self) -> dict[str, str]:
-        return {"type": self.error_type, "message": self.message}
+    def as_dict(self) -> dict[str, Any]:
+        described: dict[str, Any] = {"type": self.error_type, "message": self.message}
+        return described if self.output is None else {**described, "output": self.output}
 
 
 class PipelineError(InferenceError):
@@ -113,6 +121,14 @@ class InferenceUnavailable(InferenceError):
 
 class InferenceTimeout(InferenceError):
     """Not retried: a model that ran out of time once will likely do so again."""
+
+
+class InferenceCallLost(InferenceError):
+    """A detached call (see ``clients.base.DetachedCalls``) has no output to give: its
+    output expired, Modal does not know it, or it ended without one. Starting it again
+    is safe."""
+
+    retryable = True
 
 
 class DeliveryError(ModalkitError):

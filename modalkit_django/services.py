@@ -22,6 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from .clients import cancel_calls
 from .conf import get_settings, resolve_model
 from .exceptions import IdempotencyConflict, InvalidJobState, JobNotFound
 from .intake import get_intake
@@ -229,17 +230,23 @@ class BulkResult:
 
 
 def cancel_jobs(jobs: JobQuerySet) -> BulkResult:
-    """Cancel the queued jobs among ``jobs``; their failure queues hear about it."""
+    """Cancel the queued jobs among ``jobs``, and the running ones on a known Modal call
+    (which is cancelled once the transaction commits); their failure queues hear about it."""
     with transaction.atomic():
         canceled = jobs.cancel()
         # Sent by the wake-up below; the sweep steps in only if that never happens.
         deliveries = QueueDelivery.objects.bulk_create(deliveries_for(canceled, timezone.now(), sent_by_caller=True))
         transaction.on_commit(partial(get_waker().wake_deliveries, [delivery.id for delivery in deliveries]))
+        call_ids = [job.modal_call_id for job in canceled if job.modal_call_id]
+        if call_ids:
+            # Bounded (the backend's cancel_timeout): a slow Modal does not hold the request long.
+            transaction.on_commit(partial(cancel_calls, call_ids))
     return _bulk_result(jobs, [job.id for job in canceled])
 
 
 def cancel_job(*, job: Job) -> Job:
-    """Cancel one queued job; :class:`InvalidJobState` if it already started or ended."""
+    """Cancel one queued job, or a running one whose Modal call is known; :class:`InvalidJobState`
+    if it runs otherwise (it already started) or ended."""
     result = cancel_jobs(Job.objects.filter(id=job.id))
     if not result.done:
         raise InvalidJobState(job.id, next(iter(result.left_alone), "gone"), "cancel")

@@ -5,8 +5,8 @@ the first to take the shared :class:`~modalkit_django.models.SweepState` row swe
 the others skip. A sweep, oldest rows first and a bounded number of each per pass:
 
 1. running jobs whose lease expired (their worker died) go back to the queue, or fail
-   once out of attempts;
-2. queued jobs that waited longer than ``async_config.timeout`` expire;
+   once out of attempts (their Modal call, if any, is cancelled);
+2. queued jobs that waited longer than ``async_config.timeout`` expire (likewise);
 3. queued jobs with no wake-up in flight get one: those whose wake-up failed, all of
    them after the broker lost its messages (its epoch changed), and any nobody claimed
    within ``WORKER["REQUEUE_AFTER_SECONDS"]``;
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 from django.utils import timezone
 
+from .clients import acancel_calls
 from .conf import get_config, get_settings
 from .engine import run_db
 from .messages import deliveries_for
@@ -53,11 +54,14 @@ class SweepResult:
     purged: int = 0
     jobs_to_wake: list[uuid.UUID] = field(default_factory=list)
     deliveries_to_send: list[uuid.UUID] = field(default_factory=list)
+    # Modal calls of jobs that ended here (failed, expired): nobody waits for them any more.
+    calls_to_cancel: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
         counts = dataclasses.asdict(self)
         counts["woken"] = len(counts.pop("jobs_to_wake"))
         counts["deliveries"] = len(counts.pop("deliveries_to_send"))
+        counts["calls_canceled"] = len(counts.pop("calls_to_cancel"))
         return counts
 
 
@@ -121,6 +125,7 @@ def _reclaim(result: SweepResult) -> None:
         requeued, failed = Job.objects.reclaim_expired(max_attempts=worker.max_attempts, limit=worker.sweep_limit)
         QueueDelivery.objects.bulk_create(deliveries_for(failed, timezone.now(), sent_by_caller=False))
     result.reclaimed, result.lost = len(requeued), len(failed)
+    result.calls_to_cancel += [job.modal_call_id for job in failed if job.modal_call_id]
     if requeued or failed:
         logger.warning(
             "Reclaimed %d jobs whose worker was lost (%d failed for good)", len(requeued) + len(failed), len(failed)
@@ -135,6 +140,7 @@ def _expire(result: SweepResult) -> None:
         expired = Job.objects.expire_waiting(timeout=timeout, limit=get_settings().worker.sweep_limit)
         QueueDelivery.objects.bulk_create(deliveries_for(expired, timezone.now(), sent_by_caller=False))
     result.expired = len(expired)
+    result.calls_to_cancel += [job.modal_call_id for job in expired if job.modal_call_id]
 
 
 def _purge(result: SweepResult) -> None:
@@ -164,6 +170,8 @@ async def sweep_once(*, worker: str | None = None) -> SweepResult | None:
             await waker.awake_jobs(result.jobs_to_wake)
         if result.deliveries_to_send:
             await waker.awake_deliveries(result.deliveries_to_send)
+        if result.calls_to_cancel:
+            await acancel_calls(result.calls_to_cancel)
     return result
 
 

@@ -1,4 +1,4 @@
-"""Pipelines for tests: one that hangs once (fault tests), one that echoes (blob path)."""
+"""Pipelines for tests: one that hangs once (fault tests), one that echoes (blob path), one that refuses."""
 
 from __future__ import annotations
 
@@ -65,3 +65,16 @@ class SleepPipeline(SentimentPipeline):
                     log.write("ran\n")
                 time.sleep(float(words[1]))
         return super().predict(input_list, preprocessed_data)
+
+
+class RefusingPipeline(EchoPipeline):
+    """Answers ``{"text": "refuse …"}`` with an output whose status is not "success", as a
+    ModalKit pipeline reports an input it will not score; other inputs are echoed."""
+
+    def postprocess(self, input_list: list[BaseModel], raw_output: dict[str, Any]) -> list[InferenceOutputModel]:
+        return [
+            EchoResponse(status="refused", error="not scored", text=text, length=0)
+            if text.startswith("refuse")
+            else EchoResponse(text=text, length=len(text))
+            for text in raw_output["texts"]
+        ]

@@ -62,7 +62,8 @@ class Reporting(InferencePipeline):
 def test_status_error_outputs_are_failures() -> None:
     outcomes = run_batch(Reporting("m", "/tmp", {}), [{"text": "ok"}, {"text": "too long"}])
     assert outcomes[0] == {"ok": True, "output": {"status": "success"}}
-    assert outcomes[1] == {"ok": False, "error": {"type": "InferenceError", "message": "too long"}}
+    output = {"status": "error", "error": "too long"}  # kept whole: ModalKit sends it to the failure queue
+    assert outcomes[1] == {"ok": False, "error": {"type": "InferenceError", "message": "too long", "output": output}}
 
 
 class Miscounting(Reporting):

@@ -382,3 +382,25 @@ def test_the_output_model_keeps_modalkits_fields() -> None:
     assert Ours().status == "success"
     output = {"status": "failed", "error": "why", "label": "x"}
     assert Ours.model_validate(output).model_dump() == InferenceOutputModel.model_validate(output).model_dump()
+
+
+@pytest.mark.django_db
+def test_an_output_that_is_not_success_reaches_the_failure_queue_whole_from_the_pipeline() -> None:
+    from modalkit_django.clients.base import prediction_from_outcome
+    from modalkit_django.inference.batch import run_batch
+
+    from .pipelines import RefusingPipeline
+
+    pipeline = RefusingPipeline("echo", "/tmp", {})
+    refused, scored = run_batch(pipeline, [{"text": "refuse this"}, {"text": "fine"}])
+    assert scored == {"ok": True, "output": {"status": "success", "text": "fine", "length": 4}}
+    prediction = prediction_from_outcome(refused)
+    assert isinstance(prediction, PipelineError)
+
+    job = claim_one(flow.submit(success_queue="ok", failure_queue="err", meta={"r": 1}))
+    [delivery] = flow.finish([(job, prediction)])
+
+    assert delivery.route == "failure"
+    output = {"status": "refused", "error": "not scored", "text": "refuse this", "length": 0}
+    assert {key: delivery.payload[key] for key in (*output, "meta")} == {**output, "meta": {"r": 1}}
+    assert "original_message" not in delivery.payload  # as ModalKit: the output, not the request

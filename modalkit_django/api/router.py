@@ -170,7 +170,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
     @router.post(
         "/jobs/{job_id}/cancel",
         response={200: job_out, **common, 404: ErrorOut, 409: ErrorOut},
-        summary="Cancel a job that has not started",
+        summary="Cancel a job that has not started, or one running on a Modal call",
     )
     async def cancel_job(request: HttpRequest, job_id: str) -> Any:
         def cancel() -> Job:

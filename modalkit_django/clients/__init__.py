@@ -6,21 +6,27 @@ instance this process uses, built on first use and closed when the settings chan
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..conf import BackendSpec, get_settings
 from ..handlers import BackendHandler
-from .base import InferenceBackend, Prediction, prediction_from_outcome
+from .base import DetachedCalls, InferenceBackend, Prediction, prediction_from_outcome
 
 __all__ = [
+    "DetachedCalls",
     "InferenceBackend",
     "InferenceBackends",
     "Prediction",
+    "acancel_calls",
+    "cancel_calls",
     "get_inference_backend",
     "inference_backends",
     "prediction_from_outcome",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_ALIAS = "default"
 
@@ -51,3 +57,24 @@ def get_inference_backend() -> InferenceBackend:
 def reset_inference_backend(**kwargs: Any) -> None:
     """``setting_changed`` receiver."""
     inference_backends.reset(**kwargs)
+
+
+def cancel_calls(call_ids: Sequence[str]) -> None:
+    """Cancel these detached calls (Modal ``FunctionCall``s) through this process's backend."""
+    if (backend := _detached(call_ids)) is not None:
+        backend.cancel_calls(call_ids)
+
+
+async def acancel_calls(call_ids: Sequence[str]) -> None:
+    """:func:`cancel_calls` from an event loop."""
+    if (backend := _detached(call_ids)) is not None:
+        await backend.acancel_calls(call_ids)
+
+
+def _detached(call_ids: Sequence[str]) -> DetachedCalls | None:
+    backend = get_inference_backend()
+    if isinstance(backend, DetachedCalls):
+        return backend
+    if call_ids:
+        logger.warning("Cannot cancel %d calls: %s has no detached calls", len(call_ids), type(backend).__name__)
+    return None

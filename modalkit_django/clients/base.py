@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from ..exceptions import InferenceError, PipelineError
 from ..inference.batch import Outcome
 
-__all__ = ["InferenceBackend", "Prediction", "prediction_from_outcome"]
+__all__ = ["DetachedCalls", "InferenceBackend", "Prediction", "prediction_from_outcome"]
 
 # A model output (a JSON object), or why there is none.
 Prediction = dict[str, Any] | InferenceError
@@ -48,9 +48,44 @@ class InferenceBackend(ABC):
         self.close()
 
 
+class DetachedCalls(ABC):
+    """What a backend whose calls outlive the worker that started them adds (Modal's ``.spawn``).
+
+    The engine starts a job's call, stores its id on the job, then waits for it; the next
+    worker to claim the job re-attaches by id, and a cancel or a deadline cancels it. An
+    :class:`InferenceBackend` that is not one keeps running a batch with ``apredict_many``.
+    """
+
+    @abstractmethod
+    async def aspawn(self, model_name: str, message: dict[str, Any]) -> str:
+        """Start one job's call; return its id, or raise the :class:`InferenceError` that stopped it."""
+
+    @abstractmethod
+    async def await_call(self, call_id: str, *, timeout: float) -> Prediction:
+        """The call's prediction, waiting up to ``timeout`` seconds.
+
+        Raises :class:`~modalkit_django.exceptions.InferenceCallLost` when the call is
+        gone (expired, unknown, ended without an output) and :class:`TimeoutError` when it
+        has not finished in time.
+        """
+
+    @abstractmethod
+    async def acancel_calls(self, call_ids: Sequence[str]) -> None:
+        """Cancel these calls, from an event loop; failures are logged, not raised."""
+
+    @abstractmethod
+    def cancel_calls(self, call_ids: Sequence[str]) -> None:
+        """Cancel these calls from synchronous code (a request), bounded in time."""
+
+
 def prediction_from_outcome(outcome: Outcome) -> Prediction:
     """Turn the wire outcome of :func:`~modalkit_django.inference.batch.run_batch` into a :data:`Prediction`."""
     if outcome.get("ok"):
         return dict(outcome["output"])
     error = outcome.get("error") or {}
-    return PipelineError(str(error.get("message", "")), error_type=str(error.get("type", "PipelineError")))
+    output = error.get("output")
+    return PipelineError(
+        str(error.get("message", "")),
+        error_type=str(error.get("type", "PipelineError")),
+        output=output if isinstance(output, dict) else None,
+    )

@@ -16,15 +16,20 @@ Options (all optional but ``class_name``):
 ``timeout``           our own deadline per call in seconds; default
                       ``deployment_config.timeout`` (the SDK alone would retry a dead
                       connection for about a minute)
+``cancel_timeout``    seconds a request waits for its ``FunctionCall.cancel`` RPCs
+                      before it returns (they go on in the background); default 5
 
-One call per job (``.remote.aio``), all of a batch concurrently, so Modal's
-``@modal.batched`` sees them together. ``modal`` is imported on first use only: it
-costs about a second, and forked workers must not inherit its client.
+One call per job, all of a batch concurrently, so Modal's ``@modal.batched`` sees them
+together: ``.remote.aio`` for ``/predict``, and for async jobs ``.spawn.aio``, whose
+``FunctionCall`` id the worker stores on the job (see :class:`.base.DetachedCalls`).
+``modal`` is imported on first use only: it costs about a second, and forked workers
+must not inherit its client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
@@ -34,6 +39,7 @@ from typing import Any
 from ..conf import get_config
 from ..exceptions import (
     InferenceAuthError,
+    InferenceCallLost,
     InferenceError,
     InferenceNotDeployed,
     InferenceTimeout,
@@ -41,14 +47,17 @@ from ..exceptions import (
     PipelineError,
 )
 from ..inference.batch import DEFAULT_METHOD
-from .base import InferenceBackend, Prediction, prediction_from_outcome
+from .base import DetachedCalls, InferenceBackend, Prediction, prediction_from_outcome
 
 __all__ = ["ModalBackend"]
 
 logger = logging.getLogger(__name__)
 
+# Cancels sent from requests: a request waits for them only up to ``cancel_timeout``.
+_cancels = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="modalkit-cancel")
 
-class ModalBackend(InferenceBackend):
+
+class ModalBackend(DetachedCalls, InferenceBackend):
     requires = ("modal",)
 
     def __init__(
@@ -59,8 +68,10 @@ class ModalBackend(InferenceBackend):
         method: str = DEFAULT_METHOD,
         environment_name: str | None = None,
         timeout: float | None = None,
+        cancel_timeout: float = 5.0,
     ) -> None:
         super().__init__(class_name=class_name, app_name=app_name, method=method, environment_name=environment_name)
+        self.cancel_timeout = cancel_timeout
         self.class_name = class_name
         self._app_name = app_name
         self.method = method
@@ -88,6 +99,63 @@ class ModalBackend(InferenceBackend):
             outcome = await asyncio.wait_for(method.remote.aio(message), self.timeout)
         except Exception as exc:
             return self._error(exc)
+        return self._prediction(outcome)
+
+    # --- Detached calls: async jobs ------------------------------------------------------
+
+    async def aspawn(self, model_name: str, message: dict[str, Any]) -> str:
+        method = getattr(self._instance(model_name), self.method)
+        try:
+            call = await asyncio.wait_for(method.spawn.aio(message), self.timeout)
+        except Exception as exc:
+            raise self._error(exc) from exc
+        return str(call.object_id)
+
+    async def await_call(self, call_id: str, *, timeout: float) -> Prediction:
+        import modal
+        import modal.exception as modal_errors
+
+        timeout = min(timeout, self.timeout)
+        try:
+            # from_id sends nothing; get() long-polls FunctionGetOutputs and raises the
+            # builtin TimeoutError when the call has not finished in time.
+            async with asyncio.timeout(timeout + 5):  # the SDK's own retries, bounded
+                outcome = await modal.FunctionCall.from_id(call_id).get.aio(timeout=timeout)
+        except TimeoutError:
+            raise
+        except (
+            modal_errors.OutputExpiredError,
+            modal_errors.NotFoundError,
+            modal_errors.InternalFailure,
+            modal_errors.RemoteError,
+        ) as exc:
+            # Gone, or ended without an output (terminated, lost container): none will come.
+            error_type = type(exc).__name__
+            raise InferenceCallLost(f"Modal call {call_id} has no output: {exc}", error_type=error_type) from exc
+        except Exception as exc:
+            return self._error(exc)
+        return self._prediction(outcome)
+
+    async def acancel_calls(self, call_ids: Sequence[str]) -> None:
+        await asyncio.gather(*(self._cancel(call_id) for call_id in call_ids))
+
+    async def _cancel(self, call_id: str) -> None:
+        import modal
+
+        try:
+            async with asyncio.timeout(self.cancel_timeout):
+                await modal.FunctionCall.from_id(call_id).cancel.aio()
+        except Exception as exc:
+            logger.warning("Could not cancel Modal call %s: %s", call_id, exc)
+
+    def cancel_calls(self, call_ids: Sequence[str]) -> None:
+        if call_ids:
+            pending = _cancels.submit(asyncio.run, self.acancel_calls(call_ids))
+            concurrent.futures.wait([pending], timeout=self.cancel_timeout)
+
+    # --- Helpers -------------------------------------------------------------------------
+
+    def _prediction(self, outcome: Any) -> Prediction:
         if not isinstance(outcome, dict) or "ok" not in outcome:
             return InferenceError(
                 f"{self.class_name}.{self.method} returned {type(outcome).__name__}, not an outcome",

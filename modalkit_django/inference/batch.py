@@ -6,6 +6,7 @@ a JSON-ready dict that crosses the wire to Django unchanged::
 
     {"ok": True, "output": {...}}
     {"ok": False, "error": {"type": "ValueError", "message": "..."}}
+    {"ok": False, "error": {"type": "InferenceError", "message": "...", "output": {...}}}  # status != "success"
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .pipeline import InferenceOutputModel, InferencePipeline
+from .pipeline import InferencePipeline
 
 __all__ = ["DEFAULT_METHOD", "Outcome", "failure", "run_batch", "success"]
 
@@ -86,7 +87,12 @@ def _infer(
 def _to_outcome(pipeline: InferencePipeline, output: Any) -> Outcome:
     model = output if isinstance(output, BaseModel) else pipeline.output_model.model_validate(output)
     data = model.model_dump(mode="json")
-    if isinstance(model, InferenceOutputModel) and model.status != "success":
-        return failure("InferenceError", model.error or f"status {model.status!r}")
+    # Outputs built on ModalKit's own models count too: any output with a status field.
+    status = getattr(model, "status", "success")
+    if status != "success":
+        outcome = failure("InferenceError", getattr(model, "error", None) or f"status {status!r}")
+        # Kept whole: the failure message is the output as the pipeline returned it (ModalKit's).
+        outcome["error"]["output"] = data
+        return outcome
     data.pop("error", None)
     return success(data)

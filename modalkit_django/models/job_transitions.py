@@ -15,13 +15,14 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections, models, transaction
+from django.db import connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from ..exceptions import InferenceError, PipelineError
 from ..validators import json_problem
 from . import postgres
+from .job_calls import CallQuerySet
 from .states import FINISHED_JOB_STATUSES, OUTCOME_FIELDS, UNSENT_DELIVERY_STATUSES, JobStatus, save_rows
 
 if TYPE_CHECKING:
@@ -37,9 +38,10 @@ Prediction = dict[str, Any] | InferenceError
 
 WORKER_LOST = {"type": "WorkerLost", "message": "The worker running this job stopped before finishing it."}
 CANCELED = {"type": "Canceled", "message": "The job was canceled before it ran."}
+CANCELED_RUNNING = {"type": "Canceled", "message": "The job was canceled while it ran; its Modal call was cancelled."}
 
 
-class JobQuerySet(models.QuerySet["Job"]):
+class JobQuerySet(CallQuerySet):
     def for_owner(self, owner: Any) -> JobQuerySet:
         """Jobs an API caller may see: its own (``None`` is the static ModalKit key)."""
         return self.filter(owner=owner) if owner is not None else self.filter(owner__isnull=True)
@@ -112,6 +114,7 @@ class JobQuerySet(models.QuerySet["Job"]):
                 prediction = PipelineError(f"The model's output cannot be stored: it contains {problem}")
             if isinstance(prediction, InferenceError) and prediction.retryable and job.attempts < max_attempts:
                 job.requeue(now, prediction.as_dict(), delay=retry_backoff_seconds * 2 ** (job.attempts - 1))
+                job.modal_call_id = None  # that call ended: the next attempt makes a new one
             elif isinstance(prediction, InferenceError):
                 job.end(JobStatus.FAILED, now, error=prediction.as_dict())
                 finished.append(job)
@@ -226,12 +229,17 @@ class JobQuerySet(models.QuerySet["Job"]):
     # --- Operators and clients -----------------------------------------------------------
 
     def cancel(self) -> list[Job]:
-        """Cancel the queued jobs among these; return them. Others are left as they are."""
+        """Cancel the queued jobs among these, and the running ones whose Modal call is known
+        (the caller cancels those calls: ``modal_call_id``); return them. Others are left alone.
+
+        A worker still waiting on such a call finds its lease gone and drops what it gets.
+        """
         now = timezone.now()
+        cancelable = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, modal_call_id__isnull=False)
         with transaction.atomic(savepoint=False, using=self.db):
-            jobs = list(self.filter(status=JobStatus.QUEUED).select_for_update(of=("self",)))
+            jobs = list(self.filter(cancelable).select_for_update(of=("self",)))
             for job in jobs:
-                job.end(JobStatus.CANCELED, now, error=CANCELED)
+                job.end(JobStatus.CANCELED, now, error=CANCELED if job.status == JobStatus.QUEUED else CANCELED_RUNNING)
             save_rows(self.model, jobs, OUTCOME_FIELDS, using=self.db)
         return jobs
 
@@ -252,6 +260,7 @@ class JobQuerySet(models.QuerySet["Job"]):
                 run_after=None,
                 lease_token=None,
                 lease_expires_at=None,
+                modal_call_id=None,
                 queued_at=now,
                 enqueued_at=now,
             )

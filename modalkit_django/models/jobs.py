@@ -6,11 +6,12 @@
       ▲  │              │ │
       │  │              │ └──finish (transient error, attempts left)──▶ queued (run_after: backoff)
       │  │              └────reclaim (lease expired)──▶ queued, or failed when out of attempts
-      │  ├──cancel──▶ canceled
+      │  ├──cancel──▶ canceled ◀──cancel── running, when its Modal call is known (and cancelled too)
       │  └──expire (waited past async_config.timeout)──▶ expired
       └──rerun── succeeded | failed | canceled | expired
 
-The transitions are the QuerySet verbs of :mod:`.job_transitions`.
+The transitions are the QuerySet verbs of :mod:`.job_transitions` (and :mod:`.job_calls`
+for the Modal call a running job waits on).
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class Job(models.Model):
     # The client's Idempotency-Key, and a hash of the request it came with.
     idempotency_key = models.CharField(max_length=255, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True)
+    # The Modal FunctionCall running it (inference backends with detached calls only): kept
+    # when its worker is lost, so the next worker re-attaches instead of calling again.
+    # NULL, not "": no call at all, as the claim and finish statements test it.
+    modal_call_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
 
     objects = JobQuerySet.as_manager()
 

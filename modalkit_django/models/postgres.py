@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .deliveries import QueueDelivery
     from .jobs import Job
 
-__all__ = ["claim", "finish", "record"]
+__all__ = ["attach_calls", "claim", "finish", "record"]
 
 DELIVERY_FIELDS = (
     "id", "job_id", "route", "queue_name", "backend", "message_id", "payload", "status", "attempts",
@@ -99,7 +99,9 @@ def _finish_sql(job_model: type[models.Model]) -> str:
         "AS o (id, token, status, result, error, finished_at, run_after, enqueued_at)), "
         f'done AS (UPDATE "{job}" AS job SET status = outcome.status, result = outcome.result, '
         "error = outcome.error, finished_at = outcome.finished_at, run_after = outcome.run_after, "
-        "enqueued_at = outcome.enqueued_at, lease_token = NULL, lease_expires_at = NULL FROM outcome "
+        "enqueued_at = outcome.enqueued_at, lease_token = NULL, lease_expires_at = NULL, "
+        # A job sent back to the queue after an error forgets its ended Modal call.
+        "modal_call_id = CASE WHEN outcome.status = 'queued' THEN NULL ELSE job.modal_call_id END FROM outcome "
         "WHERE job.id = outcome.id AND job.status = %s AND job.lease_token = outcome.token RETURNING job.id), "
         f'sent AS (INSERT INTO "{delivery}" ({columns}) SELECT d.* FROM UNNEST(%s::uuid[], %s::uuid[], '
         "%s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::text[], %s::integer[], "
@@ -169,4 +171,22 @@ def record(
     ]  # fmt: skip
     with _server_side_cursor(using) as cursor:
         cursor.execute(_record_sql(delivery_model), _columns(rows, 8))
+        return {row[0] for row in cursor.fetchall()}
+
+
+@functools.cache
+def _attach_calls_sql(job_model: type[models.Model]) -> str:
+    job = job_model._meta.db_table
+    return (
+        f'UPDATE "{job}" AS job SET modal_call_id = v.call_id FROM UNNEST(%s::uuid[], %s::text[]) AS v (id, call_id) '
+        "WHERE job.id = v.id AND job.status = %s AND job.lease_token = %s RETURNING job.id"
+    )
+
+
+def attach_calls(
+    job_model: type[Job], calls: Sequence[tuple[uuid.UUID, str]], *, token: uuid.UUID, using: str
+) -> set[uuid.UUID]:
+    """Store each job's Modal call id where the batch's lease (``token``) still holds; returns those ids."""
+    with _server_side_cursor(using) as cursor:
+        cursor.execute(_attach_calls_sql(job_model), [*_columns(calls, 2), JobStatus.RUNNING, token])
         return {row[0] for row in cursor.fetchall()}

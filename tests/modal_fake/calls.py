@@ -107,6 +107,16 @@ class CallRegistry:
     def is_retired(self, function_call_id: str) -> bool:
         return function_call_id in self._retired
 
+    def expire(self, function_call_id: str) -> None:
+        """Forget the call's outputs, as Modal does after a while: ``get()`` raises OutputExpiredError."""
+        self._calls.pop(function_call_id, None)
+        self._retired.add(function_call_id)
+
+    def forget(self, function_call_id: str) -> None:
+        """Forget the call entirely: ``get()`` raises NotFoundError."""
+        self._calls.pop(function_call_id, None)
+        self._retired.discard(function_call_id)
+
     def retire_if_exhausted(self, record: FunctionCallRecord) -> None:
         if record.exhausted:
             self._calls.pop(record.function_call_id, None)

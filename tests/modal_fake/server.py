@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Self
@@ -76,6 +77,10 @@ class FakeModal:
     - ``fail_inputs``: a ``GenericResult`` status every input ends with, e.g.
       ``GENERIC_STATUS_TIMEOUT`` (``FunctionTimeoutError``) or
       ``GENERIC_STATUS_INTERNAL_FAILURE`` (``InternalFailure``).
+
+    Calls: ``expire_call(id)`` and ``forget_call(id)`` make ``FunctionCall.get`` raise
+    ``OutputExpiredError`` and ``NotFoundError``; ``stats.spawned_calls`` and
+    ``stats.cancelled_calls`` list the calls ``.spawn()`` made and ``cancel()`` named.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class FakeModal:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
+        self._servicer: ModalServicer | None = None
         self._ready: Future[None] = Future()
 
     # --- Lifecycle ---------------------------------------------------------------------
@@ -156,6 +162,7 @@ class FakeModal:
         self._blob_port = blob_runner.addresses[0][1]
         # Abstract only to mypy: servicer.py fills in the unimplemented RPCs at import.
         servicer = ModalServicer(self._deployments, self._runtime, self.blob_url)  # type: ignore[abstract]
+        self._servicer = servicer
         grpc_server = _ClosingServer([servicer])
         if self._sock is not None:
             await grpc_server.start(sock=self._sock)
@@ -200,6 +207,28 @@ class FakeModal:
     def clear(self) -> None:
         """Undeploy everything."""
         self._deployments.clear()
+
+    # --- Function calls -----------------------------------------------------------------
+
+    def expire_call(self, function_call_id: str) -> None:
+        """Drop a call's outputs, as Modal does after a while: ``FunctionCall.get`` raises
+        ``OutputExpiredError``."""
+        self._on_loop(lambda servicer: servicer.calls.expire(function_call_id))
+
+    def forget_call(self, function_call_id: str) -> None:
+        """Drop all trace of a call: ``FunctionCall.get`` raises ``NotFoundError``."""
+        self._on_loop(lambda servicer: servicer.calls.forget(function_call_id))
+
+    def _on_loop(self, change: Callable[[ModalServicer], None]) -> None:
+        # The call registry belongs to the fake's event loop: change it there.
+        if self._loop is None or self._servicer is None:
+            raise RuntimeError("FakeModal is not started")
+        servicer = self._servicer
+
+        async def run() -> None:
+            change(servicer)
+
+        asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=START_TIMEOUT)
 
     # --- Toggles and counters ----------------------------------------------------------
 

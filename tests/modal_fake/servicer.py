@@ -162,6 +162,8 @@ class ModalServicer(ModalClientBase):
             logger.error("modal fake: only unary calls (.remote/.spawn) are supported, not .map()")
             raise GRPCError(Status.UNIMPLEMENTED, "modal fake supports unary calls with pipelined inputs only")
         record = self.calls.create(request.function_call_invocation_type)
+        if request.function_call_invocation_type == api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC:
+            self.runtime.stats.record("spawned_calls", record.function_call_id)
         container = self._container(binding)
         answers = []
         for item in request.pipelined_inputs:
@@ -203,6 +205,7 @@ class ModalServicer(ModalClientBase):
 
     @rpc
     async def FunctionCallCancel(self, request: api_pb2.FunctionCallCancelRequest) -> google.protobuf.empty_pb2.Empty:
+        self.runtime.stats.record("cancelled_calls", request.function_call_id)
         record = self.calls.get(request.function_call_id)
         if record is not None:
             # A batch already running still finishes, but its output is ignored.

@@ -22,6 +22,9 @@ class FakeStats:
     blob_downloads: int = 0
     containers_started: int = 0
     unimplemented: list[str] = field(default_factory=list)
+    # Function call ids, in order: those made by ``.spawn()``, and those ``cancel()`` named.
+    spawned_calls: list[str] = field(default_factory=list)
+    cancelled_calls: list[str] = field(default_factory=list)
 
     @property
     def function_maps(self) -> int:
@@ -74,6 +77,11 @@ class StatsRecorder:
         """Add to an integer counter such as ``inputs`` or ``blob_uploads``."""
         with self._lock:
             setattr(self._stats, counter, getattr(self._stats, counter) + amount)
+
+    def record(self, calls: str, function_call_id: str) -> None:
+        """Append to a list of call ids: ``spawned_calls`` or ``cancelled_calls``."""
+        with self._lock:
+            getattr(self._stats, calls).append(function_call_id)
 
     def batch(self, size: int) -> None:
         with self._lock:
