@@ -56,7 +56,8 @@ def test_a_job_whose_wake_up_could_not_be_sent_runs_within_a_sweep(
     assert len(failures) == 1  # once per outage, not once per job
 
     start_worker()  # the shipped timers: a sweep every 5 s
-    wait_until(lambda: {status_of(job.id) for job in jobs} == {"succeeded"}, timeout=15, what="the sweep")
+    # A sweep every 5 s; without the re-wake they would wait REQUEUE_AFTER_SECONDS (120 s).
+    wait_until(lambda: {status_of(job.id) for job in jobs} == {"succeeded"}, timeout=30, what="the sweep")
     assert {Job.objects.get(id=job.id).attempts for job in jobs} == {1}
 
 

@@ -204,18 +204,20 @@ def test_close_from_another_thread_closes_each_loops_client_on_its_loop() -> Non
 
 
 def test_the_default_key_is_in_a_namespace_of_its_own(run_async: Any, redis_client: redis.Redis) -> None:
-    one = message("sentiment_results")
+    queue = f"results-{uuid.uuid4().hex[:8]}"
+    one = message(queue)
     assert run_async(RedisBackend("redis", url=settings.REDIS_URL).asend, one) == one.message_id
     try:
-        assert json.loads(redis_client.lpop("modalkit:results:sentiment_results")) == one.payload
+        assert json.loads(redis_client.lpop(f"modalkit:results:{queue}")) == one.payload
     finally:
-        redis_client.delete("modalkit:results:sentiment_results")
+        redis_client.delete(f"modalkit:results:{queue}")
 
 
 def test_a_queue_whose_key_is_the_brokers_is_refused(run_async: Any, redis_client: redis.Redis) -> None:
     stream = get_settings().broker.stream_name()
     backend = RedisBackend("redis", url=settings.REDIS_URL, key_prefix="")
-    fine, broker_stream, epoch = message("fine-results"), message(stream), message(f"{stream}:modalkit-epoch")
+    fine_queue = f"fine-{uuid.uuid4().hex[:8]}"
+    fine, broker_stream, epoch = message(fine_queue), message(stream), message(f"{stream}:modalkit-epoch")
     before = redis_client.exists(stream, f"{stream}:modalkit-epoch")
 
     outcomes = run_async(backend.asend_many, [fine, broker_stream, epoch])
@@ -226,4 +228,4 @@ def test_a_queue_whose_key_is_the_brokers_is_refused(run_async: Any, redis_clien
         assert "is the broker's" in str(outcomes[1])
         assert redis_client.exists(stream, f"{stream}:modalkit-epoch") == before
     finally:
-        redis_client.delete("fine-results")
+        redis_client.delete(fine_queue)
