@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -30,27 +29,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.submit import serve, stop  # noqa: E402
+from bench.submit import prepare, serve, stop  # noqa: E402
 
 DATABASE = os.environ.get("BENCH_FUZZ_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/modalkit_bench_fuzz")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def prepare(env: dict[str, str]) -> str:
-    """A fresh database, migrated, with the demo user; returns the user's API key.
-
-    As bench/submit.py's ``prepare``, on this run's database (that one is fixed to its own).
-    """
-    import psycopg
-
-    base, name = DATABASE.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        connection.execute(f'CREATE DATABASE "{name}"')
-    manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
-    output = subprocess.run([*manage, "demo_setup"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    return next(line for line in output.stdout.splitlines() if line.startswith("API key:")).removeprefix("API key: ")
 
 
 def seed_jobs(key: str) -> list[str]:
@@ -107,7 +89,7 @@ def main() -> None:
         "REDIS_URL": REDIS_URL,
         "BENCH_QUEUE": queue,
     }
-    key = prepare(env)
+    key = prepare(env, DATABASE)
     # This process writes the seeded jobs itself, on the same settings as the server.
     os.environ.update({name: env[name] for name in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "BENCH_QUEUE")})
     try:

@@ -141,12 +141,13 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def prepare(env: dict[str, str]) -> str:
-    """A fresh database, migrated, with a demo user; returns the user's API key."""
+def prepare(env: dict[str, str], database: str = DATABASE) -> str:
+    """A fresh ``database`` (the one ``env`` points at), migrated, with a demo user;
+    returns the user's API key."""
     import psycopg
 
-    name = DATABASE.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
+    base, name = database.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         connection.execute(f'CREATE DATABASE "{name}"')
     manage = [sys.executable, "manage.py"]

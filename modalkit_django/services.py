@@ -91,8 +91,7 @@ def submit_job(
     job from then is returned (``job.replayed`` is True) and nothing new is queued;
     with another request, :class:`IdempotencyConflict`.
     """
-    job = _new_job(message, model_name, success_queue, failure_queue, meta, owner, idempotency_key)
-    job.api_key_prefix = api_key_prefix
+    job = _new_job(message, model_name, success_queue, failure_queue, meta, owner, api_key_prefix, idempotency_key)
     if idempotency_key and (existing := _job_for_key(owner, idempotency_key, job.request_fingerprint)):
         return existing
     try:
@@ -136,8 +135,7 @@ async def asubmit_job(
             api_key_prefix=api_key_prefix,
             idempotency_key=idempotency_key,
         )
-    job = _new_job(message, model_name, success_queue, failure_queue, meta, owner, None)
-    job.api_key_prefix = api_key_prefix
+    job = _new_job(message, model_name, success_queue, failure_queue, meta, owner, api_key_prefix, None)
     return await get_intake().submit(job)
 
 
@@ -148,6 +146,7 @@ def _new_job(
     failure_queue: str,
     meta: dict[str, Any] | None,
     owner: Any,
+    api_key_prefix: str,
     idempotency_key: str | None,
 ) -> Job:
     """A queued job, not saved yet."""
@@ -161,6 +160,7 @@ def _new_job(
         failure_queue=failure_queue,
         meta=meta,
         owner=owner,
+        api_key_prefix=api_key_prefix,
         created_at=now,
         queued_at=now,
         enqueued_at=now,
