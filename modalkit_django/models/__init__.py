@@ -6,23 +6,28 @@ transitions between states are QuerySet verbs (``Job.objects.claim(...)``,
 ``QueueDelivery.objects.record(...)``), set-based, in :mod:`.jobs` and :mod:`.deliveries`.
 """
 
+from .batches import Batch
 from .deliveries import DeliveryPolicy, DeliveryQuerySet, QueueDelivery, SendResult
 from .job_transitions import JobQuerySet, Prediction
 from .jobs import Job
 from .keys import ApiKey
-from .states import FINISHED_JOB_STATUSES, JobStatus
+from .states import FINISHED_JOB_STATUSES, JobPriority, JobStatus
 from .sweeps import SweepState
+from .workers import WorkerHeartbeat
 
 __all__ = [
     "FINISHED_JOB_STATUSES",
     "ApiKey",
+    "Batch",
     "DeliveryPolicy",
     "DeliveryQuerySet",
     "Job",
+    "JobPriority",
     "JobQuerySet",
     "JobStatus",
     "Prediction",
     "QueueDelivery",
     "SendResult",
     "SweepState",
+    "WorkerHeartbeat",
 ]

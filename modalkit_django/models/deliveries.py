@@ -167,6 +167,10 @@ class QueueDelivery(models.Model):
         permissions = [("redeliver_queuedelivery", "Can redeliver results")]
         indexes = [
             models.Index(fields=["-created_at"], name="modalkit_delivery_created_idx"),
+            # The admin's filters, newest first.
+            models.Index(fields=["status", "-created_at"], name="modalkit_delivery_status_idx"),
+            models.Index(fields=["backend", "-created_at"], name="modalkit_delivery_backend_idx"),
+            models.Index(fields=["queue_name", "-created_at"], name="modalkit_delivery_queue_idx"),
             models.Index(
                 fields=["next_attempt_at"],
                 condition=Q(status__in=UNSENT_DELIVERY_STATUSES),

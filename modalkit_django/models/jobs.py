@@ -26,18 +26,22 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .job_transitions import JobQuerySet
-from .states import FINISHED_JOB_STATUSES, JobStatus
+from .states import FINISHED_JOB_STATUSES, JobPriority, JobStatus
 
 __all__ = ["Job"]
 
 
 class Job(models.Model):
     Status = JobStatus
+    Priority = JobPriority
     FINISHED = FINISHED_JOB_STATUSES
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     model_name = models.CharField(max_length=100)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    # Submitted as part of a batch (POST /async/predict/batch).
+    batch = models.ForeignKey("Batch", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
     message = models.JSONField(help_text="The validated model input.")
     meta = models.JSONField(default=dict, blank=True)
     success_queue = models.CharField(max_length=255, blank=True)
@@ -63,8 +67,15 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     # When the last wake-up message was sent; None: none is in flight, the sweep sends one.
     enqueued_at = models.DateTimeField(null=True, blank=True)
-    # Not before: set after a transient failure, for backoff.
+    # Not before: the request's run_after, or backoff after a transient failure.
     run_after = models.DateTimeField(null=True, blank=True)
+    # The request's deadline (or ttl): expired if not started by then. NULL: the global
+    # async_config timeout, counted from queued_at.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # What a running pipeline reported: progress from 0 to 1, and its partial outputs.
+    progress = models.FloatField(null=True, blank=True)
+    progress_message = models.CharField(max_length=255, blank=True)
+    partial_outputs = models.JSONField(default=list, blank=True)
     lease_token = models.UUIDField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     # The client's Idempotency-Key, and a hash of the request it came with.
@@ -85,6 +96,21 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["-created_at"], name="modalkit_job_created_idx"),
             models.Index(fields=["owner", "-created_at"], name="modalkit_job_owner_idx"),
+            # The admin's filters, newest first.
+            models.Index(fields=["status", "-created_at"], name="modalkit_job_status_idx"),
+            models.Index(fields=["model_name", "-created_at"], name="modalkit_job_model_idx"),
+            # Claiming: the queued jobs of a higher priority than a batch's, highest and oldest first.
+            models.Index(
+                fields=["-priority", "queued_at"],
+                condition=Q(status=JobStatus.QUEUED),
+                name="modalkit_job_priority_idx",
+            ),
+            # Expiry by the request's own deadline.
+            models.Index(
+                fields=["expires_at"],
+                condition=Q(status=JobStatus.QUEUED, expires_at__isnull=False),
+                name="modalkit_job_deadline_idx",
+            ),
             # The sweep's re-wake: failed wake-ups (NULL) first, then the oldest.
             models.Index(fields=["enqueued_at"], condition=Q(status=JobStatus.QUEUED), name="modalkit_job_queued_idx"),
             # Expiry, oldest first.
@@ -102,6 +128,7 @@ class Job(models.Model):
         ]
         constraints = [
             models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="modalkit_job_status_valid"),
+            models.CheckConstraint(condition=Q(priority__in=JobPriority.values), name="modalkit_job_priority_valid"),
             models.UniqueConstraint(
                 fields=["owner", "idempotency_key"],
                 condition=~Q(idempotency_key=""),

@@ -14,6 +14,7 @@ __all__ = [
     "UNSENT_DELIVERY_STATUSES",
     "DeliveryRoute",
     "DeliveryStatus",
+    "JobPriority",
     "JobStatus",
     "save_rows",
 ]
@@ -31,9 +32,19 @@ class JobStatus(models.TextChoices):
 FINISHED_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED)
 
 
+class JobPriority(models.IntegerChoices):
+    """Claiming takes higher levels first; stored as a number so that it sorts."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+
+
 class DeliveryRoute(models.TextChoices):
     SUCCESS = "success"
     FAILURE = "failure"
+    # A batch's completion message, sent once when its last job finishes.
+    BATCH = "batch"
 
 
 class DeliveryStatus(models.TextChoices):
