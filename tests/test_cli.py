@@ -17,6 +17,8 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.utils import timezone
 
+from modalkit_django import cli
+from modalkit_django.cli import ProgressReporter
 from modalkit_django.cli.arguments import format_age, parse_duration
 from modalkit_django.exceptions import PermanentDeliveryError, PipelineError
 from modalkit_django.models import Job, QueueDelivery, SendResult
@@ -327,9 +329,25 @@ def test_purge_deletes_old_finished_jobs_whose_results_went_out(states: dict[str
 
     out, err = run("purge", "--older-than", "1h", "--batch-size", "2")
     assert out.startswith("Purged 5 jobs finished before ")
-    assert err.splitlines() == ["Purged 2 jobs so far…", "Purged 4 jobs so far…"]
+    assert err.splitlines() == ["Purging jobs: 2 of 5", "Purging jobs: 4 of 5", "Purging jobs: 5 of 5"]
     assert not Job.objects.filter(id__in=[job.id for job in old_done]).exists()
     assert Job.objects.filter(id__in=[undelivered.id, old_queued.id, recent_done.id]).count() == 3
+
+
+PURGE_DEFAULTS = {"older_than": dt.timedelta(hours=1), "model": None, "dry_run": False, "json": False}
+
+
+def test_purge_draws_a_bar_on_a_terminal() -> None:
+    for _ in range(3):
+        aged(succeeded(), minutes=120)
+    stream = io.StringIO()
+    bar = ProgressReporter(stream, bar=True)
+    outcome = cli.run("purge", {**PURGE_DEFAULTS, "batch_size": 1}, progress=bar)
+    bar.close()
+    assert outcome.data["changed"] == 3
+    # tqdm redraws the line in place: its last state is the whole count, at 100 %.
+    assert "Purging jobs: 100%" in stream.getvalue()
+    assert "3/3" in stream.getvalue()
 
 
 def test_purge_by_model() -> None:

@@ -23,10 +23,11 @@ from typing import Any
 from . import actions, reports
 from .arguments import add_subcommands
 from .outcome import Outcome
+from .progress import Progress, ProgressReporter
 
-__all__ = ["SUBCOMMANDS", "Outcome", "add_subcommands", "run"]
+__all__ = ["SUBCOMMANDS", "Outcome", "Progress", "ProgressReporter", "add_subcommands", "run"]
 
-Handler = Callable[[dict[str, Any], Callable[[str], None]], Outcome]
+Handler = Callable[[dict[str, Any], Progress], Outcome]
 
 SUBCOMMANDS: dict[str, Handler] = {
     "health": reports.health,
@@ -39,6 +40,6 @@ SUBCOMMANDS: dict[str, Handler] = {
 }
 
 
-def run(subcommand: str, options: dict[str, Any], *, progress: Callable[[str], None]) -> Outcome:
+def run(subcommand: str, options: dict[str, Any], *, progress: Progress) -> Outcome:
     """Run ``subcommand`` with its parsed ``options``; ``progress`` hears about long work."""
     return SUBCOMMANDS[subcommand](options, progress)

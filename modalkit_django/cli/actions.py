@@ -12,10 +12,9 @@ from .. import services
 from ..models import Job, JobQuerySet
 from . import selection
 from .outcome import Outcome, by_status, counted
+from .progress import Progress
 
 __all__ = ["cancel", "purge", "redeliver", "retry"]
-
-Progress = Callable[[str], None]
 
 
 def cancel(options: dict[str, Any], progress: Progress) -> Outcome:
@@ -96,13 +95,15 @@ def purge(options: dict[str, Any], progress: Progress) -> Outcome:
         ]
         return Outcome(data, lines)
     batch_size = max(1, options["batch_size"])
+    # Counted once for the bar; a job finishing meanwhile is purged too, or next time.
+    planned = selection.would_purge(jobs, finished_before=finished_before).count()
     total = 0
     # A short batch means nothing is left, or the rest is locked (re-run or redelivered
     # at this moment) and stays anyway: stop there.
     while deleted := jobs.purge_finished(finished_before=finished_before, limit=batch_size):
         total += deleted
+        progress(total, max(planned, total), "Purging jobs")
         if deleted < batch_size:
             break
-        progress(f"Purged {counted(total, 'job')} so far…")
     data["changed"] = total
     return Outcome(data, [f"Purged {counted(total, 'job')} finished before {finished_before:%Y-%m-%d %H:%M:%S}."])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.db.models.fields.json import KT
@@ -13,10 +12,9 @@ from ..stats import job_stats
 from . import selection
 from .arguments import format_age
 from .outcome import Outcome
+from .progress import Progress
 
 __all__ = ["health", "jobs", "stats"]
-
-Progress = Callable[[str], None]
 
 
 def health(options: dict[str, Any], progress: Progress) -> Outcome:

@@ -22,7 +22,12 @@ class Command(BaseCommand):
         cli.add_subcommands(parser)
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
-        outcome = cli.run(subcommand, options, progress=self.stderr.write)
+        # A bar when stderr is a terminal, a line per step in a log.
+        progress = cli.ProgressReporter(self.stderr._out)
+        try:
+            outcome = cli.run(subcommand, options, progress=progress)
+        finally:
+            progress.close()
         if options["json"]:
             self.stdout.write(json.dumps(outcome.data, cls=DjangoJSONEncoder, indent=2))
         else:
