@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from tqdm import tqdm
 
@@ -21,7 +21,7 @@ class ProgressReporter:
     def __init__(self, stream: TextIO, *, bar: bool | None = None) -> None:
         self.stream = stream
         self.bar = stream.isatty() if bar is None else bar
-        self._tqdm: tqdm[None] | None = None
+        self._tqdm: tqdm[Any] | None = None
 
     def __call__(self, done: int, total: int, description: str) -> None:
         if not self.bar:

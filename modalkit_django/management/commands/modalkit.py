@@ -7,7 +7,7 @@ See :mod:`modalkit_django.cli`; ``manage.py modalkit --help`` lists the subcomma
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
@@ -22,8 +22,9 @@ class Command(BaseCommand):
         cli.add_subcommands(parser)
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
-        # A bar when stderr is a terminal, a line per step in a log.
-        progress = cli.ProgressReporter(self.stderr._out)
+        # A bar when stderr is a terminal, a line per step in a log. The raw stream: the
+        # wrapper would end each of tqdm's in-place redraws with a newline.
+        progress = cli.ProgressReporter(cast(TextIO, self.stderr._out))
         try:
             outcome = cli.run(subcommand, options, progress=progress)
         finally:
