@@ -128,7 +128,8 @@ def test_a_failing_queue_kills_the_delivery_visibly_then_redeliver_sends_it(
     assert "DeliveryError (HTTP 503): POST http://127.0.0.1" in page
 
     webhook_receiver.statuses.clear()  # fixed
-    admin_client.post(changelist, {"action": "redeliver", "_selected_action": [str(delivery.id)]})
+    # post=yes: what the action's confirmation page sends back.
+    admin_client.post(changelist, {"action": "redeliver", "_selected_action": [str(delivery.id)], "post": "yes"})
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("pending", 0)
     assert recording_waker.deliveries == [[delivery.id]]

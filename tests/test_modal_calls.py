@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -105,6 +106,18 @@ def test_a_call_id_is_not_stored_once_the_lease_is_gone(fake: Any) -> None:
     assert Job.objects.get(id=job.id).modal_call_id is None
 
 
+@pytest.mark.django_db(databases=["default", "embedded"])
+def test_call_ids_are_stored_the_same_way_on_sqlite() -> None:
+    embedded = Job.objects.db_manager("embedded")
+    held, lost = (embedded.create(model_name="sentiment", message={"text": "good"}) for _ in range(2))
+    [held] = embedded.claim([held.id], lease_seconds=30)
+    [lost] = embedded.claim([lost.id], lease_seconds=30)
+    embedded.filter(id=lost.id).update(lease_token=uuid.uuid4())  # reclaimed by another worker meanwhile
+    held.modal_call_id, lost.modal_call_id = "fc-held", "fc-lost"
+    assert embedded.attach_calls([held, lost]) == {held.id}
+    assert dict(embedded.values_list("id", "modal_call_id")) == {held.id: "fc-held", lost.id: None}
+
+
 # --- re-attach -------------------------------------------------------------------------------
 
 
@@ -191,7 +204,9 @@ def test_the_admin_cancel_action_reaches_modal(
     call_id = start_and_die(run_async, job)
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(
-            reverse("admin:modalkit_django_job_changelist"), {"action": "cancel_jobs", "_selected_action": [job.id]}
+            reverse("admin:modalkit_django_job_changelist"),
+            # post=yes: what the action's confirmation page sends back.
+            {"action": "cancel_jobs", "_selected_action": [job.id], "post": "yes"},
         )
     assert Job.objects.get(id=job.id).status == "canceled"
     assert fake.stats.cancelled_calls == [call_id]

@@ -1,0 +1,89 @@
+"""The queue deliveries: a read-only ledger, filtered through its indexes, and redeliver."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib import admin
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from .. import services
+from ..models import DeliveryQuerySet, QueueDelivery
+from .actions import by_status, confirm_first, count_by_status, report
+from .common import DeliveryError, ReadOnly, ScalableAdmin, pretty_json, status_badge
+from .filters import BackendFilter, QueueNameFilter
+
+__all__ = ["QueueDeliveryAdmin"]
+
+
+def _redelivers(status: str, rows: int, on_call: int) -> int:
+    return rows  # whatever its status: the stored payload is sent again
+
+
+@admin.register(QueueDelivery)
+class QueueDeliveryAdmin(ReadOnly, DeliveryError, ScalableAdmin):
+    list_display = [
+        "id", "job_link", "route", "queue_name", "backend", "status_badge",
+        "attempts", "last_error_short", "next_attempt_at", "sent_at", "created_at",
+    ]  # fmt: skip
+    # Each served by an index: (status | backend | queue_name, created_at), created_at.
+    list_filter = ["status", BackendFilter, "route", QueueNameFilter, "created_at"]
+    search_fields = ["=id"]  # see get_search_results
+    search_help_text = "A delivery id, a job id (its deliveries), or a message id."
+    sortable_by = ["created_at"]
+    # The job column shows job_id: no join, and the job's JSON is never read.
+    list_select_related = False
+    list_defer = ("payload",)
+    actions = ["redeliver"]
+    fields = readonly_fields = (
+        "id", "job_link", "route", "queue_name", "backend", "message_id", "status_badge", "attempts",
+        "redacted_error", "next_attempt_at", "sent_at", "external_id", "created_at", "payload_json",
+    )  # fmt: skip
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[QueueDelivery], search_term: str
+    ) -> tuple[QuerySet[QueueDelivery], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            wanted = uuid.UUID(term)
+        except ValueError:
+            # Message ids ("<job id>:success") are unique, so indexed.
+            return queryset.filter(message_id=term), False
+        return queryset.filter(Q(pk=wanted) | Q(job_id=wanted)), False
+
+    @admin.display(description="job")
+    def job_link(self, delivery: QueueDelivery) -> str:
+        url = reverse("admin:modalkit_django_job_change", args=[delivery.job_id])
+        return format_html('<a href="{}">{}</a>', url, delivery.job_id)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, delivery: QueueDelivery) -> str:
+        return status_badge(delivery.status)
+
+    @admin.display(description="last error")
+    def last_error_short(self, delivery: QueueDelivery) -> str:
+        # Redacted before it is cut, so that no part of a secret is left after the cut.
+        return self.redacted_error(delivery)[:80]
+
+    @admin.display(description="payload")
+    def payload_json(self, delivery: QueueDelivery) -> str:
+        return pretty_json(delivery.payload)
+
+    def has_redeliver_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("modalkit_django.redeliver_queuedelivery")
+
+    @admin.action(description="Redeliver the stored result (no new inference)", permissions=["redeliver"])
+    def redeliver(self, request: HttpRequest, queryset: DeliveryQuerySet) -> TemplateResponse | None:
+        if page := confirm_first(self, request, queryset, verb="redeliver", touches=_redelivers):
+            return page
+        counts = count_by_status(queryset, _redelivers)
+        count = services.redeliver_deliveries(queryset)
+        note = f" ({by_status(counts)})" if count and len(counts) > 1 else ""
+        report(self, request, f"Redelivering {count} message(s){note}.", [])
+        return None
