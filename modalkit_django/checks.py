@@ -40,6 +40,7 @@ from django.utils.module_loading import import_string
 from . import conf
 from .exceptions import ModalkitImproperlyConfigured
 from .inference.config import DEFAULT_APP_PREFIX, ModalkitConfig, unknown_keys
+from .metrics.checks import check_metrics
 
 __all__ = ["EXTRAS", "check_modalkit", "register"]
 
@@ -58,6 +59,7 @@ MINIMAL_CONFIG = "model_settings:\n  model_entries:\n    my_model: {}"
 
 def register() -> None:
     checks.register(check_modalkit, "modalkit")
+    checks.register(check_metrics, "modalkit")
 
 
 def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:

@@ -18,6 +18,8 @@ from taskiq import TaskiqState
 from .clients import inference_backends
 from .conf import get_settings, import_task_modules
 from .engine import get_engine
+from .heartbeats import Heartbeat
+from .metrics import process_exited
 from .queues import queues
 from .sweeper import run_sweeper
 
@@ -33,6 +35,9 @@ async def on_startup(state: TaskiqState) -> None:
     # First, so that a module that fails to import leaves no half-started loop behind.
     import_task_modules()
     state.modalkit_sweeper = asyncio.create_task(run_sweeper())
+    if get_settings().worker.record_heartbeats:
+        state.modalkit_heartbeat = Heartbeat()
+        state.modalkit_heartbeat.start()
     logger.info("modalkit worker started; sweeping every %ss", get_settings().worker.sweep_interval_seconds)
 
 
@@ -43,6 +48,10 @@ async def on_shutdown(state: TaskiqState) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
     await get_engine().drain(DRAIN_SECONDS)
+    heartbeat = getattr(state, "modalkit_heartbeat", None)
+    if heartbeat is not None:
+        await heartbeat.stop()  # after the drain, so the final counts include its sends
+    process_exited()
     await queues.aclose_all()
     await inference_backends.aclose_all()
     # The connections of Django's sync thread, where this worker's queries ran.

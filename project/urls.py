@@ -14,4 +14,6 @@ urlpatterns = [
     path("api/", api.urls),
     # /health (liveness) and /ready (readiness), for the load balancer and orchestrator.
     path("", include("modalkit_django.urls")),
+    # Prometheus; 404 unless MODALKIT["METRICS"]["ENABLED"].
+    path("metrics", include("modalkit_django.metrics.urls")),
 ]

@@ -33,7 +33,11 @@ MODALKIT = {
     "PIPELINE": os.environ.get("MODALKIT_TEST_PIPELINE", MODALKIT["PIPELINE"]),
     # The test process's embedded worker must not sweep under the tests' feet. Worker
     # subprocesses run with the shipped timers, or those a test gives them (JSON).
-    "WORKER": json.loads(os.environ.get("MODALKIT_TEST_WORKER", '{"SWEEP_INTERVAL_SECONDS": 3600}')),
+    # Nor write a heartbeat row that tests counting workers would see.
+    "WORKER": json.loads(
+        os.environ.get("MODALKIT_TEST_WORKER", '{"SWEEP_INTERVAL_SECONDS": 3600, "RECORD_HEARTBEATS": false}')
+    ),
+    "METRICS": json.loads(os.environ.get("MODALKIT_TEST_METRICS", "{}")),
     # Queue tests hand a worker subprocess the backends they configure in-process
     # (with override_settings), as JSON: aliases pointing at their loopback peers.
     "QUEUES": {**MODALKIT["QUEUES"], **json.loads(os.environ.get("MODALKIT_TEST_QUEUES", "{}"))},
