@@ -41,16 +41,23 @@ run: $(VENV)/.installed
 
 # Production serving: uvicorn, one process per core, the API on its lean path
 # (modalkit_django.asgi). Set DATABASE_URL, BROKER_URL and DJANGO_SECRET_KEY; run workers
-# beside it with `manage.py taskiq worker`.
+# beside it with `manage.py taskiq worker`. On Linux each process accepts on a socket of
+# its own (modalkit_django.serve, SO_REUSEPORT): with uvicorn's one shared socket, one
+# process took most keep-alive connections (bench/submit.py --servers uvicorn,uvicorn-reuseport).
 WEB_PROCESSES ?= $(shell nproc 2>/dev/null || echo 2)
+ifeq ($(shell uname -s),Linux)
+SERVER := $(PY) -m modalkit_django.serve project.asgi:application --processes $(WEB_PROCESSES)
+else
+SERVER := $(PY) -m uvicorn project.asgi:application --workers $(WEB_PROCESSES)
+endif
 serve: $(VENV)/.installed-extras
 	$(PY) manage.py migrate --noinput
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-0} $(PY) -m uvicorn project.asgi:application --host $${HOST:-127.0.0.1} --port $(PORT) \
-		--workers $(WEB_PROCESSES) --no-access-log
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-0} $(SERVER) --host $${HOST:-127.0.0.1} --port $(PORT) --no-access-log
 
 # The suite, after the static checks (ruff, mypy, migrations) that CI holds it to.
 test: lint
 	scripts/ensure-services
+	scripts/ensure-browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The whole suite again on the oldest supported row (CI runs it after `make test`).
@@ -62,6 +69,7 @@ $(OLDEST)/.installed: requirements.txt requirements-extras.txt requirements-dev.
 
 test-oldest: $(OLDEST)/.installed
 	scripts/ensure-services
+	scripts/ensure-browser
 	$(OLDEST)/bin/python -m pytest --no-cov $(PYTEST_ARGS)
 
 # Faults caused for real with the shipped timers (minutes): kills workers, Redis, PostgreSQL
@@ -87,3 +95,17 @@ FUZZ_CASES ?= 10000
 fuzz: $(VENV)/.installed-dev
 	scripts/ensure-services
 	$(PY) bench/fuzz.py --cases $(FUZZ_CASES)
+
+# The README's admin screenshots (docs/screenshots/), taken by the browser tests in Chromium.
+.PHONY: screenshots
+screenshots: $(VENV)/.installed-dev
+	scripts/ensure-services
+	scripts/ensure-browser
+	MODALKIT_SCREENSHOTS=docs/screenshots $(PY) -m pytest --no-cov -q tests/test_browser.py $(PYTEST_ARGS)
+
+# The admin at 1,000,000 jobs and 1,000,000 deliveries: seeds its own database once
+# (modalkit_bench_admin, about a minute), then prints the median time of each page.
+.PHONY: bench-admin
+bench-admin: $(VENV)/.installed-dev
+	scripts/ensure-services
+	$(PY) bench/admin_scale.py

@@ -1,4 +1,4 @@
-"""The service as its users run it, as processes: uvicorn and workers on a PostgreSQL and a
+"""The service as its users run it, as processes: the web server (`make serve`) and workers on a PostgreSQL and a
 Redis of its own, which tests may stop, kill and start again."""
 
 from __future__ import annotations
@@ -78,10 +78,11 @@ class Stack:
         return self.spawn("worker", "taskiq", "worker", "--workers", "1", "--log-level", "WARNING", **env)
 
     def start_server(self, processes: int = 1) -> None:
-        """The production server (`make serve`): uvicorn, with the API on its lean path."""
+        """The production server (`make serve`): uvicorn processes with a socket each
+        (modalkit_django.serve), the API on its lean path."""
         self.spawn(
-            "server", "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", str(processes), "--no-access-log",
+            "server", "-m", "modalkit_django.serve", "project.asgi:application", "--host", "127.0.0.1",
+            "--port", str(self.port), "--processes", str(processes), "--no-access-log",
         )  # fmt: skip
         with self.client() as client:
             deadline = time.monotonic() + 30
