@@ -20,6 +20,7 @@ admin, your pages) is Django's handler with your ``MIDDLEWARE``, unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 from contextlib import closing
@@ -76,8 +77,36 @@ class ApiHandler(ASGIHandler):
                 # SecurityMiddleware's checks and headers are plain computation: no hop needed.
                 response = self._security.process_request(request) or await self.get_response_async(request)
                 response = self._security.process_response(request, cast(HttpResponse, response))
-            await self.send_response(response, send)
+            if response.streaming:
+                # A stream (GET /jobs/{id}/events) must end when its client goes away: the
+                # server drops what is sent after that without a word.
+                await _send_until_disconnect(self.send_response(response, send), receive)
+            else:
+                await self.send_response(response, send)
             response.close()  # sends request_finished
+
+
+async def _send_until_disconnect(sending: Any, receive: Any) -> None:
+    """Await ``sending`` in this task; a disconnect cancels it (the stream stops polling)."""
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def listen() -> None:
+        nonlocal gone
+        if (await receive())["type"] == "http.disconnect":
+            gone = True
+            current.cancel()
+
+    listener = asyncio.ensure_future(listen())
+    try:
+        await sending
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        current.uncancel()
+    finally:
+        listener.cancel()
 
 
 def _json_error(status: int, detail: str) -> HttpResponse:

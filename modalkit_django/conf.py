@@ -17,6 +17,7 @@ A complete ``MODALKIT`` setting, with the defaults::
         "DELIVERY": {...},                      # see DeliverySettings
         "WORKER": {...},                        # see WorkerSettings
         "API": {"KEY_CACHE_SECONDS": 5},        # see ApiSettings
+        "METRICS": {"ENABLED": False, "TOKEN": None},  # the Prometheus endpoint
         "MESSAGE_FORMAT": "extended",           # "modalkit": ModalKit's messages, no extra fields
     }
 """
@@ -125,6 +126,8 @@ class WorkerSettings(_Setting):
     # runs, so only a dead worker's jobs are reclaimed, about this long after it died.
     lease_seconds: float = Field(default=30.0, gt=0)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # Keep this process's WorkerHeartbeat row (beaten every HEARTBEAT_SECONDS) for the admin.
+    record_heartbeats: bool = True
     # How long one batch's inference may take; None: deployment_config.timeout of modalkit.yaml.
     inference_timeout_seconds: float | None = Field(default=None, gt=0)
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
@@ -139,6 +142,8 @@ class WorkerSettings(_Setting):
     sweep_limit: int = Field(default=500, ge=1)
     # How long a batch waits for the database to come back before it gives up.
     database_retry_seconds: float = Field(default=60.0, ge=0)
+    # Partial outputs a generator pipeline's job keeps; later ones are not stored.
+    max_partial_outputs: int = Field(default=1000, ge=0)
 
 
 class ApiSettings(_Setting):
@@ -154,6 +159,18 @@ class ApiSettings(_Setting):
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
     max_queued_jobs: int | None = Field(default=None, ge=1)
     rate_limit_cache: str = "default"
+    # Items per POST /async/predict/batch at most; the body must also fit in
+    # DATA_UPLOAD_MAX_MEMORY_SIZE (Django's default, 2.5 MB, holds 1,000 short messages).
+    max_batch_items: int = Field(default=1000, ge=1, le=100_000)
+    # How long GET /jobs/{id}/events streams before it ends (the client reconnects).
+    events_max_seconds: float = Field(default=3600.0, gt=0)
+
+
+class MetricsSettings(_Setting):
+    # Off by default: the endpoint 404s and recording costs one cached settings lookup.
+    enabled: bool = False
+    # None: anyone who can reach the URL may scrape; else "Authorization: Bearer <TOKEN>".
+    token: str | None = Field(default=None, min_length=16)
 
 
 class ModalkitSettings(_Setting):
@@ -171,6 +188,7 @@ class ModalkitSettings(_Setting):
     delivery: DeliverySettings = DeliverySettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
+    metrics: MetricsSettings = MetricsSettings()
     # What lands on the queues: ModalKit's messages plus job_id, model_name, timestamp…
     # ("extended"), or exactly ModalKit's, for consumers that forbid extra fields.
     message_format: Literal["extended", "modalkit"] = "extended"

@@ -28,6 +28,8 @@ from asgiref.sync import sync_to_async
 from django.db import InterfaceError, OperationalError, connections
 from django.utils import timezone
 
+from . import metrics
+from .batches import complete_batches
 from .batching import JobBatcher
 from .clients import Prediction, get_inference_backend
 from .clients.base import DetachedCalls
@@ -36,7 +38,9 @@ from .detached import predict_detached
 from .exceptions import InferenceError, InferenceTimeout
 from .messages import deliveries_for, message_for
 from .models import Job, QueueDelivery, SendResult
+from .models.job_progress import ProgressReport
 from .queues import queues
+from .streaming import predict_streaming, streams
 
 __all__ = ["Engine", "forget_engines", "get_engine", "run_db"]
 
@@ -85,16 +89,23 @@ def _claim(job_ids: Sequence[str]) -> list[Job]:
 
 def _finish(results: list[tuple[Job, Prediction]]) -> list[QueueDelivery]:
     worker = get_settings().worker
-    return Job.objects.finish(
+    deliveries = Job.objects.finish(
         results,
         max_attempts=worker.max_attempts,
         retry_backoff_seconds=worker.retry_backoff_seconds,
         deliveries_for=lambda finished: deliveries_for(finished, timezone.now(), sent_by_caller=True),
     )
+    # Once the finish committed, a batch whose last job this was is complete (the sweep
+    # completes those that two workers, each finishing one of its last jobs, left to the other).
+    return deliveries + complete_batches({job.batch_id for job, _ in results if job.batch_id and job.is_finished})
 
 
 async def _store_calls(jobs: list[Job]) -> set[uuid.UUID]:
     return await run_db(Job.objects.attach_calls, jobs)
+
+
+async def _write_progress(reports: list[ProgressReport], token: uuid.UUID) -> set[uuid.UUID]:
+    return await run_db(Job.objects.report_progress, reports, token=token)
 
 
 def _record(results: list[SendResult]) -> None:
@@ -114,6 +125,8 @@ class Engine:
         self._leases: set[uuid.UUID] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        # What this loop has done, for its worker's heartbeat row (see heartbeats.py).
+        self.jobs_done = self.deliveries_sent = self.in_flight = 0
 
     async def run_job(self, job_id: str) -> None:
         """Run one job, batched with whatever else this event loop is running now."""
@@ -127,11 +140,17 @@ class Engine:
         token = jobs[0].lease_token
         assert token is not None
         self._hold(token)
+        self.in_flight += len(jobs)
         try:
+            started = time.monotonic()
             predictions = await self.predict(jobs)
+            inference_seconds = time.monotonic() - started
             deliveries = await run_db(_finish, list(zip(jobs, predictions, strict=True)))
         finally:
             self._leases.discard(token)
+            self.in_flight -= len(jobs)
+        self.jobs_done += sum(job.is_finished for job in jobs)
+        metrics.jobs_finished(jobs, inference_seconds=inference_seconds)
         if deliveries:
             # Off the batch slot: a slow queue must not hold up the next batch's inference.
             task = asyncio.create_task(self.send(deliveries, timeout=get_settings().delivery.inline_timeout_seconds))
@@ -145,6 +164,12 @@ class Engine:
         stored on the job (see :mod:`.detached`).
         """
         backend = get_inference_backend()
+        if (streaming := streams(backend)) is not None:
+            # A generator pipeline: one stream per job, its progress written as it comes.
+            return await predict_streaming(
+                streaming, jobs, deadline=inference_timeout(), write=_write_progress,
+                max_outputs=get_settings().worker.max_partial_outputs,
+            )  # fmt: skip
         if isinstance(backend, DetachedCalls):
             return await predict_detached(backend, jobs, deadline=inference_timeout(), store=_store_calls)
         by_model: defaultdict[str, list[int]] = defaultdict(list)
@@ -197,7 +222,10 @@ class Engine:
             ]
 
         grouped = await asyncio.gather(*(send_alias(alias, group) for alias, group in by_alias.items()))
-        await run_db(_record, [result for results in grouped for result in results])
+        results = [result for results in grouped for result in results]
+        await run_db(_record, results)
+        self.deliveries_sent += sum(result.error is None for result in results)
+        metrics.deliveries_attempted(results)
 
     async def deliver(self, delivery_id: str) -> None:
         """Send one delivery that is due again (a retry, a redelivery, a cancellation notice)."""

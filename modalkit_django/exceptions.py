@@ -6,6 +6,7 @@
     ├── ModalkitImproperlyConfigured    also a django ImproperlyConfigured
     ├── UnknownModel                    model_name is not in model_entries        → 404
     ├── JobNotFound                     no such job for this owner                → 404
+    ├── BatchNotFound                   no such batch for this owner              → 404
     ├── InvalidJobState                 e.g. cancelling a finished job            → 409
     ├── IdempotencyConflict             a reused Idempotency-Key, another request → 409
     ├── InferenceError                  the model did not produce an output
@@ -29,6 +30,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 __all__ = [
+    "BatchNotFound",
     "DeliveryError",
     "IdempotencyConflict",
     "InferenceAuthError",
@@ -76,11 +78,19 @@ class InvalidJobState(ModalkitError):
         super().__init__(f"Cannot {action} job {job_id}: it is {status}")
 
 
+class BatchNotFound(ModalkitError):
+    def __init__(self, batch_id: object) -> None:
+        self.batch_id = batch_id
+        super().__init__(f"Batch {batch_id} not found")
+
+
 class IdempotencyConflict(ModalkitError):
-    def __init__(self, key: str, job_id: object) -> None:
+    def __init__(self, key: str, job_id: object, *, what: str = "job") -> None:
         self.key = key
         self.job_id = job_id
-        super().__init__(f"Idempotency-Key {key!r} was used for job {job_id} with a different request; use a new key")
+        super().__init__(
+            f"Idempotency-Key {key!r} was used for {what} {job_id} with a different request; use a new key"
+        )
 
 
 class InferenceError(ModalkitError):

@@ -22,10 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from . import metrics
 from .models import Job
 from .wakeups import get_waker
 
-__all__ = ["Intake", "close_connections", "get_intake"]
+__all__ = ["Intake", "close_connections", "committed", "get_intake"]
 
 # Rows per INSERT at most; a larger backlog goes in several, back to back.
 MAX_BATCH = 500
@@ -80,7 +81,16 @@ class Intake:
             for _, done in batch:
                 if not done.done():
                     done.set_result(None)
-            get_waker().wake_jobs([job.id for job in jobs])
+            committed(jobs)
+
+
+def committed(jobs: Sequence[Job]) -> None:
+    """After a submit's jobs are committed (here, or by ``services.submit_job``): count them,
+    and wake workers for those due now."""
+    metrics.jobs_submitted(job.model_name for job in jobs)
+    # A job whose run_after is ahead has no wake-up (enqueued_at None): the sweep sends it once due.
+    if due := [job.id for job in jobs if job.enqueued_at is not None]:
+        get_waker().wake_jobs(due)
 
 
 _intakes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Intake] = weakref.WeakKeyDictionary()

@@ -12,9 +12,19 @@ import uuid
 from typing import Annotated, Any
 
 from ninja import Schema
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from .models.states import DeliveryRoute, DeliveryStatus, JobStatus
+from .scheduling import MAX_AHEAD, PriorityName, Schedule, priority_name
 from .validators import json_problem
 
 __all__ = [
@@ -23,6 +33,7 @@ __all__ = [
     "ErrorOut",
     "JobAccepted",
     "JobError",
+    "ScheduledRequest",
     "ServerErrorOut",
     "ValidationErrorOut",
     "async_request_schema",
@@ -113,10 +124,25 @@ class _JobBase(Schema):
     success_queue: str
     failure_queue: str
     attempts: int
+    priority: PriorityName
+    run_after: dt.datetime | None = Field(description="Not before: the request's run_after, or a retry's backoff.")
+    expires_at: dt.datetime | None = Field(
+        description="Expires unless started by then (deadline or ttl); null: the service's default timeout."
+    )
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     deliveries: list[DeliveryOut]
+    progress: float | None = Field(description="How far the running pipeline said it was, from 0 to 1.")
+    progress_message: str = Field(description="What the pipeline said with its last progress.")
+    partial_outputs: list[dict[str, Any]] = Field(
+        description="What a streaming pipeline yielded so far, in order; GET /jobs/{id}/events streams them."
+    )
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_name(cls, value: Any) -> Any:
+        return priority_name(value) if isinstance(value, int) else value
 
 
 class _StrictSchema(Schema):
@@ -132,6 +158,34 @@ class _StrictSchema(Schema):
         return value
 
 
+class ScheduledRequest(_StrictSchema):
+    """The scheduling fields of a request that queues jobs (see :mod:`.scheduling`)."""
+
+    priority: PriorityName = Field(
+        default="normal", description="Claimed ahead of queued jobs of lower priority, however many."
+    )
+    run_after: AwareDatetime | None = Field(
+        default=None, description=f"Not before this time (with a time zone; at most {MAX_AHEAD.days} days ahead)."
+    )
+    deadline: AwareDatetime | None = Field(
+        default=None, description="Expire, with a failure message, if not started by then. Not with ttl."
+    )
+    ttl: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_AHEAD.total_seconds(),
+        description="Seconds to wait for a worker, from run_after or the submit; then as deadline. Not with deadline.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScheduledRequest:
+        self.schedule()  # its ValueError is the 422
+        return self
+
+    def schedule(self) -> Schedule:
+        return Schedule(priority=self.priority, run_after=self.run_after, deadline=self.deadline, ttl=self.ttl)
+
+
 def sync_request_schema(input_model: type[BaseModel]) -> type[Schema]:
     """ModalKit's ``SyncInputModel`` for this pipeline: unknown fields are rejected."""
     schema: type[Schema] = create_model("PredictRequest", __base__=_StrictSchema, message=(input_model, ...))
@@ -142,7 +196,7 @@ def async_request_schema(input_model: type[BaseModel]) -> type[Schema]:
     """ModalKit's ``AsyncInputModel`` for this pipeline: unknown fields are rejected."""
     schema: type[Schema] = create_model(
         "AsyncPredictRequest",
-        __base__=_StrictSchema,
+        __base__=ScheduledRequest,
         message=(input_model, ...),
         success_queue=(QueueName, ""),
         failure_queue=(QueueName, ""),

@@ -25,9 +25,10 @@ from django.utils import timezone
 from .clients import cancel_calls
 from .conf import get_settings, resolve_model
 from .exceptions import IdempotencyConflict, InvalidJobState, JobNotFound
-from .intake import get_intake
+from .intake import committed, get_intake
 from .messages import deliveries_for
 from .models import ApiKey, DeliveryQuerySet, Job, JobQuerySet, QueueDelivery
+from .scheduling import Schedule
 from .threads import run_sync
 from .wakeups import get_waker
 
@@ -84,14 +85,17 @@ def submit_job(
     owner: Any = None,
     api_key_prefix: str = "",
     idempotency_key: str | None = None,
+    schedule: Schedule | None = None,
 ) -> Job:
-    """Store a queued job; a worker is woken once the transaction commits.
+    """Store a queued job; a worker is woken once the transaction commits (a scheduled one, once due).
 
     With an ``idempotency_key`` the owner already used for the same request, the
     job from then is returned (``job.replayed`` is True) and nothing new is queued;
     with another request, :class:`IdempotencyConflict`.
     """
-    job = _new_job(message, model_name, success_queue, failure_queue, meta, owner, api_key_prefix, idempotency_key)
+    job = _new_job(
+        message, model_name, success_queue, failure_queue, meta, owner, api_key_prefix, idempotency_key, schedule
+    )
     if idempotency_key and (existing := _job_for_key(owner, idempotency_key, job.request_fingerprint)):
         return existing
     try:
@@ -103,7 +107,7 @@ def submit_job(
         if replay is None:
             raise
         return replay
-    transaction.on_commit(partial(get_waker().wake_jobs, [job.id]))
+    transaction.on_commit(partial(committed, [job]))
     return job
 
 
@@ -117,6 +121,7 @@ async def asubmit_job(
     owner: Any = None,
     api_key_prefix: str = "",
     idempotency_key: str | None = None,
+    schedule: Schedule | None = None,
 ) -> Job:
     """:func:`submit_job` for async code: jobs submitted together are inserted together.
 
@@ -134,8 +139,9 @@ async def asubmit_job(
             owner=owner,
             api_key_prefix=api_key_prefix,
             idempotency_key=idempotency_key,
+            schedule=schedule,
         )
-    job = _new_job(message, model_name, success_queue, failure_queue, meta, owner, api_key_prefix, None)
+    job = _new_job(message, model_name, success_queue, failure_queue, meta, owner, api_key_prefix, None, schedule)
     return await get_intake().submit(job)
 
 
@@ -148,12 +154,15 @@ def _new_job(
     owner: Any,
     api_key_prefix: str,
     idempotency_key: str | None,
+    schedule: Schedule | None = None,
 ) -> Job:
     """A queued job, not saved yet."""
     model_name = resolve_model(model_name)
     meta = meta or {}
+    schedule = schedule or Schedule()
     now = timezone.now()
-    return Job(
+    request = (message, success_queue, failure_queue, meta, *schedule.fingerprint())
+    job = Job(
         model_name=model_name,
         message=message,
         success_queue=success_queue,
@@ -165,10 +174,10 @@ def _new_job(
         queued_at=now,
         enqueued_at=now,
         idempotency_key=idempotency_key or "",
-        request_fingerprint=_fingerprint(model_name, message, success_queue, failure_queue, meta)
-        if idempotency_key
-        else "",
+        request_fingerprint=_fingerprint(model_name, *request) if idempotency_key else "",
     )
+    schedule.apply(job, now)
+    return job
 
 
 def _fingerprint(model_name: str, *request: Any) -> str:

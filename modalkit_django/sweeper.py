@@ -6,12 +6,20 @@ the others skip. A sweep, oldest rows first and a bounded number of each per pas
 
 1. running jobs whose lease expired (their worker died) go back to the queue, or fail
    once out of attempts (their Modal call, if any, is cancelled);
-2. queued jobs that waited longer than ``async_config.timeout`` expire (likewise);
-3. queued jobs with no wake-up in flight get one: those whose wake-up failed, all of
-   them after the broker lost its messages (its epoch changed), and any nobody claimed
-   within ``WORKER["REQUEUE_AFTER_SECONDS"]``;
-4. deliveries that are due are handed to the delivery task;
-5. finished jobs older than ``async_config.result_ttl`` are deleted, in chunks.
+2. queued jobs past their own deadline (``expires_at``: the request's ``deadline`` or
+   ``ttl``), and those without one that waited longer than ``async_config.timeout``,
+   expire (likewise);
+3. queued jobs with no wake-up in flight get one: those whose wake-up failed or that
+   were scheduled (``run_after``) and are now due, all of them after the broker lost its
+   messages (its epoch changed), and any nobody claimed within
+   ``WORKER["REQUEUE_AFTER_SECONDS"]``. A scheduled job therefore starts at most about
+   one ``SWEEP_INTERVAL_SECONDS`` (1.2 times that with the jitter) after its ``run_after``, when a
+   worker is free;
+4. deliveries that are due are handed to the delivery task, batches' completion messages
+   among them (a batch whose last jobs ended here, or in two workers at once, is
+   completed just before);
+5. finished jobs older than ``async_config.result_ttl`` are deleted, in chunks (and the
+   batches left with none).
 """
 
 from __future__ import annotations
@@ -29,11 +37,13 @@ from dataclasses import dataclass, field
 from django.db import transaction
 from django.utils import timezone
 
+from . import metrics
+from .batches import complete_done_batches
 from .clients import acancel_calls
 from .conf import get_config, get_settings
 from .engine import run_db
 from .messages import deliveries_for
-from .models import Job, QueueDelivery, SweepState
+from .models import Batch, Job, QueueDelivery, SweepState
 from .wakeups import get_waker
 
 __all__ = ["SweepResult", "run_sweeper", "sweep", "sweep_once", "worker_name"]
@@ -101,6 +111,8 @@ def sweep(*, worker: str, broker_epoch: str | None) -> SweepResult | None:
     try:
         _reclaim(result)
         _expire(result)
+        # Batches whose last jobs just ended: their completion messages are due now, sent below.
+        complete_done_batches(limit=settings.sweep_limit)
         woken_before = now - dt.timedelta(seconds=settings.requeue_after_seconds)
         if epoch_since is not None:
             woken_before = max(woken_before, epoch_since)
@@ -133,9 +145,8 @@ def _reclaim(result: SweepResult) -> None:
 
 
 def _expire(result: SweepResult) -> None:
+    # Jobs past their own deadline expire even when the global timeout is off (None).
     timeout = get_config().app_settings.async_config.timeout
-    if timeout is None:
-        return
     with transaction.atomic():
         expired = Job.objects.expire_waiting(timeout=timeout, limit=get_settings().worker.sweep_limit)
         QueueDelivery.objects.bulk_create(deliveries_for(expired, timezone.now(), sent_by_caller=False))
@@ -154,6 +165,7 @@ def _purge(result: SweepResult) -> None:
         result.purged += purged
         if purged < limit:
             break
+    Batch.objects.purge_emptied(completed_before=cutoff, limit=limit)
 
 
 async def sweep_once(*, worker: str | None = None) -> SweepResult | None:
@@ -166,6 +178,7 @@ async def sweep_once(*, worker: str | None = None) -> SweepResult | None:
         epoch = None
     result = await run_db(sweep, worker=worker or worker_name(), broker_epoch=epoch)
     if result is not None:
+        metrics.sweep_actions(result.summary())
         if result.jobs_to_wake:
             await waker.awake_jobs(result.jobs_to_wake)
         if result.deliveries_to_send:

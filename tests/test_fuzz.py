@@ -79,6 +79,7 @@ class Report:
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     findings: dict[tuple[str, ...], Finding] = field(default_factory=dict)
     job_ids: dict[str, None] = field(default_factory=dict)  # ordered: the run stays deterministic
+    batch_ids: dict[str, None] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
     def record(self, case: Any, status: int, failures: list[Failure], body: Any = None) -> None:
@@ -113,8 +114,10 @@ class Report:
         found.count += 1
 
     def _harvest(self, body: Any) -> None:
-        """Remember the caller's job ids, to ask about real jobs and not only made-up ones."""
+        """Remember the caller's job and batch ids, to ask about real ones and not only made-up ones."""
         if isinstance(body, dict):
+            if isinstance(body.get("batch_id"), str):
+                self.batch_ids[body["batch_id"]] = None
             for job in [body, *(body.get("jobs") or [])]:
                 if isinstance(job, dict) and isinstance(job.get("job_id"), str):
                     self.job_ids[job["job_id"]] = None
@@ -164,8 +167,8 @@ def fuzz(
     # Reproductions show the headers as sent (the key is replaced by REPRODUCE_HEADERS).
     schema.config.output.sanitization.enabled = False
     operations = [result.ok() for result in schema.get_all_operations()]
-    # Operations without a job id first: their answers give the others real ids to ask about.
-    operations.sort(key=lambda operation: "{job_id}" in operation.path)
+    # Operations without a job or batch id first: their answers give the others real ids to ask about.
+    operations.sort(key=lambda operation: "{job_id}" in operation.path or "{batch_id}" in operation.path)
     call = send or (lambda case, sent: case.call(headers=sent))
     target = report.cases + cases
     # Hypothesis stops early where an operation leaves little to vary: top up with the next seed.
@@ -176,18 +179,20 @@ def fuzz(
         per_run = math.ceil(remaining / (len(operations) * (len(GenerationMode) + WRONG_KEY_SHARE)))
         for operation in operations:
             for mode in GenerationMode:
-                strategy = _strategy(operation, mode, list(report.job_ids))
+                known = {"job_id": list(report.job_ids), "batch_id": list(report.batch_ids)}
+                strategy = _strategy(operation, mode, known)
                 _run(strategy, per_run, seed_value + attempt, call, dict(headers), report)
             wrong_key = math.ceil(per_run * WRONG_KEY_SHARE)
             _run(operation.as_strategy(), wrong_key, seed_value + attempt, call, WRONG_KEY, report)
     return report
 
 
-def _strategy(operation: Any, mode: GenerationMode, job_ids: list[str]) -> st.SearchStrategy[Any]:
+def _strategy(operation: Any, mode: GenerationMode, known_ids: dict[str, list[str]]) -> st.SearchStrategy[Any]:
     generated = operation.as_strategy(generation_mode=mode)
-    if not (mode.is_positive and job_ids and "{job_id}" in operation.path):
+    name = next((name for name, ids in known_ids.items() if ids and f"{{{name}}}" in operation.path), None)
+    if not (mode.is_positive and name):
         return generated
-    known = st.sampled_from(job_ids).flatmap(lambda job_id: operation.as_strategy(path_parameters={"job_id": job_id}))
+    known = st.sampled_from(known_ids[name]).flatmap(lambda value: operation.as_strategy(path_parameters={name: value}))
     return st.one_of(generated, known)
 
 

@@ -71,7 +71,16 @@ def test_the_wheel_holds_the_app_only(dist: Path) -> None:
     assert "django<6.2,>=5.2" in [requirement.lower() for requirement in requirements]
     pinned = [text for text in requirements if any(spec.operator == "==" for spec in Requirement(text).specifier)]
     assert pinned == []  # ranges a host project's own pins fit in
-    assert set(metadata.get_all("Provides-Extra") or []) == {"redis", "sqs", "modal", "webhook", "postgres", "all"}
+    assert set(metadata.get_all("Provides-Extra") or []) == {
+        "redis",
+        "sqs",
+        "modal",
+        "webhook",
+        "postgres",
+        "metrics",
+        "serve",
+        "all",
+    }
 
 
 def test_the_sdist_holds_the_app_and_its_documents(dist: Path) -> None:

@@ -7,17 +7,31 @@ for a queue the key was not granted, 429 with ``Retry-After`` for a limit reache
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from django.core.cache import caches
 from ninja.errors import HttpError
+from ninja.params import functions as param
 
 from ..conf import get_settings
 from ..models import Job
 from ..models.keys import queue_allowed
+from ..schemas import NO_NUL
 from ..threads import run_sync
 from .auth import Caller
 
-__all__ = ["TooManyRequests", "admit"]
+__all__ = ["TooManyRequests", "admit", "idempotency_key_header"]
+
+
+def idempotency_key_header(what: str) -> Any:
+    """The ``Idempotency-Key`` header of a submit that queues ``what`` ("job", "batch")."""
+    return param.Header(
+        None,
+        alias="Idempotency-Key",
+        max_length=255,
+        pattern=NO_NUL,
+        description=f"Repeat a request safely: the same key and body return the first {what}.",
+    )
 
 
 class TooManyRequests(HttpError):
@@ -26,9 +40,9 @@ class TooManyRequests(HttpError):
         self.retry_after = retry_after
 
 
-async def admit(caller: Caller, queue_names: tuple[str, ...]) -> None:
-    """Refuse the submit unless ``caller`` may send to every one of ``queue_names`` and
-    is within its rate limit and its cap on waiting jobs."""
+async def admit(caller: Caller, queue_names: tuple[str, ...], *, jobs: int = 1) -> None:
+    """Refuse the submit of ``jobs`` jobs (a batch submits many) unless ``caller`` may send
+    to every one of ``queue_names`` and is within its rate limit and its cap on waiting jobs."""
     for name in queue_names:
         if not queue_allowed(name, caller.allowed_queues):
             # The name is the client's own (printed with repr: no control characters reach
@@ -39,15 +53,20 @@ async def admit(caller: Caller, queue_names: tuple[str, ...]) -> None:
     settings = get_settings().api
     per_minute = caller.rate_limit or settings.rate_limit_per_minute
     if per_minute:
-        await _count_submit(caller, per_minute, settings.rate_limit_cache)
+        await _count_submit(caller, per_minute, settings.rate_limit_cache, jobs)
     cap = caller.max_queued_jobs or settings.max_queued_jobs
     if cap:
         waiting = await run_sync(_waiting_jobs, caller, cap)
-        if waiting >= cap:
-            raise TooManyRequests(f"This API key has {waiting} jobs waiting, its limit; retry when they have run.", 5)
+        if waiting + jobs > cap:
+            message = (
+                f"This API key may have {cap} jobs waiting; {waiting} are, and this batch has {jobs}."
+                if jobs > 1
+                else f"This API key has {waiting} jobs waiting, its limit; retry when they have run."
+            )
+            raise TooManyRequests(message, 5)
 
 
-async def _count_submit(caller: Caller, per_minute: int, cache_alias: str) -> None:
+async def _count_submit(caller: Caller, per_minute: int, cache_alias: str, jobs: int) -> None:
     """A fixed one-minute window per key, counted in a Django cache (shared across
     processes when the cache is, e.g. Redis)."""
     now = time.time()
@@ -55,7 +74,7 @@ async def _count_submit(caller: Caller, per_minute: int, cache_alias: str) -> No
     key = f"modalkit:submits:{caller.key_prefix or caller.key_name}:{window}"
     cache = caches[cache_alias]
     await cache.aadd(key, 0, timeout=61)
-    if await cache.aincr(key) > per_minute:
+    if await cache.aincr(key, jobs) > per_minute:
         retry_after = max(1, int((window + 1) * 60 - now) + 1)
         message = f"This API key may submit {per_minute} jobs a minute; retry in {retry_after} s."
         raise TooManyRequests(message, retry_after)

@@ -22,6 +22,7 @@ from ninja import NinjaAPI
 from ninja.errors import HttpError
 
 from ..exceptions import (
+    BatchNotFound,
     IdempotencyConflict,
     InferenceAuthError,
     InferenceError,
@@ -48,6 +49,7 @@ RETRY_AFTER_SECONDS = 5
 _STATUS_FOR_ERROR: tuple[tuple[type[ModalkitError], int], ...] = (
     (UnknownModel, 404),
     (JobNotFound, 404),
+    (BatchNotFound, 404),
     (InvalidJobState, 409),
     (IdempotencyConflict, 409),
     (PipelineError, 502),

@@ -31,9 +31,11 @@ from ..schemas import (
     sync_request_schema,
 )
 from ..threads import run_sync
-from .admission import admit
+from .admission import admit, idempotency_key_header
 from .auth import ApiKeyBearer, StaticApiKey, caller_of, owner_of
+from .batches import add_batch_routes
 from .errors import http_errors
+from .events import add_event_routes
 
 __all__ = ["build_router"]
 
@@ -51,10 +53,16 @@ def _job_out(job: Job) -> dict[str, Any]:
         "success_queue": job.success_queue,
         "failure_queue": job.failure_queue,
         "attempts": job.attempts,
+        "priority": job.priority,
+        "run_after": job.run_after,
+        "expires_at": job.expires_at,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "deliveries": list(job.deliveries.all()),
+        "progress": job.progress,
+        "progress_message": job.progress_message,
+        "partial_outputs": job.partial_outputs,
     }
 
 
@@ -110,13 +118,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         response: HttpResponse,
         payload: async_predict_request,  # type: ignore[valid-type]
         model_name: str | None = None,
-        idempotency_key: str | None = param.Header(
-            None,
-            alias="Idempotency-Key",
-            max_length=255,
-            pattern=NO_NUL,
-            description="Repeat a request safely: the same key and body return the first job.",
-        ),
+        idempotency_key: str | None = idempotency_key_header("job"),
     ) -> Any:
         caller = caller_of(request)
         with http_errors():
@@ -131,6 +133,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
                 owner=caller.owner,
                 api_key_prefix=caller.key_prefix,
                 idempotency_key=idempotency_key,
+                schedule=payload.schedule(),  # type: ignore[attr-defined]
             )
         if job.replayed:
             response["Idempotent-Replayed"] = "true"
@@ -182,4 +185,6 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
             job = await run_sync(cancel)
         return _job_out(job)
 
+    add_batch_routes(router, typed, job_out, _job_out)
+    add_event_routes(router, common)
     return router

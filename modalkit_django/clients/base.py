@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
-from ..exceptions import InferenceError, PipelineError
+from ..conf import get_pipeline_class
+from ..exceptions import InferenceError, ModalkitImproperlyConfigured, PipelineError
 from ..inference.batch import Outcome
+from ..inference.progress import is_streaming
 
-__all__ = ["DetachedCalls", "InferenceBackend", "Prediction", "prediction_from_outcome"]
+__all__ = [
+    "DetachedCalls",
+    "InferenceBackend",
+    "Prediction",
+    "StreamingCalls",
+    "prediction_from_outcome",
+    "streaming_pipeline",
+]
 
 # A model output (a JSON object), or why there is none.
 Prediction = dict[str, Any] | InferenceError
@@ -76,6 +85,29 @@ class DetachedCalls(ABC):
     @abstractmethod
     def cancel_calls(self, call_ids: Sequence[str]) -> None:
         """Cancel these calls from synchronous code (a request), bounded in time."""
+
+
+class StreamingCalls(ABC):
+    """What a backend that can run a generator pipeline adds: one job's run as a stream.
+
+    The engine uses it when the pipeline's ``predict`` is a generator
+    (:func:`~modalkit_django.inference.progress.is_streaming`): it stores the progress and
+    partial outputs as they come, and the last event's outcome as the job's result.
+    """
+
+    @abstractmethod
+    def astream(self, model_name: str, message: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The wire events of :mod:`~modalkit_django.inference.progress` for one input, the
+        outcome last; raises the :class:`InferenceError` that stopped the run."""
+
+
+def streaming_pipeline() -> bool:
+    """Whether the configured pipeline's ``predict`` is a generator; ``False`` without one
+    (a worker that only calls Modal need not import the pipeline)."""
+    try:
+        return is_streaming(get_pipeline_class())
+    except ModalkitImproperlyConfigured:
+        return False
 
 
 def prediction_from_outcome(outcome: Outcome) -> Prediction:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ..conf import get_config, get_pipeline_class
 from ..inference.batch import run_batch
 from ..inference.pipeline import InferencePipeline
-from .base import InferenceBackend, Prediction, prediction_from_outcome
+from ..inference.progress import Event, outcome_of, run_stream
+from .base import InferenceBackend, Prediction, StreamingCalls, prediction_from_outcome
 
 __all__ = ["LocalBackend"]
 
 
-class LocalBackend(InferenceBackend):
+class LocalBackend(StreamingCalls, InferenceBackend):
     """Loads each model's pipeline once, on first use, and runs batches in a thread.
 
     Batches for one model run one at a time: pipelines are rarely thread-safe.
@@ -34,6 +35,44 @@ class LocalBackend(InferenceBackend):
         pipeline, lock = self._pipeline(model_name)
         with lock:
             return run_batch(pipeline, messages)
+
+    async def astream(self, model_name: str, message: dict[str, Any]) -> AsyncIterator[Event]:
+        """Run a generator pipeline in a thread; its events arrive here as they are yielded."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(item: Event | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, item)
+            except RuntimeError:  # the event loop closed: nobody is listening any more
+                stop.set()
+
+        def produce() -> None:
+            try:
+                pipeline, lock = self._pipeline(model_name)
+                with lock:
+                    for event in run_stream(pipeline, message):
+                        put(event)
+                        # The consumer gave up (a deadline): stop the model, free the lock.
+                        if stop.is_set():
+                            return
+            except Exception as exc:
+                put(exc)
+
+        running = asyncio.ensure_future(asyncio.to_thread(produce))
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if outcome_of(event) is not None:
+                    break
+        finally:
+            stop.set()
+            if running.done():
+                running.result()
 
     def _pipeline(self, model_name: str) -> tuple[InferencePipeline, threading.Lock]:
         with self._loading:

@@ -18,6 +18,8 @@ Options (all optional but ``class_name``):
                       connection for about a minute)
 ``cancel_timeout``    seconds a request waits for its ``FunctionCall.cancel`` RPCs
                       before it returns (they go on in the background); default 5
+``stream_method``     the generator method for pipelines whose ``predict`` is a
+                      generator (called with ``.remote_gen``); default ``predict_stream``
 
 One call per job, all of a batch concurrently, so Modal's ``@modal.batched`` sees them
 together: ``.remote.aio`` for ``/predict``, and for async jobs ``.spawn.aio``, whose
@@ -33,9 +35,10 @@ import concurrent.futures
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from .. import metrics
 from ..conf import get_config
 from ..exceptions import (
     InferenceAuthError,
@@ -47,17 +50,28 @@ from ..exceptions import (
     PipelineError,
 )
 from ..inference.batch import DEFAULT_METHOD
-from .base import DetachedCalls, InferenceBackend, Prediction, prediction_from_outcome
+from ..inference.progress import Event, outcome_of
+from .base import (
+    DetachedCalls,
+    InferenceBackend,
+    Prediction,
+    StreamingCalls,
+    prediction_from_outcome,
+    streaming_pipeline,
+)
 
 __all__ = ["ModalBackend"]
 
 logger = logging.getLogger(__name__)
 
+# The generator method a streaming pipeline's service class serves (ModalService.run_stream).
+STREAM_METHOD = "predict_stream"
+
 # Cancels sent from requests: a request waits for them only up to ``cancel_timeout``.
 _cancels = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="modalkit-cancel")
 
 
-class ModalBackend(DetachedCalls, InferenceBackend):
+class ModalBackend(StreamingCalls, DetachedCalls, InferenceBackend):
     requires = ("modal",)
 
     def __init__(
@@ -69,8 +83,10 @@ class ModalBackend(DetachedCalls, InferenceBackend):
         environment_name: str | None = None,
         timeout: float | None = None,
         cancel_timeout: float = 5.0,
+        stream_method: str = STREAM_METHOD,
     ) -> None:
         super().__init__(class_name=class_name, app_name=app_name, method=method, environment_name=environment_name)
+        self.stream_method = stream_method
         self.cancel_timeout = cancel_timeout
         self.class_name = class_name
         self._app_name = app_name
@@ -91,6 +107,9 @@ class ModalBackend(DetachedCalls, InferenceBackend):
         return self._timeout or float(get_config().app_settings.deployment_config.timeout)
 
     async def apredict_many(self, model_name: str, messages: Sequence[dict[str, Any]]) -> list[Prediction]:
+        if streaming_pipeline():
+            # Its service class has the stream method only (Modal allows a batched method alone).
+            return list(await asyncio.gather(*(self._streamed(model_name, message) for message in messages)))
         method = getattr(self._instance(model_name), self.method)
         return list(await asyncio.gather(*(self._call(method, message) for message in messages)))
 
@@ -100,6 +119,36 @@ class ModalBackend(DetachedCalls, InferenceBackend):
         except Exception as exc:
             return self._error(exc)
         return self._prediction(outcome)
+
+    async def astream(self, model_name: str, message: dict[str, Any]) -> AsyncIterator[Event]:
+        # Not detached: a generator cannot be spawned. A job whose worker dies runs again.
+        method = getattr(self._instance(model_name), self.stream_method)
+        try:
+            async for event in method.remote_gen.aio(message):
+                if not isinstance(event, dict) or "type" not in event:
+                    raise InferenceError(
+                        f"{self.class_name}.{self.stream_method} yielded {type(event).__name__}, not an event",
+                        error_type="UnexpectedOutput",
+                    )
+                yield event
+        except InferenceError:
+            raise
+        except Exception as exc:
+            raise self._error(exc) from exc
+
+    async def _streamed(self, model_name: str, message: dict[str, Any]) -> Prediction:
+        try:
+            async with asyncio.timeout(self.timeout):
+                async for event in self.astream(model_name, message):
+                    if (outcome := outcome_of(event)) is not None:
+                        return prediction_from_outcome(outcome)
+        except TimeoutError as exc:
+            return self._error(exc)
+        except InferenceError as exc:
+            return exc
+        return InferenceError(
+            f"{self.class_name}.{self.stream_method} ended without an outcome", error_type="StreamEnded"
+        )
 
     # --- Detached calls: async jobs ------------------------------------------------------
 
@@ -130,6 +179,7 @@ class ModalBackend(DetachedCalls, InferenceBackend):
             modal_errors.RemoteError,
         ) as exc:
             # Gone, or ended without an output (terminated, lost container): none will come.
+            metrics.modal_error(exc)
             error_type = type(exc).__name__
             raise InferenceCallLost(f"Modal call {call_id} has no output: {exc}", error_type=error_type) from exc
         except Exception as exc:
@@ -178,6 +228,8 @@ class ModalBackend(DetachedCalls, InferenceBackend):
     def _error(self, exc: Exception) -> InferenceError:
         """Map what the SDK (or the remote pipeline) raised onto our exception tree."""
         import modal.exception as modal_errors
+
+        metrics.modal_error(exc)
 
         target = f"{self.app_name}/{self.class_name}"
         error_type = type(exc).__name__

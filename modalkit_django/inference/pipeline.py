@@ -8,7 +8,9 @@ imports light so Django can import the class cheaply.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Generator
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -60,6 +62,10 @@ class InferencePipeline(ABC):
     def run_inference(self, input_list: list[BaseModel]) -> list[InferenceOutputModel]:
         preprocessed = self.preprocess(input_list)
         raw_output = self.predict(input_list, preprocessed)
+        if inspect.isgenerator(raw_output):
+            # A generator predict (see .progress) outside a stream, as for POST /predict:
+            # what it yields has nowhere to go; what it returns is the output.
+            raw_output = _returned(raw_output)
         return self.postprocess(input_list, raw_output)
 
     @abstractmethod
@@ -73,3 +79,11 @@ class InferencePipeline(ABC):
 
     def on_volume_reload(self) -> None:  # noqa: B027 (an optional hook, not a step to implement)
         """Called after the Modal volumes were reloaded; override to reload weights."""
+
+
+def _returned(steps: Generator[Any, None, Any]) -> Any:
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value

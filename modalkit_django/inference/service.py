@@ -19,6 +19,11 @@ Django calls ``SentimentService(model_name=...).predict_batch.remote.aio(message
 once per job; Modal gathers concurrent calls into batches. Each call returns the
 outcome of :func:`~modalkit_django.inference.batch.run_batch` for its input.
 
+A pipeline whose ``predict`` is a generator (it reports progress, see
+:mod:`.progress`) is called one job at a time with ``.remote_gen`` instead, on a
+generator method (``predict_stream`` unless configured otherwise) that yields
+:meth:`ModalService.run_stream`.
+
 Imports ``modal`` but never Django: this runs in the container.
 """
 
@@ -27,7 +32,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import modal
@@ -36,6 +41,7 @@ import modal.experimental
 from .batch import DEFAULT_METHOD, Outcome, run_batch
 from .config import ModalkitConfig
 from .pipeline import InferencePipeline
+from .progress import Event, outcome_of, run_stream
 
 __all__ = ["DEFAULT_METHOD", "ModalService", "batched"]
 
@@ -79,6 +85,23 @@ class ModalService:
         """Outcomes for a batch, in order; call this from the ``@batched`` method."""
         self.reload_volumes_if_due()
         return run_batch(self.pipeline, messages, on_exception=self._on_exception)
+
+    def run_stream(self, message: dict[str, Any]) -> Iterator[Event]:
+        """A generator pipeline's events for one input (see :mod:`.progress`); call this from
+        a generator ``@modal.method`` (Django calls it with ``.remote_gen``)::
+
+            @modal.method()
+            def predict_stream(self, message: dict) -> Iterator[dict]:
+                yield from self.run_stream(message)
+        """
+        self.reload_volumes_if_due()
+        for event in run_stream(self.pipeline, message):
+            outcome = outcome_of(event)
+            if outcome is not None and not outcome.get("ok"):
+                error = outcome.get("error") or {}
+                if "CUDA error" in str(error.get("message", "")):
+                    self._on_exception(RuntimeError(str(error.get("message"))))
+            yield event
 
     def reload_volumes_if_due(self) -> None:
         """Every ``volume_reload_interval_seconds``: reload the volumes, then tell the pipeline."""

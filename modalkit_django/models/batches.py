@@ -1,15 +1,129 @@
-"""Batches: many jobs submitted in one request, counted and completed together."""
+"""Batches: many jobs submitted in one request, counted and completed together.
+
+A batch is complete once none of its jobs is left to finish (queued or running):
+:meth:`BatchQuerySet.complete` marks it so exactly once, whoever finishes its last job
+(a worker, the sweep, an operator cancelling), with its completion message in the
+same transaction.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import models
-from django.db.models import Q
+from django.db import connections, models, transaction
+from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
-__all__ = ["Batch"]
+from . import postgres
+from .jobs import Job
+from .states import FINISHED_JOB_STATUSES
+
+if TYPE_CHECKING:
+    from .deliveries import QueueDelivery
+
+__all__ = ["Batch", "BatchQuerySet"]
+
+
+def _insert_jobs(jobs: Sequence[Job], *, using: str) -> None:
+    """One ``INSERT … SELECT FROM UNNEST``, each column one array parameter.
+
+    ``bulk_create`` prepares every field of every row through the ORM, a parameter each
+    (thirty a job): for 1,000 jobs it measured about 1.7 times as long as this.
+    """
+    connection = connections[using]
+    fields = Job._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(str(field.column)) for field in fields)
+    arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
+    table = connection.ops.quote_name(Job._meta.db_table)
+    params = [[_column_value(field, job) for job in jobs] for field in fields]
+    with postgres._server_side_cursor(using) as cursor:
+        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT * FROM UNNEST({arrays})", params)
+
+
+def _column_value(field: Any, job: Job) -> Any:
+    value = getattr(job, field.attname)
+    if isinstance(field, models.JSONField):
+        # None is SQL NULL, as Django stores it.
+        return None if value is None else json.dumps(value, cls=field.encoder)
+    return value
+
+
+class BatchQuerySet(models.QuerySet["Batch"]):
+    def for_owner(self, owner: Any) -> BatchQuerySet:
+        """Batches an API caller may see: its own (``None`` is the static ModalKit key)."""
+        return self.filter(owner=owner) if owner is not None else self.filter(owner__isnull=True)
+
+    def done(self) -> BatchQuerySet:
+        """Batches not yet marked complete none of whose jobs is left to finish."""
+        unfinished = Job.objects.filter(batch=OuterRef("pk")).exclude(status__in=FINISHED_JOB_STATUSES)
+        return self.filter(completed_at__isnull=True).exclude(Exists(unfinished))
+
+    def complete(
+        self, *, deliveries_for: Callable[[list[Batch]], list[QueueDelivery]], limit: int | None = None
+    ) -> tuple[list[Batch], list[QueueDelivery]]:
+        """Mark complete the done batches among these (oldest first, ``limit`` at most),
+        with the deliveries ``deliveries_for`` makes for them, in one transaction.
+
+        Locked and compared-and-set: two callers finishing a batch's last jobs at once
+        complete it once. Returns the batches and their deliveries.
+        """
+        # Looked for first without a transaction: a worker asks after every finish, and
+        # nearly always its batches have jobs left.
+        ids = list(self.done().order_by("created_at").values_list("id", flat=True)[:limit])
+        if not ids:
+            return [], []
+        now = timezone.now()
+        with transaction.atomic(savepoint=False, using=self.db):
+            locked = self.model._default_manager.using(self.db).filter(id__in=ids)
+            batches = list(locked.done().order_by("created_at").select_for_update(skip_locked=True))
+            if not batches:
+                return [], []
+            self.model._default_manager.using(self.db).filter(id__in=[batch.id for batch in batches]).update(
+                completed_at=now
+            )
+            for batch in batches:
+                batch.completed_at = now
+            deliveries = deliveries_for(batches)
+            if deliveries:
+                type(deliveries[0])._default_manager.using(self.db).bulk_create(deliveries)
+        return batches, deliveries
+
+    def purge_emptied(self, *, completed_before: dt.datetime, limit: int) -> int:
+        """Delete up to ``limit`` batches completed before then whose jobs were all purged."""
+        emptied = self.filter(completed_at__lt=completed_before).exclude(
+            Exists(Job.objects.filter(batch=OuterRef("pk")))
+        )
+        ids = list(emptied.order_by("completed_at").values_list("id", flat=True)[:limit])
+        deleted, _ = self.model._default_manager.using(self.db).filter(id__in=ids).delete()
+        return deleted
+
+    def create_with_jobs(self, batch: Batch, jobs: Sequence[Job]) -> None:
+        """Insert ``batch`` and its ``jobs`` (new, unsaved) in one transaction: all or nothing."""
+        with transaction.atomic(using=self.db):
+            batch.save(force_insert=True, using=self.db)
+            if connections[self.db].vendor == "postgresql":
+                _insert_jobs(jobs, using=self.db)
+            else:
+                Job.objects.using(self.db).bulk_create(jobs)
+
+    def status_counts(self) -> dict[uuid.UUID, dict[str, int]]:
+        """How many of each batch's jobs are in each status: one ``GROUP BY``."""
+        rows = (
+            Job.objects.using(self.db)
+            .filter(batch__in=self.values("id"))
+            .order_by()
+            .values_list("batch_id", "status")
+            .annotate(n=Count("id"))
+        )
+        counts: dict[uuid.UUID, dict[str, int]] = {}
+        for batch_id, status, n in rows:
+            counts.setdefault(batch_id, {})[status] = n
+        return counts
 
 
 class Batch(models.Model):
@@ -35,6 +149,8 @@ class Batch(models.Model):
     # When its last job finished (and its completion message, if any, was recorded).
     completed_at = models.DateTimeField(null=True, blank=True)
 
+    objects = BatchQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "batches"
@@ -58,3 +174,7 @@ class Batch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_name} batch {self.id} ({self.size} jobs)"
+
+    def job_ids(self) -> list[uuid.UUID]:
+        """Its jobs' ids in the order of the request's items."""
+        return list(self.jobs.order_by("created_at", "id").values_list("id", flat=True))

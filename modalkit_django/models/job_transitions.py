@@ -22,7 +22,7 @@ from django.utils import timezone
 from ..exceptions import InferenceError, PipelineError
 from ..validators import json_problem
 from . import postgres
-from .job_calls import CallQuerySet
+from .job_progress import ProgressQuerySet
 from .states import FINISHED_JOB_STATUSES, OUTCOME_FIELDS, UNSENT_DELIVERY_STATUSES, JobStatus, save_rows
 
 if TYPE_CHECKING:
@@ -41,30 +41,43 @@ CANCELED = {"type": "Canceled", "message": "The job was canceled before it ran."
 CANCELED_RUNNING = {"type": "Canceled", "message": "The job was canceled while it ran; its Modal call was cancelled."}
 
 
-class JobQuerySet(CallQuerySet):
+def _expiry(job: Job, timeout: float | None) -> dict[str, str]:
+    if job.expires_at is not None:
+        return {"type": "Expired", "message": f"The job was not started by its deadline, {job.expires_at.isoformat()}."}
+    return {"type": "Expired", "message": f"The job waited more than {timeout:g} s in the queue."}
+
+
+class JobQuerySet(ProgressQuerySet):
     def for_owner(self, owner: Any) -> JobQuerySet:
         """Jobs an API caller may see: its own (``None`` is the static ModalKit key)."""
         return self.filter(owner=owner) if owner is not None else self.filter(owner__isnull=True)
 
     def runnable(self, now: dt.datetime) -> JobQuerySet:
-        return self.filter(Q(run_after__isnull=True) | Q(run_after__lte=now), status=JobStatus.QUEUED)
+        """Queued, due (``run_after``) and not past its own deadline (``expires_at``)."""
+        due = Q(run_after__isnull=True) | Q(run_after__lte=now)
+        return self.filter(due, Q(expires_at__isnull=True) | Q(expires_at__gt=now), status=JobStatus.QUEUED)
 
     # --- The worker: claim, keep, finish --------------------------------------------
 
     def claim(self, job_ids: Iterable[uuid.UUID | str], *, lease_seconds: float) -> list[Job]:
-        """Mark the runnable ones among ``job_ids`` running under one new lease; return them.
+        """Mark the runnable ones among ``job_ids`` running under one new lease; return them,
+        with as many more runnable jobs at most of a higher priority than the lowest of those.
 
-        A job already claimed, finished or not yet due is skipped, so a duplicate
-        message does nothing.
+        A job already claimed, finished, not yet due or past its deadline is skipped, so a
+        duplicate message does nothing. The higher-priority jobs taken along are those whose
+        own wake-ups wait behind these in the broker; those wake-ups then find them claimed.
         """
         now = timezone.now()
         token = uuid.uuid4()
         expires = now + dt.timedelta(seconds=lease_seconds)
+        ids = [str(job_id) for job_id in job_ids]
         if connections[self.db].vendor == "postgresql":
-            ids = [str(job_id) for job_id in job_ids]
-            return postgres.claim(self.model, ids, token=token, now=now, expires=expires, using=self.db)
+            return postgres.claim(self.model, ids, token=token, now=now, expires=expires, extra=len(ids), using=self.db)
         with transaction.atomic(savepoint=False, using=self.db):
-            jobs = list(self.runnable(now).filter(id__in=list(job_ids)).select_for_update(skip_locked=True))
+            jobs = list(self.runnable(now).filter(id__in=ids).select_for_update(skip_locked=True))
+            if jobs:
+                ahead = self.runnable(now).filter(priority__gt=min(job.priority for job in jobs)).exclude(id__in=ids)
+                jobs += ahead.order_by("-priority", "queued_at").select_for_update(skip_locked=True)[: len(ids)]
             if not jobs:
                 return []
             self.model._default_manager.using(self.db).filter(id__in=[job.id for job in jobs]).update(
@@ -170,18 +183,19 @@ class JobQuerySet(CallQuerySet):
             save_rows(self.model, jobs, OUTCOME_FIELDS, using=self.db)
         return requeued, failed
 
-    def expire_waiting(self, *, timeout: float, limit: int) -> list[Job]:
-        """Queued jobs that waited longer than ``timeout`` seconds, oldest first: expired."""
+    def expire_waiting(self, *, timeout: float | None, limit: int) -> list[Job]:
+        """Queued jobs not started in time, expired: those past their own deadline
+        (``expires_at``), and those without one that waited longer than ``timeout``
+        seconds (``None``: no limit); up to ``limit`` of each, oldest first."""
         now = timezone.now()
-        error = {"type": "Expired", "message": f"The job waited more than {timeout:g} s in the queue."}
+        queued = self.filter(status=JobStatus.QUEUED).select_for_update(skip_locked=True)
         with transaction.atomic(savepoint=False, using=self.db):
-            jobs = list(
-                self.filter(status=JobStatus.QUEUED, queued_at__lt=now - dt.timedelta(seconds=timeout))
-                .order_by("queued_at")
-                .select_for_update(skip_locked=True)[:limit]
-            )
+            jobs = list(queued.filter(expires_at__lt=now).order_by("expires_at")[:limit])
+            if timeout is not None:
+                cutoff = now - dt.timedelta(seconds=timeout)
+                jobs += queued.filter(expires_at__isnull=True, queued_at__lt=cutoff).order_by("queued_at")[:limit]
             for job in jobs:
-                job.end(JobStatus.EXPIRED, now, error=error)
+                job.end(JobStatus.EXPIRED, now, error=_expiry(job, timeout))
             save_rows(self.model, jobs, OUTCOME_FIELDS, using=self.db)
         return jobs
 
@@ -258,6 +272,8 @@ class JobQuerySet(CallQuerySet):
                 started_at=None,
                 finished_at=None,
                 run_after=None,
+                # A deadline is the first run's: a re-run falls back to the global timeout.
+                expires_at=None,
                 lease_token=None,
                 lease_expires_at=None,
                 modal_call_id=None,

@@ -7,7 +7,7 @@
       │  │              │ └──finish (transient error, attempts left)──▶ queued (run_after: backoff)
       │  │              └────reclaim (lease expired)──▶ queued, or failed when out of attempts
       │  ├──cancel──▶ canceled ◀──cancel── running, when its Modal call is known (and cancelled too)
-      │  └──expire (waited past async_config.timeout)──▶ expired
+      │  └──expire (past its deadline, or waited past async_config.timeout)──▶ expired
       └──rerun── succeeded | failed | canceled | expired
 
 The transitions are the QuerySet verbs of :mod:`.job_transitions` (and :mod:`.job_calls`
@@ -61,7 +61,8 @@ class Job(models.Model):
     # with the result, so that a receiver can check who asked.
     api_key_prefix = models.CharField(max_length=16, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
-    # When it last entered the queue: submitted, or re-run. Expiry counts from here.
+    # When it last entered the queue: submitted (a scheduled job: its run_after), or re-run.
+    # The global expiry counts from here.
     queued_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

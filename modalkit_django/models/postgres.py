@@ -41,11 +41,22 @@ def _claim_sql(job_model: type[models.Model]) -> str:
     job = job_model._meta.db_table
     # Every column: a field left out would be fetched again, one query per job, when read.
     columns = ", ".join(f'"{field.column}"' for field in job_model._meta.concrete_fields)
+    runnable = (
+        "status = %(queued)s AND (run_after IS NULL OR run_after <= %(now)s) "
+        "AND (expires_at IS NULL OR expires_at > %(now)s)"
+    )
     return (
-        f'UPDATE "{job}" SET status = %s, started_at = %s, attempts = attempts + 1, lease_token = %s, '
-        f'lease_expires_at = %s WHERE id IN (SELECT id FROM "{job}" WHERE id = ANY(%s::uuid[]) '
-        f"AND status = %s AND (run_after IS NULL OR run_after <= %s) FOR UPDATE SKIP LOCKED) "
-        f"RETURNING {columns}"
+        f'WITH woken AS (SELECT id, priority FROM "{job}" WHERE id = ANY(%(ids)s::uuid[]) AND {runnable} '
+        "FOR UPDATE SKIP LOCKED), "
+        # Queued jobs of a higher priority than the lowest woken for, whose own wake-ups
+        # wait behind these in the broker: highest and oldest first, through the partial
+        # priority index (modalkit_job_priority_idx), which the usual case (all one
+        # priority) leaves at its first entry.
+        f'ahead AS (SELECT id FROM "{job}" WHERE priority > (SELECT min(priority) FROM woken) AND {runnable} '
+        "AND NOT id = ANY(%(ids)s::uuid[]) ORDER BY priority DESC, queued_at LIMIT %(extra)s FOR UPDATE SKIP LOCKED) "
+        f'UPDATE "{job}" SET status = %(running)s, started_at = %(now)s, attempts = attempts + 1, '
+        "lease_token = %(token)s, lease_expires_at = %(expires)s "
+        f"WHERE id IN (SELECT id FROM woken UNION ALL SELECT id FROM ahead) RETURNING {columns}"
     )
 
 
@@ -56,9 +67,19 @@ def claim(
     token: uuid.UUID,
     now: dt.datetime,
     expires: dt.datetime,
+    extra: int,
     using: str,
 ) -> list[Job]:
-    params = [JobStatus.RUNNING, now, token, expires, list(job_ids), JobStatus.QUEUED, now]
+    """Claim the runnable jobs among ``job_ids`` and up to ``extra`` runnable jobs of a higher priority."""
+    params = {
+        "ids": list(job_ids),
+        "queued": JobStatus.QUEUED,
+        "running": JobStatus.RUNNING,
+        "now": now,
+        "token": token,
+        "expires": expires,
+        "extra": extra,
+    }
     return list(job_model._default_manager.raw(_claim_sql(job_model), params, using=using))
 
 

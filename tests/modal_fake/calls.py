@@ -30,6 +30,8 @@ class FunctionCallRecord:
         self._collected: set[int] = set()
         # Replaced on every change, so each waiter waits on the event current when it looked.
         self._changed = asyncio.Event()
+        # A generator's ``data_out`` stream: DataChunks with indices from 1, as a container sends.
+        self.data_out: list[api_pb2.DataChunk] = []
 
     def cancel(self) -> None:
         """End every input still waiting: it is TERMINATED, as on Modal."""
@@ -51,6 +53,27 @@ class FunctionCallRecord:
         self._outputs[idx] = item
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def add_data(self, chunk: api_pb2.DataChunk) -> None:
+        """Append one yielded value to the ``data_out`` stream and wake its readers."""
+        chunk.index = len(self.data_out) + 1
+        self.data_out.append(chunk)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_data(self, last_index: int, timeout: float) -> list[api_pb2.DataChunk]:
+        """The chunks after ``last_index``, waiting up to ``timeout`` seconds for one."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.data_out) <= last_index:
+            changed = self._changed
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return []
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return []
+        return self.data_out[last_index:]
 
     @property
     def unfinished(self) -> int:
@@ -118,6 +141,7 @@ class CallRegistry:
         self._retired.discard(function_call_id)
 
     def retire_if_exhausted(self, record: FunctionCallRecord) -> None:
-        if record.exhausted:
+        # A generator's call is kept: its data_out stream may still be read after its output.
+        if record.exhausted and not record.data_out:
             self._calls.pop(record.function_call_id, None)
             self._retired.add(record.function_call_id)

@@ -56,6 +56,7 @@ class MethodSpec:
     batched: bool
     max_batch_size: int = 1
     wait_ms: int = 0
+    generator: bool = False  # called with .remote_gen(); its values go to the data_out stream
 
 
 def _method_specs(user_cls: type) -> dict[str, MethodSpec]:
@@ -70,6 +71,7 @@ def _method_specs(user_cls: type) -> dict[str, MethodSpec]:
             batched=batched,
             max_batch_size=(partial.params.batch_max_size or 1) if batched else 1,
             wait_ms=(partial.params.batch_wait_ms or 0) if batched else 0,
+            generator=bool(partial.params.is_generator),
         )
     return specs
 
@@ -110,7 +112,9 @@ class ClassDeployment:
     def _method_metadata(self, spec: MethodSpec) -> api_pb2.FunctionHandleMetadata:
         return api_pb2.FunctionHandleMetadata(
             function_name=f"{self.cls_name}.{spec.name}",
-            function_type=api_pb2.Function.FUNCTION_TYPE_FUNCTION,
+            function_type=(
+                api_pb2.Function.FUNCTION_TYPE_GENERATOR if spec.generator else api_pb2.Function.FUNCTION_TYPE_FUNCTION
+            ),
             is_method=True,
             use_method_name=spec.name,
             class_parameter_info=self.parameter_info,

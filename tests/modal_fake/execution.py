@@ -24,6 +24,7 @@ from modal_proto import api_pb2
 from .blobs import BlobStore
 from .calls import FunctionCallRecord
 from .deployment import ClassDeployment, MethodSpec
+from .generators import run_generator
 from .protos import DataFormat, ResultStatus
 from .results import bare_item, failure_item, success_item
 from .stats import StatsRecorder
@@ -129,6 +130,7 @@ class MethodRunner:
         self._slots = asyncio.Semaphore(self.runtime.parallelism)
         self._running: set[asyncio.Task[None]] = set()
         self._collector = asyncio.create_task(self._collect_forever(), name=f"modal-fake-{spec.name}")
+        self.loop = asyncio.get_running_loop()
 
     def submit(self, pending: PendingInput) -> None:
         self._queue.put_nowait(pending)
@@ -212,6 +214,9 @@ class MethodRunner:
         self, instance: Any, batch: list[PendingInput], started_at: float
     ) -> list[api_pb2.FunctionGetOutputsItem]:
         """Worker thread: decode, call the user method once, encode each input's output."""
+        if self.spec.generator:  # never batched: one input
+            deployment, blobs = self.container.deployment, self.runtime.blobs
+            return [run_generator(deployment, self.spec, instance, batch[0], self.loop, blobs, started_at)]
         failed = GenericResult.GENERIC_STATUS_FAILURE
         try:
             values = self._call(instance, batch)

@@ -1,7 +1,8 @@
 """The gRPC servicer: the few ``modal.client.ModalClient`` RPCs a class call needs.
 
 Implemented (modal 1.6.4): ClassGet, FunctionGet, FunctionBindParams, FunctionMap,
-FunctionGetOutputs, FunctionCallCancel, BlobCreate, BlobGet. Every other RPC of the
+FunctionGetOutputs, FunctionCallGetDataOut (generators' ``.remote_gen()``),
+FunctionCallCancel, BlobCreate, BlobGet. Every other RPC of the
 generated base class answers UNIMPLEMENTED and is logged as an error, so an SDK that
 starts needing something new fails loudly instead of hanging.
 """
@@ -202,6 +203,22 @@ class ModalServicer(ModalClientBase):
                     record.collect(item.idx)
             self.calls.retire_if_exhausted(record)
         return response
+
+    async def FunctionCallGetDataOut(self, stream: Stream[Any, Any]) -> None:
+        """A generator call's values as they come (a server stream); the client closes it
+        once the call's ``GeneratorDone`` says it has them all."""
+        request = await stream.recv_message()
+        self.runtime.stats.rpc("FunctionCallGetDataOut")
+        self.check_access(stream)
+        record = self.calls.get(request.function_call_id)
+        if record is None:
+            raise GRPCError(Status.NOT_FOUND, f"Function call '{request.function_call_id}' not found")
+        last_index = request.last_index
+        # Ends after a quiet poll: the client asks again from its last index.
+        while chunks := await record.wait_data(last_index, MAX_POLL_SECONDS):
+            for chunk in chunks:
+                await stream.send_message(chunk)
+            last_index = chunks[-1].index
 
     @rpc
     async def FunctionCallCancel(self, request: api_pb2.FunctionCallCancelRequest) -> google.protobuf.empty_pb2.Empty:

@@ -1,0 +1,295 @@
+"""Batches: many jobs in one request, one transaction, one completion message.
+
+::
+
+    submit_batch(items) ─▶ INSERT batch + INSERT its jobs (one bulk statement), one transaction
+                          └─ on commit: wake-ups, one broker round trip per WAKE_CHUNK jobs
+    a worker finishes jobs ─▶ complete_batches(their batch ids)   ┐ whoever sees the last job
+    the sweep               ─▶ complete_done_batches()            ┘ finished marks the batch
+                               completed_at, + one QueueDelivery (route "batch") to its
+                               completion_queue, sent like any other delivery
+
+Each item is built into its job by the same code as a single submit
+(:func:`services.submit_job`), so every field a single request has, an item has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from . import metrics, services
+from .conf import get_settings, resolve_model
+from .exceptions import BatchNotFound, IdempotencyConflict, JobNotFound
+from .models import Batch, Job, JobStatus, QueueDelivery
+from .models.states import DeliveryRoute
+from .queues import queues
+from .scheduling import Schedule
+from .wakeups import get_waker
+
+__all__ = [
+    "WAKE_CHUNK",
+    "BatchStatus",
+    "SubmittedBatch",
+    "complete_batches",
+    "complete_done_batches",
+    "get_batch",
+    "list_batch_jobs",
+    "submit_batch",
+]
+
+# An item's fields that make its job's Schedule, rather than its request.
+SCHEDULE_FIELDS = tuple(field.name for field in dataclasses.fields(Schedule))
+
+# Job ids per wake-up: one broker round trip each, so a large batch never makes one huge one.
+WAKE_CHUNK = 500
+
+
+def submit_batch(
+    *,
+    items: Sequence[Mapping[str, Any]],
+    model_name: str | None = None,
+    success_queue: str = "",
+    failure_queue: str = "",
+    meta: dict[str, Any] | None = None,
+    completion_queue: str = "",
+    owner: Any = None,
+    api_key_prefix: str = "",
+    idempotency_key: str | None = None,
+) -> SubmittedBatch:
+    """Store a batch and one queued job per item, in one transaction; wake workers once it commits.
+
+    Each item holds a single async request's fields (``message`` and any others it
+    sets); an item that leaves out ``success_queue`` or ``failure_queue`` gets the
+    batch's, and its ``meta`` is laid over the batch's. Jobs are created in item order
+    (``created_at`` one microsecond apart), which is the order of
+    :meth:`Batch.job_ids`. ``idempotency_key``: as :func:`services.submit_job`, for the
+    whole batch (``replayed``; :class:`IdempotencyConflict` for another request).
+    """
+    if not items:
+        raise ValueError("a batch needs at least one item")
+    model_name = resolve_model(model_name)
+    meta = meta or {}
+    shared = {"success_queue": success_queue, "failure_queue": failure_queue}
+    requests = []
+    for item in items:
+        request: dict[str, Any] = {**shared, **item, "meta": {**meta, **(item.get("meta") or {})}}
+        schedule = Schedule(**{name: request.pop(name) for name in SCHEDULE_FIELDS if name in request})
+        requests.append((request, schedule))
+    fingerprint = ""
+    if idempotency_key:
+        # What each job would run, as a single submit's fingerprint sees it: a field left
+        # out and the same field given its default are the same request.
+        whole = [[request, *schedule.fingerprint()] for request, schedule in requests]
+        fingerprint = services._fingerprint(model_name, whole, meta, completion_queue)
+        if existing := _batch_for_key(owner, idempotency_key, fingerprint):
+            return SubmittedBatch(existing, existing.job_ids(), replayed=True)
+    now = timezone.now()
+    batch = Batch(
+        model_name=model_name,
+        size=len(items),
+        completion_queue=completion_queue,
+        meta=meta,
+        owner=owner,
+        api_key_prefix=api_key_prefix,
+        idempotency_key=idempotency_key or "",
+        request_fingerprint=fingerprint,
+        created_at=now,
+    )
+    jobs = []
+    for index, (request, schedule) in enumerate(requests):
+        job = services._new_job(
+            **request,
+            model_name=model_name,
+            owner=owner,
+            api_key_prefix=api_key_prefix,
+            idempotency_key=None,
+            schedule=schedule,
+        )
+        job.batch = batch
+        job.created_at = now + dt.timedelta(microseconds=index)
+        jobs.append(job)
+    try:
+        Batch.objects.create_with_jobs(batch, jobs)
+    except IntegrityError:
+        # The same key, submitted concurrently, won the race.
+        replay = _batch_for_key(owner, idempotency_key, fingerprint) if idempotency_key else None
+        if replay is None:
+            raise
+        return SubmittedBatch(replay, replay.job_ids(), replayed=True)
+    # A job that runs later (run_after) is not woken now: the sweep wakes it once due.
+    transaction.on_commit(partial(_wake, [job.id for job in jobs if job.enqueued_at is not None]))
+    transaction.on_commit(partial(metrics.jobs_submitted, [job.model_name for job in jobs]))
+    job_ids = [job.id for job in jobs]
+    return SubmittedBatch(batch, job_ids)
+
+
+def _wake(job_ids: list[uuid.UUID]) -> None:
+    waker = get_waker()
+    for start in range(0, len(job_ids), WAKE_CHUNK):
+        waker.wake_jobs(job_ids[start : start + WAKE_CHUNK])
+
+
+def _batch_for_key(owner: Any, key: str, fingerprint: str) -> Batch | None:
+    batch = Batch.objects.for_owner(owner).filter(idempotency_key=key).first()
+    if batch is None:
+        return None
+    if batch.request_fingerprint != fingerprint:
+        raise IdempotencyConflict(key, batch.id, what="batch")
+    return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmittedBatch:
+    """What :func:`submit_batch` stored (or found, for a repeated Idempotency-Key)."""
+
+    batch: Batch
+    job_ids: list[uuid.UUID]
+    replayed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchStatus:
+    """A batch as its owner sees it: its jobs' ids in item order, how many are in each
+    status, and its completion delivery once one was made."""
+
+    batch: Batch
+    job_ids: list[uuid.UUID]
+    counts: dict[str, int]
+    completion: QueueDelivery | None
+
+
+def _owned_batch(batch_id: uuid.UUID | str, owner: Any) -> Batch:
+    try:
+        return Batch.objects.for_owner(owner).get(id=batch_id)
+    except (Batch.DoesNotExist, ValidationError) as exc:
+        raise BatchNotFound(batch_id) from exc
+
+
+def get_batch(*, batch_id: uuid.UUID | str, owner: Any) -> BatchStatus:
+    """The caller's batch; :class:`BatchNotFound` for anyone else's."""
+    # Each statement sees what was committed before it: the completion is read first, so
+    # that once it is seen the batch's completed_at (committed with it) is seen too.
+    try:
+        canonical = uuid.UUID(str(batch_id))
+    except ValueError as exc:
+        raise BatchNotFound(batch_id) from exc
+    completion = QueueDelivery.objects.filter(message_id=f"{canonical}:batch").first()
+    batch = _owned_batch(batch_id, owner)
+    counts = Batch.objects.filter(id=batch.id).status_counts().get(batch.id, {})
+    return BatchStatus(
+        batch=batch,
+        job_ids=batch.job_ids(),
+        counts={status: counts.get(status, 0) for status in JobStatus.values},
+        completion=completion,
+    )
+
+
+def list_batch_jobs(
+    *,
+    batch_id: uuid.UUID | str,
+    owner: Any,
+    status: str | None = None,
+    limit: int = 100,
+    after: uuid.UUID | str | None = None,
+) -> tuple[list[Job], Job | None]:
+    """The caller's batch's jobs in item order, ``limit`` at a time, from the one after ``after``.
+
+    Returns the page and the job to pass as ``after`` for the next one (or ``None``);
+    :class:`BatchNotFound` for anyone else's batch, :class:`JobNotFound` for an ``after``
+    that is not one of its jobs.
+    """
+    batch = _owned_batch(batch_id, owner)
+    jobs = batch.jobs.prefetch_related("deliveries").order_by("created_at", "id")
+    if status:
+        jobs = jobs.filter(status=status)
+    if after is not None:
+        try:
+            cursor = batch.jobs.get(id=after)
+        except (Job.DoesNotExist, ValidationError) as exc:
+            raise JobNotFound(after) from exc
+        jobs = jobs.filter(Q(created_at__gt=cursor.created_at) | Q(created_at=cursor.created_at, id__gt=cursor.id))
+    page = list(jobs[: limit + 1])
+    return page[:limit], (page[limit - 1] if len(page) > limit else None)
+
+
+# --- Completion ------------------------------------------------------------------------
+
+
+def completion_message_id(batch: Batch) -> str:
+    return f"{batch.id}:batch"  # as get_batch() reads it
+
+
+def complete_batches(batch_ids: Collection[uuid.UUID | str]) -> list[QueueDelivery]:
+    """After a worker's finish committed: complete those of these batches whose last job it
+    was; returns their completion deliveries, for the caller to send at once."""
+    if not batch_ids:
+        return []
+    batches = Batch.objects.filter(id__in=list(batch_ids))
+    _, deliveries = batches.complete(deliveries_for=partial(_completion_deliveries, sent_by_caller=True))
+    return deliveries
+
+
+def complete_done_batches(*, limit: int) -> list[QueueDelivery]:
+    """The sweep's backstop: complete every done batch nobody completed (two workers
+    finishing its last jobs at once each saw the other's unfinished; or its last job was
+    cancelled, expired or failed for good by the sweep). Their deliveries are due now."""
+    _, deliveries = Batch.objects.all().complete(
+        deliveries_for=partial(_completion_deliveries, sent_by_caller=False), limit=limit
+    )
+    return deliveries
+
+
+def _completion_deliveries(batches: list[Batch], *, sent_by_caller: bool) -> list[QueueDelivery]:
+    """One delivery per batch that names a completion queue, carried by its last job to finish."""
+    named = [batch for batch in batches if batch.completion_queue]
+    if not named:
+        return []
+    counts = Batch.objects.filter(id__in=[batch.id for batch in named]).status_counts()
+    jobs: dict[uuid.UUID, list[tuple[uuid.UUID, dt.datetime | None]]] = {batch.id: [] for batch in named}
+    rows = Job.objects.filter(batch__in=named).order_by("created_at", "id")
+    for batch_id, job_id, finished_at in rows.values_list("batch_id", "id", "finished_at"):
+        jobs[batch_id].append((job_id, finished_at))
+    now = timezone.now()
+    claim = get_settings().delivery.claim_seconds if sent_by_caller else 0.0
+    deliveries = []
+    for batch in named:
+        if not jobs[batch.id]:
+            continue  # its jobs were purged: nothing left to carry (or report) a message
+        last_job_id = max(jobs[batch.id], key=lambda job: job[1] or batch.created_at)[0]
+        payload = {
+            "status": "completed",
+            "batch_id": str(batch.id),
+            "model_name": batch.model_name,
+            "size": batch.size,
+            "counts": {status: counts.get(batch.id, {}).get(status, 0) for status in JobStatus.values},
+            "job_ids": [str(job_id) for job_id, _ in jobs[batch.id]],
+            "meta": batch.meta,
+            "created_at": batch.created_at.isoformat(),
+            "completed_at": (batch.completed_at or now).isoformat(),
+            "timestamp": now.isoformat(),
+            "submitted_by": {"owner_id": batch.owner_id, "api_key": batch.api_key_prefix},
+        }
+        deliveries.append(
+            QueueDelivery(
+                job_id=last_job_id,
+                route=DeliveryRoute.BATCH,
+                queue_name=batch.completion_queue,
+                backend=queues.route(batch.completion_queue),
+                message_id=completion_message_id(batch),
+                payload=payload,
+                next_attempt_at=now + dt.timedelta(seconds=claim),
+                created_at=now,
+                attempts_since=now,
+            )
+        )
+    return deliveries

@@ -1,0 +1,193 @@
+"""Priorities: a claim woken for low jobs also takes the queued jobs of a higher priority.
+
+Wake-ups name job ids, and a high job's waits behind every low one the broker already
+holds; the claim is what lets it overtake them (models/postgres.py, and the ORM path on
+SQLite). Its own wake-up later finds it claimed and does nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from modalkit_django import broker, services, tasks
+from modalkit_django.models import Job
+from modalkit_django.scheduling import Schedule
+
+from . import flow
+from .conftest import wait_until
+from .test_modal_calls import on_modal
+
+pytestmark = pytest.mark.django_db
+
+LOW, NORMAL, HIGH = Job.Priority.LOW, Job.Priority.NORMAL, Job.Priority.HIGH
+
+
+def queued(count: int, priority: int = NORMAL, *, using: str = "default", **fields: Any) -> list[Job]:
+    """Queued jobs, oldest first (a microsecond apart)."""
+    start = timezone.now() - dt.timedelta(seconds=1)
+    return Job.objects.db_manager(using).bulk_create(
+        Job(model_name="sentiment", message={"text": f"good {n}"}, priority=priority, enqueued_at=start,
+            queued_at=start + dt.timedelta(microseconds=n), **fields)
+        for n in range(count)
+    )  # fmt: skip
+
+
+def ids(jobs: list[Job]) -> set[Any]:
+    return {job.id for job in jobs}
+
+
+# --- the claim, on PostgreSQL -------------------------------------------------------------
+
+
+def test_a_claim_for_low_jobs_takes_a_queued_high_job_too() -> None:
+    lows = queued(5, LOW)
+    [high] = queued(1, HIGH)
+    claimed = flow.claim([job.id for job in lows[:2]])
+    assert ids(claimed) == ids(lows[:2]) | {high.id}
+    assert {job.status for job in Job.objects.filter(id__in=ids(claimed))} == {"running"}
+    assert len({job.lease_token for job in claimed}) == 1  # one batch, one lease
+    assert flow.claim([high.id]) == []  # its own wake-up, later, does nothing
+    assert Job.objects.get(id=high.id).attempts == 1
+
+
+def test_jobs_taken_along_are_the_highest_then_the_oldest_and_as_many_as_were_woken() -> None:
+    first_low, second_low, third_low = queued(3, LOW)
+    old_normal, new_normal = queued(2, NORMAL)
+    [high] = queued(1, HIGH)
+    assert ids(flow.claim([first_low.id])) == {first_low.id, high.id}
+    assert ids(flow.claim([second_low.id])) == {second_low.id, old_normal.id}
+    assert ids(flow.claim([third_low.id])) == {third_low.id, new_normal.id}
+
+
+def test_a_claim_of_normal_jobs_takes_no_other_normal_job() -> None:
+    woken, other = queued(2, NORMAL)
+    assert ids(flow.claim([woken.id])) == {woken.id}
+    assert Job.objects.get(id=other.id).status == "queued"
+
+
+def test_a_claim_takes_nothing_of_the_same_or_a_lower_priority() -> None:
+    [high] = queued(1, HIGH)
+    [normal] = queued(1, NORMAL)
+    [low] = queued(1, LOW)
+    assert ids(flow.claim([high.id])) == {high.id}
+    assert ids(flow.claim([normal.id])) == {normal.id}
+    assert Job.objects.get(id=low.id).status == "queued"
+
+
+def test_jobs_taken_along_must_be_due_and_within_their_deadline() -> None:
+    [low] = queued(1, LOW)
+    later = timezone.now() + dt.timedelta(hours=1)
+    queued(1, HIGH, run_after=later)
+    queued(1, HIGH, expires_at=timezone.now() - dt.timedelta(seconds=1))
+    assert ids(flow.claim([low.id])) == {low.id}
+
+
+def test_a_stale_wake_up_takes_no_job_along() -> None:
+    # Woken for a job another claim already took: nothing it was woken for is runnable.
+    [low] = queued(1, LOW)
+    flow.claim([low.id])
+    [high] = queued(1, HIGH)
+    assert flow.claim([low.id]) == []
+    assert Job.objects.get(id=high.id).status == "queued"
+
+
+# --- the ORM path (the embedded default's SQLite) ---------------------------------------------
+
+
+@pytest.mark.django_db(databases=["default", "embedded"])
+def test_the_same_claim_on_sqlite() -> None:
+    embedded = Job.objects.db_manager("embedded")
+    first_low, second_low = queued(2, LOW, using="embedded")
+    [normal] = queued(1, NORMAL, using="embedded")
+    [high] = queued(1, HIGH, using="embedded")
+    queued(1, HIGH, using="embedded", run_after=timezone.now() + dt.timedelta(hours=1))
+    claimed = embedded.claim([first_low.id], lease_seconds=30)
+    assert ids(claimed) == {first_low.id, high.id}
+    assert embedded.get(id=high.id).status == "running"
+    assert ids(embedded.claim([second_low.id], lease_seconds=30)) == {second_low.id, normal.id}
+    [other] = queued(1, NORMAL, using="embedded")
+    [woken] = queued(1, NORMAL, using="embedded")
+    assert ids(embedded.claim([woken.id], lease_seconds=30)) == {woken.id}
+    assert embedded.get(id=other.id).status == "queued"
+
+
+# --- the API ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_api_takes_and_shows_a_priority(api: Client, recording_waker: Any) -> None:
+    def submit(body: dict[str, Any]) -> Any:
+        return api.post("/api/async/predict", data=json.dumps(body), content_type="application/json")
+
+    accepted = submit({"message": {"text": "good"}, "priority": "high"})
+    assert accepted.status_code == 202, accepted.content
+    job_id = accepted.json()["job_id"]
+    assert Job.objects.get(id=job_id).priority == HIGH
+    assert api.get(f"/api/jobs/{job_id}").json()["priority"] == "high"
+    default = submit({"message": {"text": "good"}}).json()["job_id"]
+    assert Job.objects.get(id=default).priority == NORMAL
+    assert api.get("/api/jobs").json()["jobs"][0]["priority"] == "normal"
+
+    refused = submit({"message": {"text": "good"}, "priority": "urgent"})
+    assert refused.status_code == 422
+    [error] = refused.json()["detail"]
+    assert error["loc"][-1] == "priority"
+    assert "'low', 'normal' or 'high'" in error["msg"]
+    assert submit({"message": {"text": "good"}, "priority": 2}).status_code == 422
+
+
+def test_openapi_lists_the_priorities(client: Client) -> None:
+    components = client.get("/api/openapi.json").json()["components"]["schemas"]
+    request = components["AsyncPredictRequest"]["properties"]["priority"]
+    assert (request["enum"], request["default"]) == (["low", "normal", "high"], "normal")
+    assert components["Job"]["properties"]["priority"]["enum"] == ["low", "normal", "high"]
+
+
+def test_a_batch_builds_its_jobs_with_a_priority() -> None:
+    # The job-building path batches share with single submits.
+    job = services._new_job({"text": "x"}, None, "", "", None, None, "", None, Schedule(priority="low"))
+    assert job.priority == LOW
+
+
+# --- the Modal fake: the job taken along runs on Modal in the same batch -----------------------
+
+
+@pytest.fixture
+def fake(fresh_modal_fake: Any) -> Iterator[Any]:
+    with on_modal(timeout=10):
+        yield fresh_modal_fake
+
+
+def test_a_high_job_taken_along_runs_on_modal(run_async: Any, fake: Any) -> None:
+    lows = [flow.submit(schedule=Schedule(priority="low")) for _ in range(3)]
+    high = flow.submit(schedule=Schedule(priority="high"))
+    run_async(flow.process_batch, [lows[0].id])
+    statuses = dict(Job.objects.values_list("id", "status"))
+    assert statuses[high.id] == statuses[lows[0].id] == "succeeded"
+    assert [statuses[job.id] for job in lows[1:]] == ["queued", "queued"]
+    assert len(fake.stats.spawned_calls) == 2
+    assert Job.objects.get(id=high.id).modal_call_id in fake.stats.spawned_calls
+
+
+# --- a real worker ------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_high_job_submitted_after_a_flood_of_low_ones_finishes_before_most(start_worker: Any) -> None:
+    lows = queued(1000, LOW)
+    broker.submit(broker.akick_many(tasks.run_job, [str(job.id) for job in lows])).result(30)
+    high = services.submit_job(message={"text": "a great film"}, schedule=Schedule(priority="high"))
+    start_worker()
+    wait_until(lambda: not Job.objects.exclude(status="succeeded").exists(), timeout=60, what="every job to finish")
+    finished = Job.objects.get(id=high.id).finished_at
+    before = Job.objects.filter(priority=LOW, finished_at__lt=finished).count()
+    assert before < 300, f"{before} of 1000 low jobs finished before the high one"
+    assert Job.objects.get(id=high.id).attempts == 1
