@@ -132,6 +132,16 @@ def test_under_wsgi_the_answer_is_the_jobs_events_now_and_the_client_reconnects(
     ]
 
 
+@pytest.mark.django_db(databases=["default", "embedded"])
+def test_the_poll_reads_the_embedded_defaults_sqlite_too() -> None:
+    # make run's database: found by trying the events stream on a fresh clone (a 503 then).
+    job = Job.objects.db_manager("embedded").create(
+        model_name="sentiment", message={"text": "good"}, progress=0.5, partial_outputs=[{"n": 0}, {"n": 1}]
+    )
+    [row] = watch.read_jobs([job.id], using="embedded").values()
+    assert (row["status"], row["progress"], row["output_count"]) == ("queued", 0.5, 2)
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("recording_waker")  # the job stays queued: only the disconnect can end the stream
 def test_on_the_lean_asgi_path_a_client_that_leaves_ends_its_stream(run_async: Any, api_key: str, user: Any) -> None:

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
-from django.db import InterfaceError, OperationalError
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError
 from django.db.models import F, Func, IntegerField
 
 from ..models import Job
@@ -62,11 +62,23 @@ class Watched:
         return self.version > since
 
 
-def read_jobs(job_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+class JsonArrayLength(Func):
+    """How many items a JSON array column holds, counted by the database."""
+
+    function = "jsonb_array_length"
+    output_field = IntegerField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        # The embedded default (SQLite) has no jsonb; its JSON1 function is json_array_length.
+        return self.as_sql(compiler, connection, function="json_array_length", **extra_context)
+
+
+def read_jobs(job_ids: list[uuid.UUID], using: str = DEFAULT_DB_ALIAS) -> dict[uuid.UUID, dict[str, Any]]:
     """Each job's status, progress, message and number of partial outputs, by id."""
     rows = (
-        Job.objects.filter(id__in=job_ids)
-        .annotate(output_count=Func(F("partial_outputs"), function="jsonb_array_length", output_field=IntegerField()))
+        Job.objects.using(using)
+        .filter(id__in=job_ids)
+        .annotate(output_count=JsonArrayLength(F("partial_outputs")))
         .values(*_FIELDS)
     )
     return {row.pop("id"): row for row in rows}
