@@ -37,6 +37,7 @@ class Sentinel:
         return int(self.client.sentinel_get_master_addr_by_name("main")[1])
 
     def stop(self) -> None:
+        self.client.close()
         self.process.kill()
         self.process.wait(timeout=10)
 
@@ -46,7 +47,13 @@ def replicated(tmp_path: Path) -> Iterator[tuple[PrivateRedis, PrivateRedis, Sen
     master, replica = PrivateRedis(), PrivateRedis()
     master.start()
     replica.start()
-    redis.Redis(port=replica.port).replicaof("127.0.0.1", master.port)
+    with redis.Redis(port=replica.port) as client:
+        client.replicaof("127.0.0.1", master.port)
+        # The first sync takes seconds on a busy machine: the failover needs a replica that has it.
+        deadline = time.monotonic() + 30
+        while client.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync with its master"
+            time.sleep(0.1)
     sentinel = Sentinel(master, tmp_path)
     try:
         yield master, replica, sentinel
@@ -79,7 +86,8 @@ def test_the_broker_follows_the_master_through_a_failover(
         async with reading(stream) as received:
             before = await take(received, 3)
         epoch = await stream.epoch()
-        assert await asyncio.to_thread(redis.Redis(port=master.port).wait, 1, 5000) == 1  # the replica has it all
+        with redis.Redis(port=master.port) as client:  # closed even when the assertion fails
+            assert await asyncio.to_thread(client.wait, 1, 15000) == 1  # the replica has it all
 
         master.kill()
         deadline = time.monotonic() + 30
@@ -104,7 +112,8 @@ def test_the_broker_follows_the_master_through_a_failover(
     assert sorted(before) == [b"0", b"1", b"2"]
     assert after == [b"3"]
     # The epoch was written to the master, and replicated: the promoted replica has it.
-    assert redis.Redis(port=replica.port).get("q:modalkit-epoch") == epoch.encode()
+    with redis.Redis(port=replica.port) as client:
+        assert client.get("q:modalkit-epoch") == epoch.encode()
 
 
 @pytest.mark.django_db(databases="__all__")
