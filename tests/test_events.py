@@ -133,13 +133,14 @@ def test_under_wsgi_the_answer_is_the_jobs_events_now_and_the_client_reconnects(
 
 
 @pytest.mark.django_db(databases=["default", "embedded"])
-def test_the_poll_reads_the_embedded_defaults_sqlite_too() -> None:
+def test_the_poll_and_the_outputs_read_the_embedded_defaults_sqlite_too() -> None:
     # make run's database: found by trying the events stream on a fresh clone (a 503 then).
     job = Job.objects.db_manager("embedded").create(
         model_name="sentiment", message={"text": "good"}, progress=0.5, partial_outputs=[{"n": 0}, {"n": 1}]
     )
     [row] = watch.read_jobs([job.id], using="embedded").values()
     assert (row["status"], row["progress"], row["output_count"]) == ("queued", 0.5, 2)
+    assert events._outputs(job.id, 1, using="embedded") == [{"n": 1}]
 
 
 @pytest.mark.django_db(transaction=True)
