@@ -13,7 +13,9 @@ from django.db import OperationalError
 from modalkit_django import intake, services
 from modalkit_django.models import Job
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# The recording waker throughout: the test process's embedded worker would otherwise run
+# these committed jobs while the teardown truncates the tables (a deadlock CI met once).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("recording_waker")]
 
 
 @pytest.fixture
