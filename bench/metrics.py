@@ -15,28 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.dashboard_scale import ROWS, seed, setup
+from bench.dashboard_scale import ROWS, median_ms, seed, setup
 
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/modalkit_bench_metrics"
-
-
-def median_ms(call: Callable[[], Any], runs: int) -> float:
-    call()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:

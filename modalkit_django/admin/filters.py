@@ -61,7 +61,8 @@ class BackendFilter(admin.SimpleListFilter):
 
 
 class InputFilter(admin.SimpleListFilter):
-    """A text box: the value typed is matched exactly (subclasses say against what)."""
+    """A text box: the value typed is matched exactly against the field ``parameter_name``
+    names (subclasses that match otherwise override :meth:`filter`)."""
 
     template = "admin/modalkit_django/input_filter.html"
     placeholder = ""
@@ -92,7 +93,7 @@ class InputFilter(admin.SimpleListFilter):
         return self.filter(queryset, value) if value else queryset
 
     def filter(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
-        raise NotImplementedError
+        return queryset.filter(**{str(self.parameter_name): value})
 
 
 class QueueNameFilter(InputFilter):
@@ -100,17 +101,11 @@ class QueueNameFilter(InputFilter):
     parameter_name = "queue_name"
     placeholder = "exact queue name"
 
-    def filter(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
-        return queryset.filter(queue_name=value)
-
 
 class HostnameFilter(InputFilter):
     title = "hostname"
     parameter_name = "hostname"
     placeholder = "exact hostname"
-
-    def filter(self, queryset: QuerySet[Any], value: str) -> QuerySet[Any]:
-        return queryset.filter(hostname=value)
 
 
 class OwnerFilter(InputFilter):
