@@ -53,6 +53,29 @@ def test_claim_takes_a_whole_batch() -> None:
     assert len({job.lease_token for job in claimed}) == 1
 
 
+def test_claimed_jobs_are_whole_instances_as_the_orm_loads_them(django_assert_num_queries: Any) -> None:
+    job = services.submit_job(message={"text": "a good film"}, meta={"trace": [1, 2]}, success_queue="q")
+    [claimed] = flow.claim([job.id])
+    loaded = Job.objects.get(id=job.id)
+    with django_assert_num_queries(0):  # nothing deferred: no query per field read
+        fields = {field.attname: getattr(claimed, field.attname) for field in Job._meta.concrete_fields}
+    assert fields == {field.attname: getattr(loaded, field.attname) for field in Job._meta.concrete_fields}
+    assert claimed.message == {"text": "a good film"} and claimed.meta == {"trace": [1, 2]}
+    assert not claimed._state.adding and claimed._state.db == "default"
+
+
+@pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql", reason="PostgreSQL")
+def test_the_hot_statements_send_their_parameters_apart() -> None:
+    from modalkit_django.models import postgres
+
+    with postgres._server_side_cursor("default") as cursor:
+        # Bound client-side, 7 would be the literal integer; sent apart, psycopg types it.
+        cursor.execute("SELECT pg_typeof(%s)::text, %b::uuid[]", [7, [str(job.id) for job in [submit()]]])
+        typed, ids = cursor.fetchone()
+    assert typed == "smallint"
+    assert len(ids) == 1
+
+
 def test_finish_success_stores_the_result_and_a_success_delivery() -> None:
     job = claim_one(submit(success_queue="ok", failure_queue="err", meta={"r": 1}))
     [delivery] = flow.finish([(job, OUTPUT)])

@@ -38,7 +38,7 @@ def _insert_jobs(jobs: Sequence[Job], *, using: str) -> None:
     connection = connections[using]
     fields = Job._meta.concrete_fields
     columns = ", ".join(connection.ops.quote_name(str(field.column)) for field in fields)
-    arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
+    arrays = ", ".join(f"%b::{field.db_type(connection)}[]" for field in fields)
     table = connection.ops.quote_name(Job._meta.db_table)
     params = [[_column_value(field, job) for job in jobs] for field in fields]
     with postgres._server_side_cursor(using) as cursor:

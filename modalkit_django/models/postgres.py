@@ -46,14 +46,14 @@ def _claim_sql(job_model: type[models.Model]) -> str:
         "AND (expires_at IS NULL OR expires_at > %(now)s)"
     )
     return (
-        f'WITH woken AS (SELECT id, priority FROM "{job}" WHERE id = ANY(%(ids)s::uuid[]) AND {runnable} '
+        f'WITH woken AS (SELECT id, priority FROM "{job}" WHERE id = ANY(%(ids)b::uuid[]) AND {runnable} '
         "FOR UPDATE SKIP LOCKED), "
         # Queued jobs of a higher priority than the lowest woken for, whose own wake-ups
         # wait behind these in the broker: highest and oldest first, through the partial
         # priority index (modalkit_job_priority_idx), which the usual case (all one
         # priority) leaves at its first entry.
         f'ahead AS (SELECT id FROM "{job}" WHERE priority > (SELECT min(priority) FROM woken) AND {runnable} '
-        "AND NOT id = ANY(%(ids)s::uuid[]) ORDER BY priority DESC, queued_at LIMIT %(extra)s FOR UPDATE SKIP LOCKED) "
+        "AND NOT id = ANY(%(ids)b::uuid[]) ORDER BY priority DESC, queued_at LIMIT %(extra)s FOR UPDATE SKIP LOCKED) "
         f'UPDATE "{job}" SET status = %(running)s, started_at = %(now)s, attempts = attempts + 1, '
         "lease_token = %(token)s, lease_expires_at = %(expires)s "
         f"WHERE id IN (SELECT id FROM woken UNION ALL SELECT id FROM ahead) RETURNING {columns}"
@@ -80,20 +80,51 @@ def claim(
         "expires": expires,
         "extra": extra,
     }
-    return list(job_model._default_manager.raw(_claim_sql(job_model), params, using=using))
+    with _server_side_cursor(using) as cursor:
+        cursor.execute(_claim_sql(job_model), params)
+        rows = cursor.fetchall()
+    return _instances(job_model, rows, using)
+
+
+@functools.cache
+def _converters(model: type[models.Model]) -> tuple[list[str], list[tuple[int, Any]]]:
+    """The model's field names in column order, and the ``from_db_value`` of those that
+    have one (JSON fields: Django reads jsonb as text and decodes it itself)."""
+    fields = model._meta.concrete_fields
+    converters = [(index, field.from_db_value) for index, field in enumerate(fields) if hasattr(field, "from_db_value")]
+    return [field.attname for field in fields], converters
+
+
+def _instances(model: type[Job], rows: Sequence[Sequence[Any]], using: str) -> list[Job]:
+    """Model instances from rows of every concrete column, as a queryset would make them."""
+    names, converters = _converters(model)
+    connection = connections[using]
+    jobs = []
+    for row in rows:
+        values = list(row)
+        for index, convert in converters:
+            values[index] = convert(values[index], None, connection)
+        jobs.append(model.from_db(using, names, values))
+    return jobs
 
 
 @contextlib.contextmanager
 def _server_side_cursor(using: str) -> Iterator[Any]:
     """A psycopg cursor that sends its parameters apart from the statement.
 
-    Django's cursor binds them client-side: it renders each array parameter (JSON
-    strings escaped inside array literals, for a hundred rows) into the SQL text, which
-    measured a third of a worker's time. Errors are Django's, as from its own cursors.
+    Django's cursors (the connection's ``cursor_factory``, unless ``server_side_binding``
+    is set) bind them client-side: they render each array parameter (JSON strings
+    escaped inside array literals, for a hundred rows) into the SQL text, which measured
+    a third of a worker's time. A plain ``psycopg.Cursor`` on the same connection does
+    not. It prepares statements only if the connection's ``prepare_threshold`` says so
+    (Django's default: never, for connection poolers). Errors are Django's, as from its
+    own cursors.
     """
+    import psycopg  # here: an install for SQLite alone has no psycopg
+
     wrapper = connections[using]
     wrapper.ensure_connection()
-    with wrapper.wrap_database_errors, wrapper.connection.cursor() as cursor:
+    with wrapper.wrap_database_errors, psycopg.Cursor(wrapper.connection) as cursor:
         yield cursor
 
 
@@ -115,8 +146,8 @@ def _finish_sql(job_model: type[models.Model]) -> str:
     delivery = delivery_model._meta.db_table
     columns = ", ".join(DELIVERY_FIELDS)
     return (
-        "WITH outcome AS (SELECT * FROM UNNEST(%s::uuid[], %s::uuid[], %s::text[], %s::jsonb[], %s::jsonb[], "
-        "%s::timestamptz[], %s::timestamptz[], %s::timestamptz[]) "
+        "WITH outcome AS (SELECT * FROM UNNEST(%b::uuid[], %b::uuid[], %b::text[], %b::jsonb[], %b::jsonb[], "
+        "%b::timestamptz[], %b::timestamptz[], %b::timestamptz[]) "
         "AS o (id, token, status, result, error, finished_at, run_after, enqueued_at)), "
         f'done AS (UPDATE "{job}" AS job SET status = outcome.status, result = outcome.result, '
         "error = outcome.error, finished_at = outcome.finished_at, run_after = outcome.run_after, "
@@ -124,9 +155,9 @@ def _finish_sql(job_model: type[models.Model]) -> str:
         # A job sent back to the queue after an error forgets its ended Modal call.
         "modal_call_id = CASE WHEN outcome.status = 'queued' THEN NULL ELSE job.modal_call_id END FROM outcome "
         "WHERE job.id = outcome.id AND job.status = %s AND job.lease_token = outcome.token RETURNING job.id), "
-        f'sent AS (INSERT INTO "{delivery}" ({columns}) SELECT d.* FROM UNNEST(%s::uuid[], %s::uuid[], '
-        "%s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::text[], %s::integer[], "
-        "%s::timestamptz[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::text[], %s::timestamptz[]) "
+        f'sent AS (INSERT INTO "{delivery}" ({columns}) SELECT d.* FROM UNNEST(%b::uuid[], %b::uuid[], '
+        "%b::text[], %b::text[], %b::text[], %b::text[], %b::jsonb[], %b::text[], %b::integer[], "
+        "%b::timestamptz[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::timestamptz[]) "
         f"AS d ({columns}) WHERE d.job_id IN (SELECT id FROM done) RETURNING id) "
         "SELECT array_agg(id) FROM done"
     )
@@ -167,8 +198,8 @@ def _record_sql(delivery_model: type[models.Model]) -> str:
     return (
         f'UPDATE "{table}" AS delivery SET status = v.status, attempts = v.attempts, sent_at = v.sent_at, '
         "external_id = v.external_id, next_attempt_at = v.next_attempt_at, last_error = v.last_error "
-        "FROM UNNEST(%s::uuid[], %s::integer[], %s::text[], %s::integer[], %s::timestamptz[], %s::text[], "
-        "%s::timestamptz[], %s::text[]) AS v (id, previous, status, attempts, sent_at, external_id, "
+        "FROM UNNEST(%b::uuid[], %b::integer[], %b::text[], %b::integer[], %b::timestamptz[], %b::text[], "
+        "%b::timestamptz[], %b::text[]) AS v (id, previous, status, attempts, sent_at, external_id, "
         "next_attempt_at, last_error) "
         "WHERE delivery.id = v.id AND delivery.attempts = v.previous AND delivery.status IN ('pending', 'retrying') "
         "RETURNING delivery.id"
@@ -199,7 +230,7 @@ def record(
 def _attach_calls_sql(job_model: type[models.Model]) -> str:
     job = job_model._meta.db_table
     return (
-        f'UPDATE "{job}" AS job SET modal_call_id = v.call_id FROM UNNEST(%s::uuid[], %s::text[]) AS v (id, call_id) '
+        f'UPDATE "{job}" AS job SET modal_call_id = v.call_id FROM UNNEST(%b::uuid[], %b::text[]) AS v (id, call_id) '
         "WHERE job.id = v.id AND job.status = %s AND job.lease_token = %s RETURNING job.id"
     )
 
