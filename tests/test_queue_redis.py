@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -84,6 +85,31 @@ def test_messages_sent_together_each_get_their_own_result(
     assert outcomes[2:] == [messages[2].message_id, messages[3].message_id]
     assert [json.loads(raw)["n"] for raw in redis_client.lrange(prefix + "a", 0, -1)] == [1, 3]
     assert [json.loads(raw)["n"] for raw in redis_client.lrange(prefix + "b", 0, -1)] == [4]
+
+
+def test_messages_to_one_list_go_in_one_rpush(run_async: Any, redis_client: redis.Redis, prefix: str) -> None:
+    backend = RedisBackend("redis", url=settings.REDIS_URL, key_prefix=prefix)
+    messages = [message("a", 1), message("b", 2), message("a", 3), message("a", 4)]
+    seen: list[str] = []
+    with redis_client.monitor() as monitor:
+        # MONITOR shows every command the server runs; this test's keys are its own.
+        listening = threading.Thread(target=lambda: seen.extend(_commands_on(monitor, prefix, until=prefix + "end")))
+        listening.start()
+        run_async(backend.asend_many, messages)
+        redis_client.rpush(prefix + "end", "x")
+        listening.join(timeout=10)
+
+    assert [command.split()[:2] for command in seen] == [["RPUSH", prefix + "a"], ["RPUSH", prefix + "b"]]
+    assert [json.loads(raw)["n"] for raw in redis_client.lrange(prefix + "a", 0, -1)] == [1, 3, 4]
+
+
+def _commands_on(monitor: Any, prefix: str, *, until: str) -> Iterator[str]:
+    for event in monitor.listen():
+        command = event["command"]
+        if until in command:
+            return
+        if prefix in command:
+            yield command
 
 
 def test_a_key_of_another_type_makes_the_delivery_dead(

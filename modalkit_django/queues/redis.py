@@ -51,7 +51,8 @@ class RedisBackend(BatchQueueBackend):
     ``socket_timeout`` / ``socket_connect_timeout``
         Seconds (defaults 5 and 2).
 
-    Messages sent together go out in one pipeline, each with its own result.
+    Messages sent together go out in one pipeline, each with its own result; in list
+    mode, those for one list in one ``RPUSH``, in the order given.
     """
 
     def __init__(
@@ -84,24 +85,36 @@ class RedisBackend(BatchQueueBackend):
             return [refused.get(message.message_id) or next(outcomes) for message in messages]
         client = await self._clients.get()
         async with client.pipeline(transaction=False) as pipeline:
-            for message in messages:
-                key = self.key_prefix + message.queue_name
-                if self.mode == "list":
-                    pipeline.rpush(key, message.body())
-                else:
+            if self.mode == "list":
+                # One RPUSH per list for all its messages: one command and one reply to
+                # parse instead of one each (a list takes them all or, WRONGTYPE, none).
+                by_key: dict[str, list[int]] = {}
+                for index, message in enumerate(messages):
+                    by_key.setdefault(self.key_prefix + message.queue_name, []).append(index)
+                for key, indexes in by_key.items():
+                    pipeline.rpush(key, *(messages[index].body() for index in indexes))
+            else:
+                for message in messages:
                     fields: dict[Any, Any] = {
                         "body": message.body(),
                         "message_id": message.message_id,
                         "job_id": message.job_id,
                         "route": message.route,
                     }
-                    pipeline.xadd(key, fields, maxlen=self.max_stream_length, approximate=True)
+                    pipeline.xadd(self.key_prefix + message.queue_name, fields, maxlen=self.max_stream_length,
+                                  approximate=True)  # fmt: skip
             try:
                 replies = await pipeline.execute(raise_on_error=False)
             except redis.exceptions.RedisError as exc:
                 error = DeliveryError(f"Redis: {type(exc).__name__}: {exc}", alias=self.alias)
                 error.__cause__ = exc
                 return [error] * len(messages)
+        if self.mode == "list":
+            per_message: list[str | BaseException] = [""] * len(messages)
+            for indexes, reply in zip(by_key.values(), replies, strict=True):
+                for index in indexes:
+                    per_message[index] = self._outcome(messages[index], reply)
+            return per_message
         return [self._outcome(message, reply) for message, reply in zip(messages, replies, strict=True)]
 
     def _refusal(self, message: QueueMessage) -> PermanentDeliveryError | None:
