@@ -1,6 +1,6 @@
 """Jobs per second, end to end, for one worker process draining a full queue.
 
-    .venv/bin/python bench/throughput.py --jobs 2000
+    .venv/bin/python bench/throughput.py --jobs 5000 --rounds 5
 
 Runs, in one session so the figures compare:
 
@@ -11,8 +11,10 @@ Runs, in one session so the figures compare:
 3. the same with Modal inference: the real ``modal`` SDK calling the demo deployment
    on the loopback fake control plane (tests/modal_fake), run as its own process.
 
-The queue is filled first, then one worker process (``--workers 1``) is started and
-timed from its first claim to its last send. For Modal, the fake's counters give the
+The queue is filled first, then the worker (``--workers N`` for each of ``--processes``)
+is started and timed from its first claim to its last send; the baseline, from its
+first read to its last acknowledgement. ``--rounds`` alternates baseline and local
+runs and reports the medians, the ratio being the median of each round's own. For Modal, the fake's counters give the
 Modal calls (``FunctionMap`` RPCs: one ``.spawn`` per job) per job and the batch sizes
 Modal actually ran (``modal_batch_sizes``: how many batches of each size).
 """
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -210,27 +213,37 @@ def main() -> None:
     )
     parser.add_argument("--processes", default="1,2", help="worker processes per row, e.g. 1,2")
     parser.add_argument("--inference", choices=["local", "modal", "both"], default="both")
+    parser.add_argument("--rounds", type=int, default=1, help="alternated baseline/local rounds; medians shown")
     parser.add_argument("--no-sweep-row", action="store_true", help="skip the row drained with the sweep on")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "throughput.json", help="where to write the rows")
     args = parser.parse_args()
     rows: list[dict[str, object]] = []
 
-    def row(name: str, processes: int, rate: float, baseline: float | None, **details: object) -> None:
-        ratio = rate / baseline if baseline else None
+    def row(name: str, processes: int, rate: float, ratio: float | None, **details: object) -> None:
         rows.append({"row": name, "processes": processes, "per_s": round(rate), "ratio": ratio, **details})
         shown = f"{ratio:.2f}" if ratio else "    "
         print(f"{name:42} {processes:>2} proc {rate:7.0f}/s  {shown}  {details or ''}", flush=True)
 
     for processes in (int(part) for part in args.processes.split(",")):
-        baseline = bench_noop(args.jobs, args.max_async_tasks, processes)
+        # Alternated rounds, each ratio against the baseline run just before it: the machine
+        # is shared, and the ratio of neighbours is steadier than a ratio of medians.
+        baselines, rates, ratios = [], [], []
+        for _ in range(args.rounds):
+            baselines.append(bench_noop(args.jobs, args.max_async_tasks, processes))
+            if args.inference in ("local", "both"):
+                rate, details = bench_modalkit(args.jobs, args.max_async_tasks, {"INFERENCE": "local"}, processes)
+                rates.append(rate)
+                ratios.append(rate / baselines[-1])
+        baseline = statistics.median(baselines)
         row("raw TaskIQ no-op (baseline)", processes, baseline, None)
-        if args.inference in ("local", "both"):
-            rate, details = bench_modalkit(args.jobs, args.max_async_tasks, {"INFERENCE": "local"}, processes)
-            row("modalkit-django, local inference", processes, rate, baseline, **details)
+        if rates:
+            rounds = {"ratios": [round(ratio, 2) for ratio in ratios]} if args.rounds > 1 else {}
+            row("modalkit-django, local inference", processes, statistics.median(rates), statistics.median(ratios),
+                **rounds, **details)  # fmt: skip
         if processes == 1 and args.inference in ("local", "both") and not args.no_sweep_row:
             env = {"INFERENCE": "local", "BENCH_SWEEP": "1"}
             rate, details = bench_modalkit(args.jobs, args.max_async_tasks, env, processes)
-            row("modalkit-django, local, the sweep on", processes, rate, baseline, **details)
+            row("modalkit-django, local, the sweep on", processes, rate, rate / baseline, **details)
         if processes == 1 and args.inference in ("modal", "both"):
             fake = ModalFakeProcess()
             try:
@@ -244,7 +257,7 @@ def main() -> None:
                 "modalkit-django, Modal (fake control plane)",
                 processes,
                 rate,
-                baseline,
+                rate / baseline,
                 modal_calls_per_job=calls,
                 mean_modal_batch=round(float(stats["mean_batch_size"]), 1),
                 modal_batch_sizes={size: sizes[size] for size in sorted(sizes)},
