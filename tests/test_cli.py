@@ -142,8 +142,10 @@ def test_health_exit_status_from_the_shell() -> None:
         "MODALKIT_TEST_DATABASE_NAME": connection.settings_dict["NAME"],
         "MODALKIT_TEST_BROKER_URL": "redis://127.0.0.1:1/0",
     }
+    # The broker's port refuses at once; the timeout only has to let a loaded machine's
+    # database answer (1 s did not, once, beside the other test row).
     result = subprocess.run(
-        [sys.executable, "manage.py", "modalkit", "--skip-checks", "health", "--json", "--timeout", "1"],
+        [sys.executable, "manage.py", "modalkit", "--skip-checks", "health", "--json", "--timeout", "10"],
         cwd=ROOT,
         env=env,
         capture_output=True,
