@@ -76,6 +76,27 @@ def test_the_hot_statements_send_their_parameters_apart() -> None:
     assert len(ids) == 1
 
 
+@pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql", reason="PostgreSQL")
+def test_the_hot_path_writes_no_index_that_serves_nothing() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tablename, indexdef FROM pg_indexes WHERE tablename IN (%s, %s)",
+            [Job._meta.db_table, QueueDelivery._meta.db_table],
+        )
+        indexes = cursor.fetchall()
+        batch = flow.submit().id  # any id: the plan is what is asked
+        cursor.execute(f"EXPLAIN SELECT id FROM {Job._meta.db_table} WHERE batch_id = %s", [batch])
+        plan = " ".join(row[0] for row in cursor.fetchall())
+    definitions = [definition.split(" USING ")[1] for _, definition in indexes]
+    # owner_id leads modalkit_job_owner_idx; batch_id has a partial index; no LIKE index.
+    assert "btree (owner_id)" not in definitions and "btree (batch_id)" not in definitions
+    assert "btree (batch_id) WHERE (batch_id IS NOT NULL)" in definitions
+    assert not any("varchar_pattern_ops" in definition for definition in definitions)
+    assert "modalkit_job_batch_idx" in plan
+
+
 def test_finish_success_stores_the_result_and_a_success_delivery() -> None:
     job = claim_one(submit(success_queue="ok", failure_queue="err", meta={"r": 1}))
     [delivery] = flow.finish([(job, OUTPUT)])

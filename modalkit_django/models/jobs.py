@@ -41,7 +41,11 @@ class Job(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     # Submitted as part of a batch (POST /async/predict/batch).
-    batch = models.ForeignKey("Batch", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
+    # Indexed by modalkit_job_batch_idx, partial: most jobs have none, and an index entry
+    # per job would be written again on each claim and finish.
+    batch = models.ForeignKey(
+        "Batch", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs", db_index=False
+    )
     message = models.JSONField(help_text="The validated model input.")
     meta = models.JSONField(default=dict, blank=True)
     success_queue = models.CharField(max_length=255, blank=True)
@@ -56,6 +60,7 @@ class Job(models.Model):
         blank=True,
         on_delete=models.CASCADE,
         related_name="modalkit_jobs",
+        db_index=False,  # modalkit_job_owner_idx leads with it
     )
     # The submitting API key's prefix ("" for ModalKit's static key or the admin): sent
     # with the result, so that a receiver can check who asked.
@@ -97,6 +102,7 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["-created_at"], name="modalkit_job_created_idx"),
             models.Index(fields=["owner", "-created_at"], name="modalkit_job_owner_idx"),
+            models.Index(fields=["batch"], condition=Q(batch__isnull=False), name="modalkit_job_batch_idx"),
             # The admin's filters, newest first.
             models.Index(fields=["status", "-created_at"], name="modalkit_job_status_idx"),
             models.Index(fields=["model_name", "-created_at"], name="modalkit_job_model_idx"),
