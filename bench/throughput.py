@@ -14,9 +14,10 @@ Runs, in one session so the figures compare:
 The queue is filled first, then the worker (``--workers N`` for each of ``--processes``)
 is started and timed from its first claim to its last send; the baseline, from its
 first read to its last acknowledgement. ``--rounds`` alternates baseline and local
-runs and reports the medians, the ratio being the median of each round's own. For Modal, the fake's counters give the
-Modal calls (``FunctionMap`` RPCs: one ``.spawn`` per job) per job and the batch sizes
-Modal actually ran (``modal_batch_sizes``: how many batches of each size).
+runs and reports the medians, the ratio being the median of each round's own. For
+Modal, the fake's counters give the Modal calls (``FunctionMap`` RPCs: one ``.spawn``
+per job) per job and the batch sizes Modal actually ran (``modal_batch_sizes``: how
+many batches of each size).
 """
 
 from __future__ import annotations

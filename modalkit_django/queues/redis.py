@@ -83,39 +83,44 @@ class RedisBackend(BatchQueueBackend):
             sent = await self.asend_many([message for message in messages if message.message_id not in refused])
             outcomes = iter(sent)
             return [refused.get(message.message_id) or next(outcomes) for message in messages]
+        commands = self._commands(messages)
         client = await self._clients.get()
         async with client.pipeline(transaction=False) as pipeline:
-            if self.mode == "list":
-                # One RPUSH per list for all its messages: one command and one reply to
-                # parse instead of one each (a list takes them all or, WRONGTYPE, none).
-                by_key: dict[str, list[int]] = {}
-                for index, message in enumerate(messages):
-                    by_key.setdefault(self.key_prefix + message.queue_name, []).append(index)
-                for key, indexes in by_key.items():
+            for indexes in commands:
+                first = messages[indexes[0]]
+                key = self.key_prefix + first.queue_name
+                if self.mode == "list":
                     pipeline.rpush(key, *(messages[index].body() for index in indexes))
-            else:
-                for message in messages:
+                else:
                     fields: dict[Any, Any] = {
-                        "body": message.body(),
-                        "message_id": message.message_id,
-                        "job_id": message.job_id,
-                        "route": message.route,
+                        "body": first.body(),
+                        "message_id": first.message_id,
+                        "job_id": first.job_id,
+                        "route": first.route,
                     }
-                    pipeline.xadd(self.key_prefix + message.queue_name, fields, maxlen=self.max_stream_length,
-                                  approximate=True)  # fmt: skip
+                    pipeline.xadd(key, fields, maxlen=self.max_stream_length, approximate=True)
             try:
                 replies = await pipeline.execute(raise_on_error=False)
             except redis.exceptions.RedisError as exc:
                 error = DeliveryError(f"Redis: {type(exc).__name__}: {exc}", alias=self.alias)
                 error.__cause__ = exc
                 return [error] * len(messages)
-        if self.mode == "list":
-            per_message: list[str | BaseException] = [""] * len(messages)
-            for indexes, reply in zip(by_key.values(), replies, strict=True):
-                for index in indexes:
-                    per_message[index] = self._outcome(messages[index], reply)
-            return per_message
-        return [self._outcome(message, reply) for message, reply in zip(messages, replies, strict=True)]
+        per_message: list[str | BaseException] = [""] * len(messages)
+        for indexes, reply in zip(commands, replies, strict=True):
+            for index in indexes:
+                per_message[index] = self._outcome(messages[index], reply)
+        return per_message
+
+    def _commands(self, messages: Sequence[QueueMessage]) -> list[list[int]]:
+        """The messages each command carries, by index, in order: in list mode one RPUSH per
+        list for all its messages (one command and one reply to parse instead of one each; a
+        list takes them all or, WRONGTYPE, none), in stream mode one XADD each."""
+        if self.mode == "stream":
+            return [[index] for index in range(len(messages))]
+        by_key: dict[str, list[int]] = {}
+        for index, message in enumerate(messages):
+            by_key.setdefault(self.key_prefix + message.queue_name, []).append(index)
+        return list(by_key.values())
 
     def _refusal(self, message: QueueMessage) -> PermanentDeliveryError | None:
         key = self.key_prefix + message.queue_name
