@@ -87,17 +87,21 @@ def claim(
 
 
 @functools.cache
-def _converters(model: type[models.Model]) -> tuple[list[str], list[tuple[int, Any]]]:
-    """The model's field names in column order, and the ``from_db_value`` of those that
-    have one (JSON fields: Django reads jsonb as text and decodes it itself)."""
+def _converters(model: type[models.Model], using: str) -> tuple[list[str], list[tuple[int, Any]]]:
+    """The model's field names in column order, and each field's database converters, as a
+    queryset applies them (``get_db_converters``: JSON fields decode jsonb, which Django
+    reads as text)."""
+    connection = connections[using]
     fields = model._meta.concrete_fields
-    converters = [(index, field.from_db_value) for index, field in enumerate(fields) if hasattr(field, "from_db_value")]
+    converters = [
+        (index, convert) for index, field in enumerate(fields) for convert in field.get_db_converters(connection)
+    ]
     return [field.attname for field in fields], converters
 
 
 def _instances(model: type[Job], rows: Sequence[Sequence[Any]], using: str) -> list[Job]:
     """Model instances from rows of every concrete column, as a queryset would make them."""
-    names, converters = _converters(model)
+    names, converters = _converters(model, using)
     connection = connections[using]
     jobs = []
     for row in rows:
