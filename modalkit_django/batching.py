@@ -1,7 +1,7 @@
 """Gathering the job ids a worker receives into batches.
 
-Each ``run_job`` message waits on a :class:`JobBatcher`, which gathers the jobs whose
-messages arrived together and hands them to one call of its ``process`` function: one
+Each ``run_job`` (or ``run_jobs``) message waits on a :class:`JobBatcher`, which gathers
+the jobs whose messages arrived together and hands them to one call of its ``process`` function: one
 claim, one model call per model, one finishing transaction for the lot.
 """
 
@@ -21,8 +21,8 @@ class JobBatcher:
 
     At most ``in_flight`` batches run at once; while they do, new ids wait and the
     next batch grows, up to ``batch_size``. A batch that is not full waits ``wait``
-    seconds for company before it goes. Each caller waits for its own batch, so the
-    broker acknowledges a message only once its job is stored.
+    seconds for company before it goes. Each caller waits for the batches of its own
+    ids, so the broker acknowledges a message only once its jobs are stored.
     """
 
     def __init__(
@@ -41,12 +41,18 @@ class JobBatcher:
         self._pump: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
 
-    async def run(self, job_id: str) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((job_id, done))
+    async def run(self, job_ids: Sequence[str]) -> None:
+        """Process ``job_ids``; raises the first error of a batch they were in, once all ran."""
+        loop = asyncio.get_running_loop()
+        waiting = [(job_id, loop.create_future()) for job_id in job_ids]
+        self._waiting += waiting
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._form_batches())
-        await done
+        await asyncio.wait([done for _, done in waiting])
+        # Each read, so that asyncio does not log the others as never retrieved.
+        errors = [error for _, done in waiting if (error := done.exception()) is not None]
+        if errors:
+            raise errors[0]
 
     async def _form_batches(self) -> None:
         while self._waiting:

@@ -58,6 +58,12 @@ logger = logging.getLogger(__name__)
 SEND_TIMEOUT_SECONDS = 10.0
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 
+# The tasks' names on the wire (see tasks.py). A Redis stream worker hands the run_job
+# messages of one read to TaskIQ as one run_jobs: one pass of TaskIQ's receiver for the
+# lot, not one per job (redis_stream.py).
+RUN_JOB = "modalkit.run_job"
+RUN_JOBS = "modalkit.run_jobs"
+
 WorkerHook = Callable[[TaskiqState], Awaitable[None]]
 
 _lock = threading.RLock()
@@ -104,7 +110,13 @@ def build_broker(spec: BrokerSettings) -> AsyncBroker:
     elif spec.url.startswith(REDIS_SCHEMES):
         from .redis_stream import RedisStreamBroker
 
-        broker = RedisStreamBroker(spec.url, queue_name=spec.stream_name(), **spec.options)
+        broker = RedisStreamBroker(
+            spec.url,
+            queue_name=spec.stream_name(),
+            merge={RUN_JOB: RUN_JOBS},
+            max_in_hand=get_settings().worker.wake_ups_in_hand,
+            **spec.options,
+        )
     else:
         raise ModalkitImproperlyConfigured(
             f"MODALKIT['BROKER']['URL'] must be a redis:// URL or None, not {spec.url!r}"

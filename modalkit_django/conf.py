@@ -145,6 +145,13 @@ class WorkerSettings(_Setting):
     # Partial outputs a generator pipeline's job keeps; later ones are not stored.
     max_partial_outputs: int = Field(default=1000, ge=0)
 
+    @property
+    def wake_ups_in_hand(self) -> int:
+        """Wake-ups a worker process holds unacknowledged at most: enough to fill every
+        batch in flight twice over (``--max-async-tasks``, and the Redis stream broker's
+        count of its entries, merged or not)."""
+        return 2 * self.batch_size * self.batches_in_flight
+
 
 class ApiSettings(_Setting):
     # How long an API key's lookup is kept in the process: a revoked key works this long at most.

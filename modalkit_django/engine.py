@@ -2,7 +2,7 @@
 
 ::
 
-    run_job(id) ─▶ JobBatcher ─▶ process_batch(ids)
+    run_job(s)(ids) ─▶ JobBatcher ─▶ process_batch(ids)
                                   claim ─▶ predict ─▶ finish (+ deliveries, one transaction)
                                   │ lease renewed every HEARTBEAT_SECONDS meanwhile
                                   └─▶ first send of each delivery, in the background
@@ -128,9 +128,9 @@ class Engine:
         # What this loop has done, for its worker's heartbeat row (see heartbeats.py).
         self.jobs_done = self.deliveries_sent = self.in_flight = 0
 
-    async def run_job(self, job_id: str) -> None:
-        """Run one job, batched with whatever else this event loop is running now."""
-        await self.batcher.run(job_id)
+    async def run_jobs(self, job_ids: Sequence[str]) -> None:
+        """Run these jobs, batched with whatever else this event loop is running now."""
+        await self.batcher.run(job_ids)
 
     async def process_batch(self, job_ids: Sequence[str]) -> None:
         """Claim, infer and finish a batch; its deliveries' first attempts go on in the background."""

@@ -21,7 +21,7 @@ from .engine import get_engine, run_db
 from .models import Job, QueueDelivery
 from .wakeups import Ids
 
-__all__ = ["BrokerWaker", "deliver", "run_job"]
+__all__ = ["BrokerWaker", "deliver", "run_job", "run_jobs"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +39,19 @@ def _valid(kind: str, value: str) -> bool:
     return True
 
 
-@async_shared_broker.task(task_name="modalkit.run_job")
+@async_shared_broker.task(task_name=broker.RUN_JOB)
 async def run_job(job_id: str) -> None:
     """Run the job's inference, store the outcome, and send it to its queue."""
     if _valid("run_job", job_id):
-        await get_engine().run_job(job_id)
+        await get_engine().run_jobs([job_id])
+
+
+@async_shared_broker.task(task_name=broker.RUN_JOBS)
+async def run_jobs(job_ids: list[str]) -> None:
+    """``run_job`` for each of ``job_ids``: the run_job messages a worker read together."""
+    valid = [job_id for job_id in job_ids if _valid("run_job", job_id)]
+    if valid:
+        await get_engine().run_jobs(valid)
 
 
 @async_shared_broker.task(task_name="modalkit.deliver")

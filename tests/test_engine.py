@@ -58,7 +58,7 @@ def test_concurrent_messages_share_one_claim_and_one_model_call(run_async: Any, 
     jobs = [submit(f"text {n}") for n in range(20)]
 
     async def deliver_all() -> None:
-        await asyncio.gather(*(engine.get_engine().run_job(str(job.id)) for job in jobs))
+        await asyncio.gather(*(engine.get_engine().run_jobs([str(job.id)]) for job in jobs))
 
     run_async(deliver_all)
     assert len(scripted.calls) == 1
@@ -71,8 +71,8 @@ def test_duplicate_messages_run_the_inference_once(run_async: Any, scripted: Scr
 
     async def duplicates() -> None:
         # Two copies in the same batch, then a late third.
-        await asyncio.gather(engine.get_engine().run_job(str(job.id)), engine.get_engine().run_job(str(job.id)))
-        await engine.get_engine().run_job(str(job.id))
+        await asyncio.gather(engine.get_engine().run_jobs([str(job.id)]), engine.get_engine().run_jobs([str(job.id)]))
+        await engine.get_engine().run_jobs([str(job.id), str(job.id)])
 
     run_async(duplicates)
     assert scripted.inputs == [{"text": "good"}]
@@ -85,9 +85,23 @@ def test_batches_never_exceed_the_batch_size(run_async: Any, scripted: ScriptedI
 
     async def run() -> None:
         batcher = JobBatcher(engine.get_engine().process_batch, batch_size=3)
-        await asyncio.gather(*(batcher.run(str(job.id)) for job in jobs))
+        await asyncio.gather(*(batcher.run([str(job.id)]) for job in jobs))
 
     run_async(run)
+    assert sorted(len(messages) for _, messages in scripted.calls) == [1, 3, 3]
+
+
+def test_a_message_of_many_jobs_returns_once_all_its_batches_are_stored(
+    run_async: Any, scripted: ScriptedInference
+) -> None:
+    jobs = [submit(f"text {n}") for n in range(7)]
+
+    async def run() -> set[str]:
+        batcher = JobBatcher(engine.get_engine().process_batch, batch_size=3)
+        await batcher.run([str(job.id) for job in jobs])
+        return set(await engine.run_db(lambda: list(Job.objects.values_list("status", flat=True))))
+
+    assert run_async(run) == {"succeeded"}  # acknowledged only then
     assert sorted(len(messages) for _, messages in scripted.calls) == [1, 3, 3]
 
 
@@ -185,15 +199,20 @@ def test_a_backend_returning_too_few_predictions_fails_the_jobs(run_async: Any, 
 def test_a_malformed_job_id_fails_alone(run_async: Any, scripted: ScriptedInference, caplog: Any) -> None:
     from modalkit_django import tasks
 
-    jobs = [submit() for _ in range(3)]
+    jobs = [submit() for _ in range(5)]
 
     async def one_batch() -> None:
         ids = [str(job.id) for job in jobs]
-        await asyncio.gather(tasks.run_job("not-a-uuid"), *(tasks.run_job(job_id) for job_id in ids))
+        await asyncio.gather(
+            tasks.run_job("not-a-uuid"),
+            *(tasks.run_job(job_id) for job_id in ids[:3]),
+            tasks.run_jobs([ids[3], "neither-is-this", ids[4]]),  # run_job messages a worker read together
+        )
 
     run_async(one_batch)
     assert set(Job.objects.values_list("status", flat=True)) == {"succeeded"}
     assert "Ignoring a run_job message for 'not-a-uuid'" in caplog.text
+    assert "Ignoring a run_job message for 'neither-is-this'" in caplog.text
 
 
 def test_a_slow_queue_does_not_hold_up_the_batch(run_async: Any) -> None:
@@ -263,7 +282,7 @@ def test_a_batch_that_fails_as_a_whole_fails_each_of_its_callers(run_async: Any)
 
     async def run() -> list[Any]:
         batcher = JobBatcher(broken, batch_size=10)
-        return await asyncio.gather(batcher.run("a"), batcher.run("b"), return_exceptions=True)
+        return await asyncio.gather(batcher.run(["a"]), batcher.run(["b", "c"]), return_exceptions=True)
 
     outcomes = run_async(run)
     assert [str(outcome) for outcome in outcomes] == ["the database is gone for good"] * 2

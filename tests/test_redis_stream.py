@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings
-from taskiq import AckableMessage, BrokerMessage
+from taskiq import AckableMessage, BrokerMessage, TaskiqMessage
 
 from modalkit_django.redis_stream import RedisStreamBroker
 
@@ -158,3 +158,117 @@ def test_acks_that_cannot_reach_redis_do_not_fail_the_task(private_redis: Privat
         await stream.shutdown()
 
     asyncio.run(scenario())
+
+
+def task_message(stream: RedisStreamBroker, task_name: str, *args: Any, **kwargs: Any) -> BrokerMessage:
+    message = TaskiqMessage(task_id=uuid.uuid4().hex, task_name=task_name, labels={}, args=list(args), kwargs=kwargs)
+    return stream.formatter.dumps(message)
+
+
+def decoded(stream: RedisStreamBroker, messages: list[AckableMessage]) -> list[tuple[str, list[Any], dict[str, Any]]]:
+    loaded = [stream.formatter.loads(bytes(message.data)) for message in messages]
+    return sorted((message.task_name, message.args, message.kwargs) for message in loaded)
+
+
+def test_wake_ups_read_together_reach_taskiq_as_one_message(private_redis: PrivateRedis) -> None:
+    stream = RedisStreamBroker(private_redis.url, queue_name="q", xread_block=100, merge={"one": "many"})
+    client = redis.Redis.from_url(private_redis.url)
+
+    async def scenario() -> tuple[list[tuple[str, list[Any], dict[str, Any]]], int, int]:
+        await stream.startup()
+        await stream.kick_many(
+            [task_message(stream, "one", f"id-{n}") for n in range(5)]
+            + [task_message(stream, "other", "x"), task_message(stream, "one", "y", keyword=1)]
+        )
+        async with reading(stream) as received:
+            messages = [await received.get() for _ in range(3)]
+            merged = next(message for message in messages if b'"many"' in bytes(message.data))
+            await merged.ack()
+            pending_after_merged_ack = client.xpending("q", stream.consumer_group_name)["pending"]
+            await asyncio.gather(*(message.ack() for message in messages if message is not merged))
+        await stream.shutdown()
+        return decoded(stream, messages), pending_after_merged_ack, client.xlen("q")
+
+    messages, pending, left = asyncio.run(scenario())
+    assert messages == [
+        ("many", [[f"id-{n}" for n in range(5)]], {}),  # in the order they were sent
+        ("one", ["y"], {"keyword": 1}),  # keyword arguments: left as it is
+        ("other", ["x"], {}),
+    ]
+    assert pending == 2  # acknowledging the merged message acknowledged its five entries, no more
+    assert left == 0
+
+
+def test_a_wake_up_alone_in_its_read_is_passed_on_as_sent(private_redis: PrivateRedis) -> None:
+    stream = RedisStreamBroker(private_redis.url, queue_name="q", xread_block=100, merge={"one": "many"})
+    sent = task_message(stream, "one", "id-0")
+
+    async def scenario() -> list[bytes]:
+        await stream.startup()
+        await stream.kick_many([sent])
+        async with reading(stream) as received:
+            messages = await take(received, 1)
+        await stream.shutdown()
+        return messages
+
+    assert asyncio.run(scenario()) == [sent.message]
+
+
+def test_wake_ups_a_dead_consumer_left_are_taken_over_merged(private_redis: PrivateRedis) -> None:
+    merge = {"one": "many"}
+    dead = RedisStreamBroker(private_redis.url, queue_name="q", xread_block=100, merge=merge)
+    alive = RedisStreamBroker(
+        private_redis.url, queue_name="q", xread_block=100, idle_timeout=300, reclaim_interval=0.1, merge=merge
+    )
+
+    async def scenario() -> list[tuple[str, list[Any], dict[str, Any]]]:
+        await dead.startup()
+        await dead.kick_many([task_message(dead, "one", n) for n in range(4)])
+        async with reading(dead) as received:
+            await received.get()  # read, never acknowledged: then the consumer "dies"
+        await alive.startup()
+        async with reading(alive) as received:
+            message = await asyncio.wait_for(received.get(), 15)
+            await message.ack()
+        await dead.shutdown()
+        await alive.shutdown()
+        return decoded(alive, [message])
+
+    assert asyncio.run(scenario()) == [("many", [[0, 1, 2, 3]], {})]
+
+
+def test_a_consumer_holds_at_most_max_in_hand_entries_unacknowledged(private_redis: PrivateRedis) -> None:
+    stream = RedisStreamBroker(private_redis.url, queue_name="q", xread_block=100, max_in_hand=5)
+
+    async def scenario() -> tuple[int, int, int]:
+        await stream.startup()
+        await stream.kick_many([broker_message(n) for n in range(20)])
+        async with reading(stream) as received:
+            held = [await received.get() for _ in range(5)]
+            await asyncio.sleep(0.5)
+            while_full = received.qsize()  # the other 15 stay in the stream, for other workers
+            await asyncio.gather(*(message.ack() for message in held[:3]))
+            await take(received, 3)
+            await asyncio.sleep(0.5)
+            after_acks = received.qsize()
+        await stream.shutdown()
+        return while_full, after_acks, redis.Redis.from_url(private_redis.url).xlen("q")
+
+    assert asyncio.run(scenario()) == (0, 0, 17)
+
+
+def test_entries_never_acknowledged_stop_counting_after_the_idle_timeout(private_redis: PrivateRedis) -> None:
+    stream = RedisStreamBroker(
+        private_redis.url, queue_name="q", xread_block=100, max_in_hand=2, idle_timeout=300, reclaim_interval=0.1
+    )
+
+    async def scenario() -> list[bytes]:
+        await stream.startup()
+        await stream.kick_many([broker_message(n) for n in range(4)])
+        async with reading(stream) as received:
+            # Never acknowledged (a middleware raised): after idle_timeout the consumer reads on.
+            messages = await take(received, 4, timeout=10)
+        await stream.shutdown()
+        return messages
+
+    assert sorted(asyncio.run(scenario())) == [b"0", b"1", b"2", b"3"]

@@ -56,8 +56,7 @@ def _with_defaults(taskiq_args: list[str]) -> list[str]:
     """
     defaults = []
     if not _given("--max-async-tasks", taskiq_args):
-        worker = get_settings().worker
-        defaults += ["--max-async-tasks", str(2 * worker.batch_size * worker.batches_in_flight)]
+        defaults += ["--max-async-tasks", str(get_settings().worker.wake_ups_in_hand)]
     if not _given("--log-level", taskiq_args):
         defaults += ["--log-level", "WARNING"]
     return [*taskiq_args, *defaults]
