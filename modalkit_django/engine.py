@@ -39,6 +39,7 @@ from .exceptions import InferenceError, InferenceTimeout
 from .messages import deliveries_for, message_for
 from .models import Job, QueueDelivery, SendResult
 from .models.job_progress import ProgressReport
+from .models.job_transitions import Settled
 from .queues import queues
 from .streaming import predict_streaming, streams
 
@@ -87,17 +88,26 @@ def _claim(job_ids: Sequence[str]) -> list[Job]:
     return Job.objects.claim(job_ids, lease_seconds=get_settings().worker.lease_seconds)
 
 
-def _finish(results: list[tuple[Job, Prediction]]) -> list[QueueDelivery]:
+def _settle(results: list[tuple[Job, Prediction]]) -> tuple[Settled, list[QueueDelivery]]:
+    """The outcomes and deliveries of a batch, made without a query: on the event loop,
+    so the database thread, a worker's bottleneck, only runs statements."""
     worker = get_settings().worker
-    deliveries = Job.objects.finish(
-        results,
-        max_attempts=worker.max_attempts,
-        retry_backoff_seconds=worker.retry_backoff_seconds,
-        deliveries_for=lambda finished: deliveries_for(finished, timezone.now(), sent_by_caller=True),
+    settled = Job.objects.settle(
+        results, max_attempts=worker.max_attempts, retry_backoff_seconds=worker.retry_backoff_seconds
     )
+    return settled, deliveries_for(settled.finished, timezone.now(), sent_by_caller=True)
+
+
+def _store(settled: Settled, deliveries: list[QueueDelivery]) -> list[QueueDelivery]:
+    stored = Job.objects.store(settled, deliveries)
     # Once the finish committed, a batch whose last job this was is complete (the sweep
     # completes those that two workers, each finishing one of its last jobs, left to the other).
-    return deliveries + complete_batches({job.batch_id for job, _ in results if job.batch_id and job.is_finished})
+    return stored + complete_batches({job.batch_id for job in settled.jobs if job.batch_id and job.is_finished})
+
+
+def _finish(results: list[tuple[Job, Prediction]]) -> list[QueueDelivery]:
+    """Settle and store a batch in one go (tests, and code already on a database thread)."""
+    return _store(*_settle(results))
 
 
 async def _store_calls(jobs: list[Job]) -> set[uuid.UUID]:
@@ -145,7 +155,7 @@ class Engine:
             started = time.monotonic()
             predictions = await self.predict(jobs)
             inference_seconds = time.monotonic() - started
-            deliveries = await run_db(_finish, list(zip(jobs, predictions, strict=True)))
+            deliveries = await run_db(_store, *_settle(list(zip(jobs, predictions, strict=True))))
         finally:
             self._leases.discard(token)
             self.in_flight -= len(jobs)

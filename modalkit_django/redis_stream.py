@@ -244,14 +244,15 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
         """The task this message merges into, and its one argument; ``None`` if it stays apart."""
         if not any(name in data for name in self._merged_names):
             return None
-        try:
-            message = self.formatter.loads(data)
+        try:  # the serializer's dict, not the formatter's pydantic model: a tenth of the cost
+            message = self.serializer.loadb(data)
+            merged = self.merge.get(message["task_name"])
+            args = message["args"]
         except Exception:  # not TaskIQ's format: TaskIQ's receiver reports it, as for any message
             return None
-        merged = self.merge.get(message.task_name)
-        if merged is None or message.kwargs or message.labels or len(message.args) != 1:
+        if merged is None or message.get("kwargs") or message.get("labels") or len(args) != 1:
             return None
-        return merged, message.args[0]
+        return merged, args[0]
 
     # --- Acknowledging ------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ finishes late never overwrites what another recorded (or an operator reset) mean
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import random
 import uuid
@@ -215,17 +216,28 @@ class QueueDelivery(models.Model):
         """The delivery of a finished job on its route; ``claim``: seconds left to its sender."""
         succeeded = job.status == Job.Status.SUCCEEDED
         route = DeliveryRoute.SUCCESS if succeeded else DeliveryRoute.FAILURE
-        return cls(
-            job=job,
-            route=route,
-            queue_name=job.success_queue if succeeded else job.failure_queue,
-            backend=backend,
-            message_id=f"{job.id}:{route}" + (f":rerun{job.reruns}" if job.reruns else ""),
-            payload=payload,
-            next_attempt_at=now + dt.timedelta(seconds=claim),
-            created_at=now,
-            attempts_since=now,
-        )
+        values = {
+            "job_id": job.id,
+            "route": route,
+            "queue_name": job.success_queue if succeeded else job.failure_queue,
+            "backend": backend,
+            "message_id": f"{job.id}:{route}" + (f":rerun{job.reruns}" if job.reruns else ""),
+            "payload": payload,
+            "next_attempt_at": now + dt.timedelta(seconds=claim),
+            "created_at": now,
+            "attempts_since": now,
+        }
+        # Positional, the other fields at their defaults: Model.__init__'s fast path, half
+        # the cost of keyword arguments (a worker makes one per finished job).
+        row: list[Any] = [values[name] if name in values else field.get_default() for name, field in _fields(cls)]
+        delivery = cls(*row)  # type: ignore[misc]  # django-stubs reads *row as the first field
+        cls.job.field.set_cached_value(delivery, job)
+        return delivery
+
+
+@functools.cache
+def _fields(model: type[models.Model]) -> list[tuple[str, models.Field[Any, Any]]]:
+    return [(field.attname, field) for field in model._meta.concrete_fields]
 
 
 def error_label(error: BaseException) -> str:

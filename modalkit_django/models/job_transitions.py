@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.db import connections, transaction
 from django.db.models import F, Q
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .deliveries import QueueDelivery
     from .jobs import Job
 
-__all__ = ["JobQuerySet"]
+__all__ = ["JobQuerySet", "Settled"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,14 @@ def _expiry(job: Job, timeout: float | None) -> dict[str, str]:
     if job.expires_at is not None:
         return {"type": "Expired", "message": f"The job was not started by its deadline, {job.expires_at.isoformat()}."}
     return {"type": "Expired", "message": f"The job waited more than {timeout:g} s in the queue."}
+
+
+class Settled(NamedTuple):
+    """Claimed jobs with their outcomes set, not yet stored (:meth:`JobQuerySet.settle`)."""
+
+    jobs: list[Job]
+    tokens: list[uuid.UUID | None]  # the lease each was claimed under
+    finished: list[Job]  # those that succeeded or failed for good: they get deliveries
 
 
 class JobQuerySet(ProgressQuerySet):
@@ -116,10 +124,17 @@ class JobQuerySet(ProgressQuerySet):
 
         A transient error sends its job back to the queue with backoff until it has used
         ``max_attempts``. A job whose lease was reclaimed meanwhile belongs to another run
-        and is left alone.
+        and is left alone. A worker runs the halves apart: :meth:`settle` off its database thread.
         """
+        settled = self.settle(results, max_attempts=max_attempts, retry_backoff_seconds=retry_backoff_seconds)
+        return self.store(settled, deliveries_for(settled.finished))
+
+    def settle(
+        self, results: Sequence[tuple[Job, Prediction]], *, max_attempts: int, retry_backoff_seconds: float
+    ) -> Settled:
+        """Set each claimed job's outcome on it, in memory (no query); see :meth:`finish`."""
         now = timezone.now()
-        tokens = {job.id: job.lease_token for job, _ in results}
+        tokens = [job.lease_token for job, _ in results]
         finished: list[Job] = []
         for job, prediction in results:
             if not isinstance(prediction, InferenceError) and (problem := json_problem(prediction, max_depth=None)):
@@ -134,20 +149,22 @@ class JobQuerySet(ProgressQuerySet):
             else:
                 job.end(JobStatus.SUCCEEDED, now, result=prediction)
                 finished.append(job)
-        jobs = [job for job, _ in results]
-        deliveries = deliveries_for(finished)
+        return Settled([job for job, _ in results], tokens, finished)
+
+    def store(self, settled: Settled, deliveries: Sequence[QueueDelivery]) -> list[QueueDelivery]:
+        """Write the outcomes :meth:`settle` set, and the deliveries of the finished jobs,
+        where each job's lease still holds; return the deliveries written."""
+        jobs = settled.jobs
         if connections[self.db].vendor == "postgresql":
-            held = postgres.finish(self.model, jobs, [tokens[job.id] for job in jobs], deliveries, using=self.db)
+            held = postgres.finish(self.model, jobs, settled.tokens, deliveries, using=self.db)
         else:
-            held = self._finish_through_the_orm(jobs, tokens, deliveries)
-        if len(held) < len(jobs):
-            dropped = len(jobs) - len(held)
+            held = self._finish_through_the_orm(settled, deliveries)
+        if dropped := len(jobs) - len(held):
             logger.warning("%d jobs were reclaimed before they finished; their runs' results are dropped", dropped)
         return [delivery for delivery in deliveries if delivery.job_id in held]
 
-    def _finish_through_the_orm(
-        self, jobs: list[Job], tokens: dict[uuid.UUID, uuid.UUID | None], deliveries: list[QueueDelivery]
-    ) -> set[uuid.UUID]:
+    def _finish_through_the_orm(self, settled: Settled, deliveries: Sequence[QueueDelivery]) -> set[uuid.UUID]:
+        jobs, tokens = settled.jobs, dict(zip([job.id for job in settled.jobs], settled.tokens, strict=True))
         with transaction.atomic(savepoint=False, using=self.db):
             held = set(
                 self.select_for_update()
