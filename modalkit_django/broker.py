@@ -110,13 +110,8 @@ def build_broker(spec: BrokerSettings) -> AsyncBroker:
     elif spec.url.startswith(REDIS_SCHEMES):
         from .redis_stream import RedisStreamBroker
 
-        broker = RedisStreamBroker(
-            spec.url,
-            queue_name=spec.stream_name(),
-            merge={RUN_JOB: RUN_JOBS},
-            max_in_hand=get_settings().worker.wake_ups_in_hand,
-            **spec.options,
-        )
+        defaults = {"merge": {RUN_JOB: RUN_JOBS}, "max_in_hand": get_settings().worker.wake_ups_in_hand}
+        broker = RedisStreamBroker(spec.url, queue_name=spec.stream_name(), **{**defaults, **spec.options})
     else:
         raise ModalkitImproperlyConfigured(
             f"MODALKIT['BROKER']['URL'] must be a redis:// URL or None, not {spec.url!r}"

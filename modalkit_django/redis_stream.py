@@ -14,15 +14,12 @@ group; this subclass changes what a job service needs changed:
   ``XACK`` + ``XDEL`` (upstream sends one ``XACK`` per message and never deletes); at a
   few hundred messages a second that was a third of a worker's event loop (py-spy).
 - **Sends in bulk**: :meth:`kick_many` adds many messages in one pipeline.
-- **Wake-ups read together run as one** (``merge``): TaskIQ's receiver costs a worker
-  more per message than a job's own claim, inference and finish (py-spy, raw TaskIQ
-  no-op at ~0.25 ms of CPU a message). Messages of a task named in ``merge``, read in
-  one ``XREADGROUP``, reach TaskIQ as one message of its merged task, whose argument
-  is the list of theirs, and are acknowledged together once it is done. Only this
-  worker's reading changes: what is sent, and what an older worker reads, does not.
-  ``max_in_hand`` bounds the entries a consumer holds unacknowledged, merged or not
-  (TaskIQ's ``--max-async-tasks`` counts messages): the rest stay in the stream for
-  other workers, and are not left waiting here long enough to be taken over.
+- **Wake-ups read together run as one** (``merge``): TaskIQ's receiver costs more per
+  message (~0.25 ms of CPU) than a job's claim, inference and finish. The messages of a
+  task named in ``merge`` read in one ``XREADGROUP`` reach TaskIQ as one message of its
+  merged task, acknowledged together once it is done; what is sent does not change.
+  ``max_in_hand`` bounds the entries a consumer holds unacknowledged (TaskIQ's
+  ``--max-async-tasks`` counts messages); those held past ``idle_timeout`` stop counting.
 - **An epoch** (:meth:`epoch`) that changes when Redis lost its data, so the sweep knows
   to wake every queued job again.
 """
@@ -93,7 +90,7 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
         # A cheap test before decoding: only a message naming a merged task can be one.
         self._merged_names = [name.encode() for name in self.merge]
         self.max_in_hand = max_in_hand
-        self._in_hand: dict[Any, float] = {}  # entry id: when it was read
+        self._in_hand: dict[tuple[str, Any], float] = {}  # (stream, entry id): when it was read
         self._room = asyncio.Event()
         self._acks: defaultdict[str, list[tuple[str, asyncio.Future[None]]]] = defaultdict(list)
         self._ack_flush: asyncio.Handle | None = None
@@ -192,7 +189,9 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
             min_idle_time=self.idle_timeout,
             count=self.unacknowledged_batch_size,
         )
-        claimed = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
+        # Not those this consumer still runs (idle only by Redis's clock): run twice, the
+        # second run would acknowledge them before the first stored their jobs.
+        claimed = [(id, fields) for id, fields in reply[1] if fields and (stream, id) not in self._in_hand]
         if claimed:
             logger.warning("Took over %d messages another consumer read but never finished", len(claimed))
         for message in self._messages(stream, claimed):
@@ -202,24 +201,27 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
         """How many entries to read, up to ``count``: once some are, with ``max_in_hand``."""
         if self.max_in_hand is None:
             return count
-        while len(self._in_hand) >= self.max_in_hand:
-            # An entry held past ``idle_timeout`` is another consumer's by now (or read
-            # again by this one): forgotten, so a message never acknowledged (a
-            # middleware that raised) cannot stop this consumer reading for good.
-            stale = time.monotonic() - self.idle_timeout / 1000
-            self._in_hand = {id: read for id, read in self._in_hand.items() if read > stale}
+        while (held := self._held(self.max_in_hand)) >= self.max_in_hand:
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.reclaim_interval):
                     await self._room.wait()
-        room = self.max_in_hand - len(self._in_hand)
-        return room if count is None else min(count, room)
+        return self.max_in_hand - held if count is None else min(count, self.max_in_hand - held)
+
+    def _held(self, limit: int) -> int:
+        """Entries in hand, less those held past ``idle_timeout`` (a long inference, or a
+        message never acknowledged because a middleware raised): they cannot stop this
+        consumer reading for good."""
+        if len(self._in_hand) < limit:
+            return len(self._in_hand)
+        stale = time.monotonic() - self.idle_timeout / 1000
+        return sum(read > stale for read in self._in_hand.values())
 
     def _messages(self, stream: Any, entries: Sequence[tuple[Any, Any]]) -> list[AckableMessage]:
         """The entries of one read as TaskIQ messages, those of each merged task as one."""
         stream_name = stream.decode() if isinstance(stream, bytes) else stream
         now = time.monotonic()
-        self._in_hand.update((entry_id, now) for entry_id, _ in entries)
+        self._in_hand.update(((stream_name, entry_id), now) for entry_id, _ in entries)
         messages = []
         merging: defaultdict[str, list[tuple[Any, bytes, Any]]] = defaultdict(list)
         for entry_id, fields in entries:
@@ -246,20 +248,19 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
             return None
         try:  # the serializer's dict, not the formatter's pydantic model: a tenth of the cost
             message = self.serializer.loadb(data)
-            merged = self.merge.get(message["task_name"])
-            args = message["args"]
+            merged, args = self.merge.get(message["task_name"]), message["args"]
+            if merged is None or message.get("kwargs") or message.get("labels") or not isinstance(args, list):
+                return None
         except Exception:  # not TaskIQ's format: TaskIQ's receiver reports it, as for any message
             return None
-        if merged is None or message.get("kwargs") or message.get("labels") or len(args) != 1:
-            return None
-        return merged, args[0]
+        return (merged, args[0]) if len(args) == 1 else None
 
     # --- Acknowledging ------------------------------------------------------------------
 
     def _ack_entries(self, ids: Sequence[Any], queue_name: str) -> Callable[[], Awaitable[None]]:
         async def ack() -> None:
             for id in ids:
-                self._in_hand.pop(id, None)
+                self._in_hand.pop((queue_name, id), None)
             self._room.set()
             loop = asyncio.get_running_loop()
             done: asyncio.Future[None] = loop.create_future()

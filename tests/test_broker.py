@@ -10,8 +10,8 @@ import pytest
 import redis
 from taskiq import InMemoryBroker
 
-from modalkit_django import broker
-from modalkit_django.conf import BrokerSettings
+from modalkit_django import broker, tasks
+from modalkit_django.conf import BrokerSettings, get_settings
 from modalkit_django.exceptions import ModalkitImproperlyConfigured
 from modalkit_django.redis_stream import RedisStreamBroker
 
@@ -26,6 +26,16 @@ def test_a_redis_url_is_the_acknowledging_stream_broker() -> None:
     built = broker.build_broker(BrokerSettings(url="redis://127.0.0.1:6379/0", queue_name="q"))
     assert isinstance(built, RedisStreamBroker)
     assert built.queue_name == "q"
+    # A worker merges the run_job wake-ups it reads together, and holds as many as --max-async-tasks.
+    assert built.merge == {tasks.run_job.task_name: tasks.run_jobs.task_name}
+    assert built.max_in_hand == get_settings().worker.wake_ups_in_hand == 400
+
+
+def test_broker_options_override_the_stream_defaults() -> None:
+    options = {"merge": {}, "max_in_hand": None, "xread_block": 100}
+    built = broker.build_broker(BrokerSettings(url="redis://127.0.0.1:6379/0", queue_name="q", options=options))
+    assert isinstance(built, RedisStreamBroker)
+    assert (built.merge, built.max_in_hand, built.block) == ({}, None, 100)
 
 
 def test_other_urls_are_refused() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -302,3 +303,43 @@ def test_the_sweeper_goes_on_after_a_failed_sweep(run_async: Any, monkeypatch: p
         run_async(sweeper.run_sweeper)
     assert len(calls) == 2
     assert "Sweep failed; trying again in 0.01s" in caplog.text
+
+
+def test_a_read_of_wake_ups_runs_as_one_task_acknowledged_once_its_jobs_are_stored(
+    run_async: Any, scripted: ScriptedInference, redis_client: Any
+) -> None:
+    from taskiq import AckableMessage, TaskiqMessage
+    from taskiq.receiver import Receiver
+
+    from modalkit_django import broker, tasks
+    from modalkit_django.conf import BrokerSettings
+
+    jobs = [submit(f"text {n}") for n in range(3)]
+    queue = f"modalkit-test-merge-{uuid.uuid4().hex[:8]}"
+    stream = broker.build_broker(BrokerSettings(url=settings.REDIS_URL, queue_name=queue))
+    statuses_at_ack: list[list[str]] = []
+
+    async def scenario() -> str:
+        await stream.startup()
+        wake_ups = [TaskiqMessage(task_id=str(n), task_name=tasks.run_job.task_name, labels={}, args=[str(job.id)],
+                                  kwargs={}) for n, job in enumerate(jobs)]  # fmt: skip
+        await stream.kick_many([stream.formatter.dumps(message) for message in wake_ups])
+        reading = stream.listen()
+        read = await anext(reading)
+
+        async def ack() -> None:
+            statuses_at_ack.append(await engine.run_db(lambda: list(Job.objects.values_list("status", flat=True))))
+            await read.ack()
+
+        await Receiver(stream, run_startup=False).callback(AckableMessage(data=read.data, ack=ack))
+        await reading.aclose()
+        await stream.shutdown()
+        return stream.formatter.loads(read.data).task_name
+
+    try:
+        assert run_async(scenario) == tasks.run_jobs.task_name  # one message for the three
+        assert [len(messages) for _, messages in scripted.calls] == [3]
+        assert statuses_at_ack == [["succeeded"] * 3]  # acknowledged only once stored
+        assert redis_client.xlen(queue) == 0
+    finally:
+        redis_client.delete(queue)

@@ -259,16 +259,42 @@ def test_a_consumer_holds_at_most_max_in_hand_entries_unacknowledged(private_red
 
 def test_entries_never_acknowledged_stop_counting_after_the_idle_timeout(private_redis: PrivateRedis) -> None:
     stream = RedisStreamBroker(
-        private_redis.url, queue_name="q", xread_block=100, max_in_hand=2, idle_timeout=300, reclaim_interval=0.1
+        private_redis.url, queue_name="q", xread_block=100, max_in_hand=2, idle_timeout=1000, reclaim_interval=0.1
     )
 
-    async def scenario() -> list[bytes]:
+    async def scenario() -> tuple[int, list[bytes]]:
         await stream.startup()
         await stream.kick_many([broker_message(n) for n in range(4)])
         async with reading(stream) as received:
-            # Never acknowledged (a middleware raised): after idle_timeout the consumer reads on.
+            # Never acknowledged (a middleware raised): after idle_timeout the consumer reads on,
+            # and does not take its own two back as if another consumer had left them.
+            await asyncio.sleep(0.5)
+            before_the_timeout = received.qsize()
             messages = await take(received, 4, timeout=10)
+            await asyncio.sleep(1.5)
+            messages += [bytes(message.data) for message in [received.get_nowait() for _ in range(received.qsize())]]
+        await stream.shutdown()
+        return before_the_timeout, messages
+
+    before_the_timeout, messages = asyncio.run(scenario())
+    assert before_the_timeout == 2
+    assert sorted(messages) == [b"0", b"1", b"2", b"3"]
+
+
+def test_a_malformed_wake_up_is_passed_on_as_it_came(private_redis: PrivateRedis) -> None:
+    stream = RedisStreamBroker(private_redis.url, queue_name="q", xread_block=100, merge={"one": "many"})
+    bad = [b'{"task_id": "a", "task_name": "one", "args": null}', b'{"task_id": "b", "task_name": "one", "args": 5}']
+
+    async def scenario() -> list[bytes]:
+        await stream.startup()
+        await stream.kick_many([BrokerMessage(task_id="x", task_name="one", message=data, labels={}) for data in bad])
+        async with reading(stream) as received:
+            messages = await take(received, 2)  # to TaskIQ, which reports them; the reader goes on
+            await stream.kick_many([task_message(stream, "one", "id-0")])
+            messages += await take(received, 1)
         await stream.shutdown()
         return messages
 
-    assert sorted(asyncio.run(scenario())) == [b"0", b"1", b"2", b"3"]
+    *malformed, good = asyncio.run(scenario())
+    assert sorted(malformed) == sorted(bad)
+    assert stream.formatter.loads(good).args == ["id-0"]
