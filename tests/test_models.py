@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import pytest
@@ -95,6 +96,51 @@ def test_the_hot_path_writes_no_index_that_serves_nothing() -> None:
     assert "btree (batch_id) WHERE (batch_id IS NOT NULL)" in definitions
     assert not any("varchar_pattern_ops" in definition for definition in definitions)
     assert "modalkit_job_batch_idx" in plan
+
+
+@pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql", reason="PostgreSQL")
+def test_the_hot_statements_find_their_rows_by_primary_key() -> None:
+    """Not by a scan of the table, or of every running job or unsent delivery: planned
+    with ``id IN (SELECT …)`` or a join alone, they were, at a few thousand rows."""
+    import uuid
+
+    from modalkit_django.models import postgres
+
+    now = timezone.now()
+    jobs = Job.objects.bulk_create(
+        Job(model_name="sentiment", message={}, success_queue="q", created_at=now) for _ in range(3000)
+    )
+    token = uuid.uuid4()
+    Job.objects.filter(id__in=[job.id for job in jobs[:400]]).update(status="running", lease_token=token)
+    deliveries = QueueDelivery.objects.bulk_create(
+        QueueDelivery(job=job, route="success", queue_name="q", backend="memory", message_id=str(job.id),
+                      payload={}, status="retrying", next_attempt_at=now, created_at=now, attempts_since=now)
+        for job in jobs[400:1400]
+    )  # fmt: skip
+    outcomes = [(job.id, token, "succeeded", "{}", None, now, None, now) for job in jobs[:100]]
+    sends = [(delivery.id, 0, "sent", 1, now, "", None, "") for delivery in deliveries[:100]]
+    claim = {"ids": [str(job.id) for job in jobs[2000:2100]], "queued": "queued", "running": "running",
+             "now": now, "token": token, "expires": now, "extra": 100}  # fmt: skip
+    statements = [
+        (postgres._claim_sql(Job), claim),
+        (
+            postgres._finish_sql(Job),
+            [*postgres._columns(outcomes, 8), "running", *postgres._columns([], len(postgres.DELIVERY_FIELDS))],
+        ),
+        (postgres._record_sql(QueueDelivery), postgres._columns(sends, 8)),
+    ]
+    plans = []
+    with postgres._server_side_cursor("default") as cursor:
+        cursor.execute(f"ANALYZE {Job._meta.db_table}, {QueueDelivery._meta.db_table}")
+        for sql, params in statements:
+            cursor.execute("EXPLAIN " + sql, params)
+            plans.append(" ".join(row[0] for row in cursor.fetchall()))
+    by_key = r"Bitmap Index Scan on {}_pkey .{{0,80}}Index Cond: \(id = ANY \(\$\d+\)\)"
+    claim_plan, finish_plan, record_plan = plans
+    assert re.search(by_key.format(Job._meta.db_table), claim_plan)  # the update; not a scan of the table
+    assert re.search(by_key.format(Job._meta.db_table), finish_plan)  # not of every running job
+    assert re.search(by_key.format(QueueDelivery._meta.db_table), record_plan)
+    assert "modalkit_delivery_due_idx" not in record_plan  # not of every unsent delivery
 
 
 def test_finish_success_stores_the_result_and_a_success_delivery() -> None:

@@ -56,7 +56,8 @@ def _claim_sql(job_model: type[models.Model]) -> str:
         "AND NOT id = ANY(%(ids)b::uuid[]) ORDER BY priority DESC, queued_at LIMIT %(extra)s FOR UPDATE SKIP LOCKED) "
         f'UPDATE "{job}" SET status = %(running)s, started_at = %(now)s, attempts = attempts + 1, '
         "lease_token = %(token)s, lease_expires_at = %(expires)s "
-        f"WHERE id IN (SELECT id FROM woken UNION ALL SELECT id FROM ahead) RETURNING {columns}"
+        # By primary key: ``id IN (SELECT …)`` was planned as a scan of the whole table.
+        f"WHERE id = ANY(ARRAY(SELECT id FROM woken UNION ALL SELECT id FROM ahead)) RETURNING {columns}"
     )
 
 
@@ -158,7 +159,8 @@ def _finish_sql(job_model: type[models.Model]) -> str:
         "enqueued_at = outcome.enqueued_at, lease_token = NULL, lease_expires_at = NULL, "
         # A job sent back to the queue after an error forgets its ended Modal call.
         "modal_call_id = CASE WHEN outcome.status = 'queued' THEN NULL ELSE job.modal_call_id END FROM outcome "
-        "WHERE job.id = outcome.id AND job.status = %s AND job.lease_token = outcome.token RETURNING job.id), "
+        "WHERE job.id = outcome.id AND job.id = ANY(ARRAY(SELECT id FROM outcome)) "
+        "AND job.status = %s AND job.lease_token = outcome.token RETURNING job.id), "
         f'sent AS (INSERT INTO "{delivery}" ({columns}) SELECT d.* FROM UNNEST(%b::uuid[], %b::uuid[], '
         "%b::text[], %b::text[], %b::text[], %b::text[], %b::jsonb[], %b::text[], %b::integer[], "
         "%b::timestamptz[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::timestamptz[]) "
@@ -200,13 +202,12 @@ def finish(
 def _record_sql(delivery_model: type[models.Model]) -> str:
     table = delivery_model._meta.db_table
     return (
-        f'UPDATE "{table}" AS delivery SET status = v.status, attempts = v.attempts, sent_at = v.sent_at, '
-        "external_id = v.external_id, next_attempt_at = v.next_attempt_at, last_error = v.last_error "
-        "FROM UNNEST(%b::uuid[], %b::integer[], %b::text[], %b::integer[], %b::timestamptz[], %b::text[], "
-        "%b::timestamptz[], %b::text[]) AS v (id, previous, status, attempts, sent_at, external_id, "
-        "next_attempt_at, last_error) "
-        "WHERE delivery.id = v.id AND delivery.attempts = v.previous AND delivery.status IN ('pending', 'retrying') "
-        "RETURNING delivery.id"
+        "WITH v AS (SELECT * FROM UNNEST(%b::uuid[], %b::integer[], %b::text[], %b::integer[], %b::timestamptz[], "
+        "%b::text[], %b::timestamptz[], %b::text[]) AS v (id, previous, status, attempts, sent_at, external_id, "
+        f'next_attempt_at, last_error)) UPDATE "{table}" AS delivery SET status = v.status, attempts = v.attempts, '
+        "sent_at = v.sent_at, external_id = v.external_id, next_attempt_at = v.next_attempt_at, "
+        "last_error = v.last_error FROM v WHERE delivery.id = v.id AND delivery.id = ANY(ARRAY(SELECT id FROM v)) "
+        "AND delivery.attempts = v.previous AND delivery.status IN ('pending', 'retrying') RETURNING delivery.id"
     )
 
 
