@@ -47,8 +47,9 @@ def test_a_wake_up_the_broker_refuses_marks_the_work_for_the_sweep(caplog: pytes
         waker.wake_deliveries([delivery.id])
         unwoken = Job.objects.filter(id__in=[job.id for job in jobs], enqueued_at__isnull=True)
         wait_until(lambda: unwoken.count() == 2, what="the jobs to be marked unwoken")
-        due = QueueDelivery.objects.filter(id=delivery.id, next_attempt_at__lte=timezone.now())
-        wait_until(due.exists, what="the delivery to be due at once")
+        # "Now" read at each poll: marked due after a query made earlier, it would never match.
+        due = QueueDelivery.objects.filter(id=delivery.id)
+        wait_until(lambda: due.filter(next_attempt_at__lte=timezone.now()).exists(), what="the delivery to be due")
     failures = [record for record in caplog.records if record.getMessage().startswith("Could not wake workers")]
     assert len(failures) == 1
     SweepState.objects.all().delete()
