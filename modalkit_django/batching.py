@@ -1,8 +1,8 @@
 """Gathering the job ids a worker receives into batches.
 
 Each ``run_job`` (or ``run_jobs``) message waits on a :class:`JobBatcher`, which gathers
-the jobs whose messages arrived together and hands them to one call of its ``process`` function: one
-claim, one model call per model, one finishing transaction for the lot.
+the jobs whose messages arrived together and hands them to one call of its ``process``
+function: one claim, one model call per model, one finishing transaction for the lot.
 """
 
 from __future__ import annotations
