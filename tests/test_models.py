@@ -138,6 +138,7 @@ def test_the_hot_statements_find_their_rows_by_primary_key() -> None:
     by_key = r"Bitmap Index Scan on {}_pkey .{{0,80}}Index Cond: \(id = ANY \(\$\d+\)\)"
     claim_plan, finish_plan, record_plan = plans
     assert re.search(by_key.format(Job._meta.db_table), claim_plan)  # the update; not a scan of the table
+    assert "Seq Scan" not in claim_plan  # nor of the woken jobs, read before it
     assert re.search(by_key.format(Job._meta.db_table), finish_plan)  # not of every running job
     assert re.search(by_key.format(QueueDelivery._meta.db_table), record_plan)
     assert "modalkit_delivery_due_idx" not in record_plan  # not of every unsent delivery

@@ -46,8 +46,10 @@ def _claim_sql(job_model: type[models.Model]) -> str:
         "AND (expires_at IS NULL OR expires_at > %(now)s)"
     )
     return (
-        f'WITH woken AS (SELECT id, priority FROM "{job}" WHERE id = ANY(%(ids)b::uuid[]) AND {runnable} '
-        "FOR UPDATE SKIP LOCKED), "
+        # ``ARRAY(SELECT unnest(…))``, a value the planner cannot count: with the array itself it
+        # weighed a hundred ids against a table of a few thousand rows and scanned the table.
+        f'WITH woken AS (SELECT id, priority FROM "{job}" WHERE id = ANY(ARRAY(SELECT unnest(%(ids)b::uuid[]))) '
+        f"AND {runnable} FOR UPDATE SKIP LOCKED), "
         # Queued jobs of a higher priority than the lowest woken for, whose own wake-ups
         # wait behind these in the broker: highest and oldest first, through the partial
         # priority index (modalkit_job_priority_idx), which the usual case (all one
