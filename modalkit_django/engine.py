@@ -105,11 +105,6 @@ def _store(settled: Settled, deliveries: list[QueueDelivery]) -> list[QueueDeliv
     return stored + complete_batches({job.batch_id for job in settled.jobs if job.batch_id and job.is_finished})
 
 
-def _finish(results: list[tuple[Job, Prediction]]) -> list[QueueDelivery]:
-    """Settle and store a batch in one go (tests, and code already on a database thread)."""
-    return _store(*_settle(results))
-
-
 async def _store_calls(jobs: list[Job]) -> set[uuid.UUID]:
     return await run_db(Job.objects.attach_calls, jobs)
 

@@ -37,7 +37,7 @@ def claim_one(job: Job) -> Job:
 
 def finish(results: Sequence[tuple[Job, Any]]) -> list[QueueDelivery]:
     """Finish claimed jobs and insert their deliveries, as a worker does after inference."""
-    return engine._finish(list(results))
+    return engine._store(*engine._settle(list(results)))
 
 
 def record(results: Sequence[SendResult]) -> None:
