@@ -250,7 +250,7 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    from modalkit_django import wakeups
+    from modalkit_django.jobs import wakeups
     from modalkit_django.models import Batch, Job, QueueDelivery
 
     wakeups.set_waker(wakeups.NullWaker())

@@ -40,10 +40,10 @@ def seed_jobs(key: str) -> list[str]:
     import django
 
     django.setup()
-    from modalkit_django import services
+    from modalkit_django.jobs.keys import authenticate_api_key
     from tests.test_fuzz import seed_jobs as seed_owner_jobs
 
-    api_key = services.authenticate_api_key(raw_key=key)
+    api_key = authenticate_api_key(raw_key=key)
     assert api_key is not None, "demo_setup's key does not authenticate"
     return seed_owner_jobs(api_key.owner)
 

@@ -5,7 +5,7 @@
 Queues ``--low`` low-priority jobs (their wake-ups all in the Redis stream), starts one
 worker process (local inference, the Redis stream broker, as bench/throughput.py does),
 waits until it has run ``--warm`` of them, then submits one job through
-``services.submit_job``, whose wake-up joins the stream behind the rest, and reports its
+``modalkit_django.submit_job``, whose wake-up joins the stream behind the rest, and reports its
 submit-to-finish latency beside the mean batch time (claim to finish, per lease).
 
 It runs twice: the job submitted as ``high`` (the claims woken for low jobs take it along),
@@ -49,8 +49,9 @@ def fill(low: int) -> None:
     from django.db import connection
     from django.utils import timezone
 
-    from modalkit_django import broker, tasks
+    from modalkit_django import broker
     from modalkit_django.models import Job, QueueDelivery
+    from modalkit_django.worker import tasks
 
     QueueDelivery.objects.all().delete()
     Job.objects.all().delete()
@@ -76,7 +77,7 @@ def explain() -> str:
     from django.utils import timezone
 
     from modalkit_django.models import Job
-    from modalkit_django.models.postgres import _claim_sql
+    from modalkit_django.models.sql import _claim_sql
 
     low = Job.objects.filter(status="queued", priority=Job.Priority.LOW)
     ids = [str(pk) for pk in low.values_list("id", flat=True)[:100]]
@@ -96,10 +97,10 @@ def run(low: int, warm: int, priority: str) -> dict[str, Any]:
     from django.db.models import Count
     from django.utils import timezone
 
+    import modalkit_django
     from bench.throughput import start_worker, stop
-    from modalkit_django import services
+    from modalkit_django.jobs.scheduling import Schedule
     from modalkit_django.models import Job
-    from modalkit_django.scheduling import Schedule
 
     fill(low)
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings", "INFERENCE": "local"}
@@ -111,7 +112,7 @@ def run(low: int, warm: int, priority: str) -> dict[str, Any]:
                 raise RuntimeError(worker.stderr.read().decode() if worker.stderr else "worker died")
             time.sleep(0.05)
         waiting = Job.objects.filter(status="queued").count()
-        job = services.submit_job(
+        job = modalkit_django.submit_job(
             message={"text": "an urgent film"}, success_queue="bench_results", schedule=Schedule(priority=priority)
         )
         deadline = time.monotonic() + 600
@@ -153,10 +154,10 @@ def main() -> None:
     args = parser.parse_args()
     setup()
     fill(args.low)
-    from modalkit_django import services
-    from modalkit_django.scheduling import Schedule
+    import modalkit_django
+    from modalkit_django.jobs.scheduling import Schedule
 
-    services.submit_job(message={"text": "x"}, schedule=Schedule(priority="high"))
+    modalkit_django.submit_job(message={"text": "x"}, schedule=Schedule(priority="high"))
     print(explain(), flush=True)
     for priority in args.priorities.split(","):
         print(run(args.low, args.warm, priority), flush=True)

@@ -120,8 +120,9 @@ def bench_modalkit(
     from django.db.models import Max, Min
     from django.utils import timezone
 
-    from modalkit_django import broker, tasks
+    from modalkit_django import broker
     from modalkit_django.models import Job, QueueDelivery
+    from modalkit_django.worker import tasks
 
     _create_database(connection.settings_dict)
     call_command("migrate", verbosity=0)

@@ -10,10 +10,12 @@ class ModalkitConfig(AppConfig):
         from django.core.signals import setting_changed
         from taskiq import TaskiqEvents
 
-        from . import broker, checks, conf, engine, tasks, wakeups, worker
+        from . import broker, checks, conf
         from .api.auth import keys
         from .clients import inference_backends
+        from .jobs import wakeups
         from .queues import queues
+        from .worker import engine, lifecycle, tasks
 
         checks.register()
         # In this order: the settings are read again before anything is rebuilt from them.
@@ -27,6 +29,6 @@ class ModalkitConfig(AppConfig):
         )
         for index, receiver in enumerate(receivers):
             setting_changed.connect(receiver, dispatch_uid=f"modalkit:setting_changed:{index}")
-        broker.add_worker_hook(TaskiqEvents.WORKER_STARTUP, worker.on_startup)
-        broker.add_worker_hook(TaskiqEvents.WORKER_SHUTDOWN, worker.on_shutdown)
+        broker.add_worker_hook(TaskiqEvents.WORKER_STARTUP, lifecycle.on_startup)
+        broker.add_worker_hook(TaskiqEvents.WORKER_SHUTDOWN, lifecycle.on_shutdown)
         wakeups.set_waker(tasks.BrokerWaker())

@@ -8,7 +8,7 @@ database, the broker, the queue backends and Modal (a readiness probe), see
 
 from django.urls import path
 
-from . import health_views
+from .health import views as health_views
 
 app_name = "modalkit_health"
 

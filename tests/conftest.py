@@ -19,7 +19,10 @@ from django.conf import settings
 from django.db import connection
 from django.test import Client, override_settings
 
-from modalkit_django import broker, intake, services, threads, wakeups
+import modalkit_django
+from modalkit_django import broker
+from modalkit_django.api import intake, threads
+from modalkit_django.jobs import wakeups
 from modalkit_django.queues import queues
 from modalkit_django.queues.memory import MemoryBackend
 
@@ -107,7 +110,7 @@ def other_user(django_user_model: Any) -> Any:
 @pytest.fixture
 def api_key(user: Any) -> str:
     """A key granted every queue (tests/test_admission.py has keys granted less)."""
-    _, raw_key = services.create_api_key(owner=user, name="test", allowed_queues=["*"])
+    _, raw_key = modalkit_django.create_api_key(owner=user, name="test", allowed_queues=["*"])
     return raw_key
 
 

@@ -8,15 +8,16 @@ from typing import Any
 from django.conf import settings
 from django.test import override_settings
 
-from modalkit_django import engine, services, sweeper
+import modalkit_django
 from modalkit_django.conf import get_settings
 from modalkit_django.models import Job, QueueDelivery, SendResult, SweepState
+from modalkit_django.worker import engine, sweeper
 
 OUTPUT = {"status": "success", "sentiment": "positive", "confidence": 0.9}
 
 
 def submit(**kwargs: Any) -> Job:
-    return services.submit_job(message={"text": "good"}, **kwargs)
+    return modalkit_django.submit_job(message={"text": "good"}, **kwargs)
 
 
 def pending_delivery(**submit_kwargs: Any) -> QueueDelivery:

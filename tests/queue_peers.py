@@ -26,7 +26,7 @@ from django.test import override_settings
 from django.utils import timezone
 from moto.server import ThreadedMotoServer
 
-from modalkit_django import services
+import modalkit_django
 from modalkit_django.models import Job, QueueDelivery
 from modalkit_django.queues import queues as queue_backends
 from modalkit_django.webhooks import WebhookVerificationError, generate_secret, verify
@@ -58,7 +58,7 @@ def run_job(run_async: Callable[..., Any]) -> Callable[..., Job]:
     """Submit a job and run it through the worker's batch path, first send included."""
 
     def run(*, text: str = "good", **submit: Any) -> Job:
-        job = services.submit_job(message={"text": text}, **submit)
+        job = modalkit_django.submit_job(message={"text": text}, **submit)
         run_async(flow.process_batch, [str(job.id)])
         job.refresh_from_db()
         return job

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from modalkit_django import services
+import modalkit_django
 from modalkit_django.api.auth import keys
-from modalkit_django.messages import queue_payload
+from modalkit_django.jobs.messages import queue_payload
 from modalkit_django.models import ApiKey, Job
 
 from . import flow
@@ -25,7 +25,7 @@ def waker(recording_waker: Any) -> Any:
 
 
 def client_for(owner: Any, **key_fields: Any) -> tuple[Client, ApiKey]:
-    api_key, raw_key = services.create_api_key(owner=owner, name="tenant")
+    api_key, raw_key = modalkit_django.create_api_key(owner=owner, name="tenant")
     ApiKey.objects.filter(pk=api_key.pk).update(**key_fields)
     api_key.refresh_from_db()
     return Client(headers={"Authorization": f"Bearer {raw_key}"}), api_key

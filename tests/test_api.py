@@ -15,14 +15,16 @@ from django.urls import path
 from django.utils import timezone
 from ninja import NinjaAPI
 
-from modalkit_django import services
-from modalkit_django.api import build_router
+import modalkit_django
+from modalkit_django.api import auth, build_router
+from modalkit_django.jobs import queries
+from modalkit_django.jobs.keys import authenticate_api_key
 from modalkit_django.models import Job, QueueDelivery
 
 from . import flow
 from .conftest import wait_until
 
-# The API's database work runs on threads of its own (modalkit_django.threads), as in
+# The API's database work runs on threads of its own (modalkit_django.api.threads), as in
 # production: it sees committed rows only, so these tests commit.
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -116,7 +118,7 @@ def test_missing_or_bad_key_is_a_401(headers: dict[str, str]) -> None:
 
 
 def test_revoked_key_is_a_401(user: Any) -> None:
-    api_key, raw_key = services.create_api_key(owner=user, name="old")
+    api_key, raw_key = modalkit_django.create_api_key(owner=user, name="old")
     client = Client(headers={"Authorization": f"Bearer {raw_key}"})
     assert post(client, "/api/predict", {"message": {"text": "x"}}).status_code == 200
     api_key.revoked_at = api_key.created_at
@@ -131,7 +133,7 @@ def test_inactive_users_key_is_a_401(user: Any, api: Client) -> None:
 
 
 def test_only_the_digest_of_a_key_is_stored(user: Any) -> None:
-    api_key, raw_key = services.create_api_key(owner=user, name="k")
+    api_key, raw_key = modalkit_django.create_api_key(owner=user, name="k")
     api_key.refresh_from_db()
     assert raw_key.startswith("mk_")
     assert raw_key not in {api_key.digest, api_key.prefix, api_key.name}
@@ -229,7 +231,7 @@ def test_async_job_runs_on_the_in_process_broker(api: Client) -> None:
 
 
 def test_job_shows_status_result_meta_timestamps_and_deliveries(api: Client, user: Any) -> None:
-    job = services.submit_job(message={"text": "good"}, success_queue="q", meta={"k": "v"}, owner=user)
+    job = modalkit_django.submit_job(message={"text": "good"}, success_queue="q", meta={"k": "v"}, owner=user)
     [job] = flow.claim([job.id])
     [delivery] = flow.finish([(job, {"status": "success", "sentiment": "positive", "confidence": 0.5})])
     body = api.get(f"/api/jobs/{job.id}").json()
@@ -255,7 +257,7 @@ def test_job_shows_status_result_meta_timestamps_and_deliveries(api: Client, use
 
 
 def test_failed_job_shows_its_error(api: Client, user: Any) -> None:
-    job = services.submit_job(message={"text": "x"}, owner=user)
+    job = modalkit_django.submit_job(message={"text": "x"}, owner=user)
     [job] = flow.claim([job.id])
     from modalkit_django.exceptions import PipelineError
 
@@ -276,7 +278,7 @@ def test_unknown_job_is_a_404(api: Client, job_id: str) -> None:
 
 
 def test_someone_elses_job_is_a_404(api: Client, other_user: Any) -> None:
-    job = services.submit_job(message={"text": "secret"}, owner=other_user)
+    job = modalkit_django.submit_job(message={"text": "secret"}, owner=other_user)
     response = api.get(f"/api/jobs/{job.id}")
     assert response.status_code == 404
     assert "secret" not in response.content.decode()
@@ -288,7 +290,7 @@ def test_someone_elses_job_is_a_404(api: Client, other_user: Any) -> None:
 
 
 def test_cancel_a_queued_job_tells_its_failure_queue(api: Client, user: Any) -> None:
-    job = services.submit_job(message={"text": "x"}, failure_queue="errs", owner=user)
+    job = modalkit_django.submit_job(message={"text": "x"}, failure_queue="errs", owner=user)
     response = post(api, f"/api/jobs/{job.id}/cancel", {})
     assert response.status_code == 200
     body = response.json()
@@ -299,7 +301,7 @@ def test_cancel_a_queued_job_tells_its_failure_queue(api: Client, user: Any) -> 
 
 
 def test_cancel_a_finished_job_is_a_409(api: Client, user: Any) -> None:
-    job = services.submit_job(message={"text": "x"}, owner=user)
+    job = modalkit_django.submit_job(message={"text": "x"}, owner=user)
     [job] = flow.claim([job.id])
     response = post(api, f"/api/jobs/{job.id}/cancel", {})
     assert response.status_code == 409
@@ -353,7 +355,7 @@ def test_a_reused_idempotency_key_with_another_request_is_a_409(api: Client) -> 
 
 
 def test_idempotency_keys_belong_to_their_owner(api: Client, other_user: Any) -> None:
-    _, other_key = services.create_api_key(owner=other_user, name="b")
+    _, other_key = modalkit_django.create_api_key(owner=other_user, name="b")
     other = Client(headers={"Authorization": f"Bearer {other_key}"})
     for client in (api, other):
         response = client.post("/api/async/predict", data=json.dumps({"message": {"text": "good"}}),
@@ -373,8 +375,8 @@ def test_an_overlong_idempotency_key_is_a_422(api: Client) -> None:
 
 
 def test_list_jobs_pages_through_the_callers_jobs_newest_first(api: Client, user: Any, other_user: Any) -> None:
-    mine = [services.submit_job(message={"text": f"t{n}"}, owner=user) for n in range(5)]
-    services.submit_job(message={"text": "not mine"}, owner=other_user)
+    mine = [modalkit_django.submit_job(message={"text": f"t{n}"}, owner=user) for n in range(5)]
+    modalkit_django.submit_job(message={"text": "not mine"}, owner=other_user)
     seen: list[str] = []
     cursor = None
     while True:
@@ -388,8 +390,8 @@ def test_list_jobs_pages_through_the_callers_jobs_newest_first(api: Client, user
 
 
 def test_list_jobs_filters_by_status_and_model(api: Client, user: Any) -> None:
-    queued = services.submit_job(message={"text": "a"}, owner=user)
-    running = flow.claim([services.submit_job(message={"text": "b"}, owner=user).id])[0]
+    queued = modalkit_django.submit_job(message={"text": "a"}, owner=user)
+    running = flow.claim([modalkit_django.submit_job(message={"text": "b"}, owner=user).id])[0]
     assert [job["job_id"] for job in api.get("/api/jobs", {"status": "running"}).json()["jobs"]] == [str(running.id)]
     assert [job["job_id"] for job in api.get("/api/jobs", {"status": "queued"}).json()["jobs"]] == [str(queued.id)]
     assert api.get("/api/jobs", {"model_name": "other"}).json() == {"jobs": [], "next": None}
@@ -450,7 +452,7 @@ def test_a_database_that_is_away_is_a_503_with_retry_after(api: Client, monkeypa
     def unavailable(**kwargs: Any) -> None:
         raise OperationalError("the database system is shutting down")
 
-    monkeypatch.setattr(services, "get_job", unavailable)
+    monkeypatch.setattr(queries, "get_job", unavailable)
     response = api.get(f"/api/jobs/{uuid.uuid4()}")
     assert response.status_code == 503
     assert response["Retry-After"] == "5"
@@ -466,13 +468,13 @@ def test_a_key_is_looked_up_once_per_cache_period_and_a_revocation_holds_after_i
     from modalkit_django.models import ApiKey
 
     lookups: list[str] = []
-    real_lookup = services.authenticate_api_key
+    real_lookup = authenticate_api_key
 
     def counted(*, raw_key: str) -> Any:
         lookups.append(raw_key)
         return real_lookup(raw_key=raw_key)
 
-    monkeypatch.setattr(services, "authenticate_api_key", counted)
+    monkeypatch.setattr(auth, "authenticate_api_key", counted)
     keys.clear()
     with override_settings(MODALKIT={**settings.MODALKIT, "API": {"KEY_CACHE_SECONDS": 0.5}}):
         assert api.get(f"/api/jobs/{uuid.uuid4()}").status_code == 404

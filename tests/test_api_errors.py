@@ -11,9 +11,10 @@ import httpx
 import pytest
 from django.test import Client, override_settings
 
-from modalkit_django import services
+import modalkit_django
 from modalkit_django.asgi import get_asgi_application
 from modalkit_django.exceptions import DeliveryError
+from modalkit_django.jobs import queries
 from modalkit_django.models import QueueDelivery, SendResult
 
 from . import flow
@@ -55,7 +56,7 @@ def test_an_unexpected_error_is_a_json_500_with_an_error_id_that_is_logged(
     def broken(**kwargs: Any) -> Any:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(services, "get_job", broken)
+    monkeypatch.setattr(queries, "get_job", broken)
     with override_settings(DEBUG=debug), caplog.at_level(logging.ERROR):
         response = api.get("/api/jobs/00000000-0000-0000-0000-000000000000")
 
@@ -69,7 +70,7 @@ def test_an_unexpected_error_is_a_json_500_with_an_error_id_that_is_logged(
 
 
 def test_a_delivery_error_shows_its_class_and_status_only(api: Client, user: Any) -> None:
-    job = services.submit_job(message={"text": "good"}, success_queue="hooks", owner=user)
+    job = modalkit_django.submit_job(message={"text": "good"}, success_queue="hooks", owner=user)
     [delivery] = flow.finish([(flow.claim_one(job), flow.OUTPUT)])
     error = DeliveryError("POST https://hooks.example.com/in?token=s3cret answered 503: busy", status_code=503)
     flow.record([SendResult(delivery, error=error)])

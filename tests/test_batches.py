@@ -14,9 +14,10 @@ from django.db import DatabaseError
 from django.test import Client, override_settings
 from django.utils import timezone
 
-from modalkit_django import batches, services
+import modalkit_django
 from modalkit_django.api.auth import keys
 from modalkit_django.exceptions import PipelineError
+from modalkit_django.jobs import batches, completion
 from modalkit_django.models import ApiKey, Batch, Job, QueueDelivery
 from modalkit_django.queues.memory import MemoryBackend
 
@@ -183,7 +184,7 @@ def test_a_failing_insert_leaves_neither_batch_nor_jobs(user: Any, waker: Any) -
 
 
 def client_for(owner: Any, **key_fields: Any) -> Client:
-    api_key, raw_key = services.create_api_key(owner=owner, name="tenant")
+    api_key, raw_key = modalkit_django.create_api_key(owner=owner, name="tenant")
     ApiKey.objects.filter(pk=api_key.pk).update(**key_fields)
     return Client(headers={"Authorization": f"Bearer {raw_key}"})
 
@@ -208,7 +209,7 @@ def test_every_queue_a_batch_names_must_be_granted(user: Any, body: dict[str, An
 
 def test_the_cap_on_waiting_jobs_counts_the_whole_batch(user: Any) -> None:
     client = client_for(user, max_queued_jobs=5)
-    services.submit_job(message={"text": "x"}, owner=user, api_key_prefix=ApiKey.objects.get().prefix)
+    modalkit_django.submit_job(message={"text": "x"}, owner=user, api_key_prefix=ApiKey.objects.get().prefix)
     refused = post_batch(client, {"items": items(*"abcde")})
     assert refused.status_code == 429
     assert refused.json()["detail"] == "This API key may have 5 jobs waiting; 1 are, and this batch has 5."
@@ -364,14 +365,14 @@ def test_the_sweep_completes_a_batch_both_last_workers_left_to_the_other(memory_
     [delivery] = QueueDelivery.objects.filter(route="batch")
     assert delivery.id in result.deliveries_to_send  # due at once: this sweep hands it over
     flow.sweep()
-    assert batches.complete_batches([batch.id]) == []
+    assert completion.complete_batches([batch.id]) == []
     assert QueueDelivery.objects.filter(route="batch").count() == 1
 
 
 def test_cancelling_a_batchs_last_jobs_completes_it_at_the_next_sweep() -> None:
     batch, job_ids = submitted(3, completion_queue="done")
     run(job_ids[:1])
-    services.cancel_jobs(Job.objects.filter(id__in=job_ids[1:]))
+    modalkit_django.cancel_jobs(Job.objects.filter(id__in=job_ids[1:]))
     flow.sweep()
     [delivery] = QueueDelivery.objects.filter(route="batch")
     assert delivery.payload["counts"]["canceled"] == 2
@@ -383,7 +384,7 @@ def test_a_batch_with_jobs_left_is_not_completed() -> None:
     batch, job_ids = submitted(2, completion_queue="done")
     run(job_ids[:1])
     flow.sweep()
-    assert batches.complete_batches([batch.id]) == []
+    assert completion.complete_batches([batch.id]) == []
     batch.refresh_from_db()
     assert batch.completed_at is None
 

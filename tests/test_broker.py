@@ -10,10 +10,11 @@ import pytest
 import redis
 from taskiq import InMemoryBroker
 
-from modalkit_django import broker, tasks
+from modalkit_django import broker
+from modalkit_django.broker.redis_stream import RedisStreamBroker
 from modalkit_django.conf import BrokerSettings, get_settings
 from modalkit_django.exceptions import ModalkitImproperlyConfigured
-from modalkit_django.redis_stream import RedisStreamBroker
+from modalkit_django.worker import tasks
 
 from .conftest import ROOT
 
@@ -47,7 +48,7 @@ def test_other_urls_are_refused() -> None:
 def test_a_process_forked_after_start_sends_through_a_broker_of_its_own(
     redis_broker: dict[str, str], redis_client: redis.Redis
 ) -> None:
-    from modalkit_django import tasks
+    from modalkit_django.worker import tasks
 
     broker.start()
     broker.kick(tasks.run_job, "from-the-parent")
@@ -67,7 +68,7 @@ def test_a_process_forked_after_start_sends_through_a_broker_of_its_own(
 
 def test_get_broker_sets_django_up_in_a_fresh_interpreter() -> None:
     """TaskIQ's spawn start method (macOS) imports the broker, then the tasks, in a new process."""
-    code = "from modalkit_django.broker import get_broker; get_broker(); import modalkit_django.tasks"
+    code = "from modalkit_django.broker import get_broker; get_broker(); import modalkit_django.worker.tasks"
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -21,8 +21,8 @@ from modalkit_django import cli
 from modalkit_django.cli import ProgressReporter
 from modalkit_django.cli.arguments import format_age, parse_duration
 from modalkit_django.exceptions import PermanentDeliveryError, PipelineError
+from modalkit_django.jobs.stats import job_stats
 from modalkit_django.models import Job, QueueDelivery, SendResult
-from modalkit_django.stats import job_stats
 
 from . import flow
 from .conftest import ROOT

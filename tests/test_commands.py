@@ -12,7 +12,7 @@ from django.contrib.auth import authenticate
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from modalkit_django import services
+from modalkit_django.jobs.keys import authenticate_api_key
 
 from .conftest import ROOT
 
@@ -28,7 +28,7 @@ def run(*args: str) -> str:
 def test_api_key_command_prints_a_working_key(user: Any) -> None:
     output = run("modalkit_api_key", "alice", "--name", "laptop")
     assert output.startswith("API key: mk_")
-    api_key = services.authenticate_api_key(raw_key=output.split()[2])
+    api_key = authenticate_api_key(raw_key=output.split()[2])
     assert api_key is not None
     assert (api_key.owner, api_key.name) == (user, "laptop")
     assert api_key.allowed_queues == []  # MODALKIT["API"]["DEFAULT_ALLOWED_QUEUES"]
@@ -36,7 +36,7 @@ def test_api_key_command_prints_a_working_key(user: Any) -> None:
 
 def test_api_key_command_grants_the_queues_it_is_given(user: Any) -> None:
     output = run("modalkit_api_key", "alice", "--allow-queue", "acme-*", "--allow-queue", "audit")
-    api_key = services.authenticate_api_key(raw_key=output.split()[2])
+    api_key = authenticate_api_key(raw_key=output.split()[2])
     assert api_key is not None
     assert api_key.allowed_queues == ["acme-*", "audit"]
 
@@ -51,7 +51,7 @@ def test_demo_setup_prints_admin_credentials_and_a_key() -> None:
     assert output[0].startswith("Admin user: admin / ")
     password = output[0].split(" / ")[1]
     assert authenticate(username="admin", password=password) is not None
-    demo_key = services.authenticate_api_key(raw_key=output[1].removeprefix("API key: "))
+    demo_key = authenticate_api_key(raw_key=output[1].removeprefix("API key: "))
     assert demo_key is not None
     assert demo_key.allowed_queues == ["*"]  # the demo works out of the box
     # Running it again resets the password and adds a key.

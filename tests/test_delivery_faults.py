@@ -15,7 +15,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from modalkit_django import services
+import modalkit_django
 from modalkit_django.models import QueueDelivery
 
 from . import flow
@@ -47,7 +47,7 @@ def test_sqs_down_then_back_every_message_lands_exactly_once(
     name = sqs.queue_name()
     sqs.create_queue(name)
     use_queues(sqs_alias(sqs), routes=[("*", "sqs")])
-    jobs = [services.submit_job(message={"text": f"good {n}"}, success_queue=name) for n in range(3)]
+    jobs = [modalkit_django.submit_job(message={"text": f"good {n}"}, success_queue=name) for n in range(3)]
 
     sqs_server.stop()
     run_async(flow.process_batch, [str(job.id) for job in jobs])
@@ -152,7 +152,7 @@ def test_a_worker_retries_until_sqs_is_back(
     start_worker(**worker_env(modalkit))
 
     sqs_server.stop()
-    job = services.submit_job(message={"text": "good"}, success_queue=name)
+    job = modalkit_django.submit_job(message={"text": "good"}, success_queue=name)
     wait_until(
         lambda: QueueDelivery.objects.filter(job=job, status="retrying").first(),
         timeout=30,
@@ -179,7 +179,7 @@ def test_a_stopping_worker_finishes_the_sends_it_started(
     modalkit = use_queues(webhook_alias(webhook_receiver), routes=[("*", "hooks")])
     worker = start_worker(**worker_env(modalkit))
     webhook_receiver.responding.clear()  # the receiver takes the POST, then holds its answer
-    job = services.submit_job(message={"text": "good"}, success_queue="sentiment_results")
+    job = modalkit_django.submit_job(message={"text": "good"}, success_queue="sentiment_results")
     wait_until(lambda: webhook_receiver.requests, what="the POST to arrive")
 
     threading.Timer(4.0, webhook_receiver.responding.set).start()

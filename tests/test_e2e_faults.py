@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from modalkit_django import services
+import modalkit_django
 from modalkit_django.models import Job
 
 from .conftest import wait_until
@@ -28,7 +28,7 @@ def test_a_job_survives_its_worker_being_killed(start_worker: Any, tmp_path: Pat
     timers = {"LEASE_SECONDS": 2, "HEARTBEAT_SECONDS": 0.5, "SWEEP_INTERVAL_SECONDS": 0.5}
     first = start_worker(timers, **env)
     marker = tmp_path / "hung"
-    job = services.submit_job(message={"text": f"hang {marker} good"}, success_queue="results")
+    job = modalkit_django.submit_job(message={"text": f"hang {marker} good"}, success_queue="results")
     wait_until(marker.exists, what="the first worker to start the job")
     assert status_of(job.id) == "running"
 
@@ -48,7 +48,7 @@ def test_a_job_whose_wake_up_could_not_be_sent_runs_within_a_sweep(
     # Nothing listens on port 1: sending the wake-ups fails after the jobs are committed.
     unreachable = {**settings.MODALKIT, "BROKER": {"URL": "redis://127.0.0.1:1/0", "QUEUE_NAME": redis_broker["queue"]}}
     with override_settings(MODALKIT=unreachable):
-        jobs = [services.submit_job(message={"text": "good"}, success_queue="results") for _ in range(3)]
+        jobs = [modalkit_django.submit_job(message={"text": "good"}, success_queue="results") for _ in range(3)]
         unwoken = Job.objects.filter(id__in=[job.id for job in jobs], enqueued_at__isnull=True)
         wait_until(lambda: unwoken.count() == 3, what="the failed wake-ups to be noticed")
     assert {status_of(job.id) for job in jobs} == {"queued"}
@@ -62,14 +62,15 @@ def test_a_job_whose_wake_up_could_not_be_sent_runs_within_a_sweep(
 
 
 def test_a_stream_message_for_a_finished_job_is_harmless(start_worker: Any) -> None:
-    from modalkit_django import broker, tasks
+    from modalkit_django import broker
+    from modalkit_django.worker import tasks
 
     start_worker()
-    job = services.submit_job(message={"text": "good"})
+    job = modalkit_django.submit_job(message={"text": "good"})
     wait_until(lambda: status_of(job.id) == "succeeded", what="the job")
     broker.kick(tasks.run_job, str(job.id))
     broker.kick(tasks.run_job, str(uuid.uuid4()))  # a job that does not exist
-    done = services.submit_job(message={"text": "bad"})
+    done = modalkit_django.submit_job(message={"text": "bad"})
     wait_until(lambda: status_of(done.id) == "succeeded", what="a later job")
     assert Job.objects.get(id=job.id).attempts == 1
 
@@ -81,7 +82,7 @@ def test_a_slow_job_that_is_alive_is_never_reclaimed(start_worker: Any, tmp_path
     runs = tmp_path / "runs.log"
     start_worker(FAST_TIMERS, MODALKIT_TEST_PIPELINE="tests.pipelines.SleepPipeline")
     # Three times its lease: only the heartbeat keeps it from being run twice.
-    job = services.submit_job(message={"text": f"sleep 6 {runs} good"})
+    job = modalkit_django.submit_job(message={"text": f"sleep 6 {runs} good"})
     wait_until(lambda: status_of(job.id) == "succeeded", timeout=30, what="the slow job")
     assert Job.objects.get(id=job.id).attempts == 1
     assert runs.read_text().splitlines() == ["ran"]

@@ -7,8 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
-from modalkit_django import broker, tasks
+from modalkit_django import broker
 from modalkit_django.models import Job, QueueDelivery
+from modalkit_django.worker import tasks
 
 from .conftest import wait_until
 

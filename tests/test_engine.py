@@ -11,12 +11,13 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from modalkit_django import engine, services, sweeper
-from modalkit_django.batching import JobBatcher
+import modalkit_django
 from modalkit_django.clients import get_inference_backend
 from modalkit_django.exceptions import InferenceUnavailable
 from modalkit_django.models import Job, QueueDelivery, SweepState
 from modalkit_django.queues.memory import MemoryBackend
+from modalkit_django.worker import engine, sweeper
+from modalkit_django.worker.batcher import JobBatcher
 
 from . import flow
 from .doubles import FailingQueue, ScriptedInference
@@ -34,7 +35,7 @@ def scripted() -> Iterator[ScriptedInference]:
 
 
 def submit(text: str = "good", **kwargs: Any) -> Job:
-    return services.submit_job(message={"text": text}, **kwargs)
+    return modalkit_django.submit_job(message={"text": text}, **kwargs)
 
 
 def test_a_batch_runs_the_real_pipeline_and_delivers(run_async: Any, memory_queue: MemoryBackend) -> None:
@@ -198,7 +199,7 @@ def test_a_backend_returning_too_few_predictions_fails_the_jobs(run_async: Any, 
 
 
 def test_a_malformed_job_id_fails_alone(run_async: Any, scripted: ScriptedInference, caplog: Any) -> None:
-    from modalkit_django import tasks
+    from modalkit_django.worker import tasks
 
     jobs = [submit() for _ in range(5)]
 
@@ -311,8 +312,9 @@ def test_a_read_of_wake_ups_runs_as_one_task_acknowledged_once_its_jobs_are_stor
     from taskiq import AckableMessage, TaskiqMessage
     from taskiq.receiver import Receiver
 
-    from modalkit_django import broker, tasks
+    from modalkit_django import broker
     from modalkit_django.conf import BrokerSettings
+    from modalkit_django.worker import tasks
 
     jobs = [submit(f"text {n}") for n in range(3)]
     queue = f"modalkit-test-merge-{uuid.uuid4().hex[:8]}"

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.test import AsyncClient
 
-from modalkit_django import services
+import modalkit_django
 from modalkit_django.api import events, watch
 from modalkit_django.asgi import ApiHandler
 from modalkit_django.models import Job
@@ -58,7 +58,7 @@ async def _stream(client: AsyncClient, path: str, **headers: str) -> tuple[int, 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_finished_jobs_stream_replays_its_outputs_then_ends(run_async: Any, api_key: str, user: Any) -> None:
-    job = flow.claim_one(services.submit_job(message={"text": "good"}, owner=user))
+    job = flow.claim_one(modalkit_django.submit_job(message={"text": "good"}, owner=user))
     Job.objects.filter(id=job.id).update(progress=1.0, progress_message="done", partial_outputs=[{"n": 0}, {"n": 1}])
     flow.finish([(job, flow.OUTPUT)])
     client = AsyncClient()
@@ -84,7 +84,7 @@ def test_a_finished_jobs_stream_replays_its_outputs_then_ends(run_async: Any, ap
 def test_the_stream_is_the_owners_and_takes_a_numeric_last_event_id(
     run_async: Any, api_key: str, other_user: Any
 ) -> None:
-    theirs = services.submit_job(message={"text": "good"}, owner=other_user)
+    theirs = modalkit_django.submit_job(message={"text": "good"}, owner=other_user)
     client = AsyncClient()
     client.auth = {"Authorization": f"Bearer {api_key}"}  # type: ignore[attr-defined]
     assert run_async(_stream, client, f"/api/jobs/{theirs.id}/events")[0] == 404
@@ -96,7 +96,7 @@ def test_the_stream_is_the_owners_and_takes_a_numeric_last_event_id(
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("recording_waker")  # no worker runs the job: it stays queued until canceled
 def test_watchers_of_a_job_share_one_poll_and_leave_it_when_they_end(run_async: Any, user: Any) -> None:
-    job = services.submit_job(message={"text": "good"}, owner=user)
+    job = modalkit_django.submit_job(message={"text": "good"}, owner=user)
 
     async def watch_three() -> tuple[list[int], list[bytes], int]:
         streams = [events._events(job.id, 0) for _ in range(3)]
@@ -117,7 +117,7 @@ def test_watchers_of_a_job_share_one_poll_and_leave_it_when_they_end(run_async: 
 @pytest.mark.django_db(transaction=True)
 def test_under_wsgi_the_answer_is_the_jobs_events_now_and_the_client_reconnects(api: Any, user: Any) -> None:
     """Django's WSGI handler would buffer a stream whole: one snapshot instead, then EventSource retries."""
-    job = flow.claim_one(services.submit_job(message={"text": "good"}, owner=user))
+    job = flow.claim_one(modalkit_django.submit_job(message={"text": "good"}, owner=user))
     Job.objects.filter(id=job.id).update(progress=0.5, progress_message="half", partial_outputs=[{"n": 0}, {"n": 1}])
 
     response = api.get(f"/api/jobs/{job.id}/events", headers={"Last-Event-ID": "0"})
@@ -146,7 +146,7 @@ def test_the_poll_and_the_outputs_read_the_embedded_defaults_sqlite_too() -> Non
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("recording_waker")  # the job stays queued: only the disconnect can end the stream
 def test_on_the_lean_asgi_path_a_client_that_leaves_ends_its_stream(run_async: Any, api_key: str, user: Any) -> None:
-    job = services.submit_job(message={"text": "good"}, owner=user)
+    job = modalkit_django.submit_job(message={"text": "good"}, owner=user)
     scope = {
         "type": "http", "method": "GET", "path": f"/api/jobs/{job.id}/events", "query_string": b"",
         "headers": [(b"authorization", f"Bearer {api_key}".encode()), (b"host", b"testserver")],
@@ -193,6 +193,6 @@ def test_the_openapi_schema_declares_the_stream_and_the_progress_fields(api: Any
 
 def cancel_in_own_thread(job_id: str) -> None:
     try:
-        services.cancel_job(job=Job.objects.get(id=job_id))
+        modalkit_django.cancel_job(job=Job.objects.get(id=job_id))
     finally:
         connection.close()

@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from modalkit_django import services
+import modalkit_django
 from modalkit_django.asgi import ApiHandler
 from modalkit_django.exceptions import PipelineError
 from modalkit_django.models import SendResult
@@ -252,7 +252,7 @@ def seed_jobs(owner: Any) -> list[str]:
     failed = flow.claim_one(flow.submit(owner=owner, failure_queue="errors"))
     [retrying] = flow.finish([(failed, PipelineError("boom", error_type="ValueError"))])
     flow.record([SendResult(sent, external_id="m-1"), SendResult(retrying, error=RuntimeError("queue down"))])
-    canceled = services.cancel_job(job=flow.submit(owner=owner, failure_queue="errors"))
+    canceled = modalkit_django.cancel_job(job=flow.submit(owner=owner, failure_queue="errors"))
     return [str(job.id) for job in (queued, running, sent_job, pending_job, failed, canceled)]
 
 

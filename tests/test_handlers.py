@@ -9,7 +9,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.test import override_settings
 
-from modalkit_django.handlers import UnknownBackend
+from modalkit_django.conf import UnknownBackend
 from modalkit_django.queues import queues
 from modalkit_django.queues.base import BaseQueueBackend, QueueMessage
 

@@ -12,7 +12,7 @@ from django.db import OperationalError
 from django.test import AsyncClient, Client
 from django.urls import reverse
 
-from modalkit_django import health
+from modalkit_django.health import probes as health
 from modalkit_django.webhooks import generate_secret
 
 from .flow import with_modalkit

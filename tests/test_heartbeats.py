@@ -16,9 +16,10 @@ from django.test import override_settings
 from django.utils import timezone
 
 import modalkit_django
-from modalkit_django import heartbeats, services
-from modalkit_django.engine import Engine
+from modalkit_django.conf import get_settings
 from modalkit_django.models import Job, WorkerHeartbeat
+from modalkit_django.worker import heartbeats
+from modalkit_django.worker.engine import Engine
 
 from .conftest import wait_until
 
@@ -63,7 +64,7 @@ def test_live_dead_and_stopped_workers_are_told_apart() -> None:
 
 def test_stale_after_follows_the_heartbeat_setting() -> None:
     with override_settings(MODALKIT={**settings.MODALKIT, "WORKER": {"HEARTBEAT_SECONDS": 4, "LEASE_SECONDS": 30}}):
-        assert heartbeats.stale_after() == 12
+        assert get_settings().worker.stale_after_seconds == 12
 
 
 @pytest.mark.django_db
@@ -97,7 +98,9 @@ def test_a_worker_beats_counts_its_jobs_and_records_its_clean_stop(start_worker:
     assert row.name.startswith(f"{row.hostname}:{row.pid}:")
     assert row.is_live(stale_after=STALE_AFTER)
 
-    jobs = [services.submit_job(message={"text": f"a great film {n}"}, success_queue="results") for n in range(3)]
+    jobs = [
+        modalkit_django.submit_job(message={"text": f"a great film {n}"}, success_queue="results") for n in range(3)
+    ]
     wait_until(lambda: Job.objects.filter(status=Job.Status.SUCCEEDED).count() == 3, timeout=60, what="the jobs")
 
     def counted() -> WorkerHeartbeat | None:

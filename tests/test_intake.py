@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from django.db import OperationalError
 
-from modalkit_django import intake, services
+import modalkit_django
+from modalkit_django.api import intake
 from modalkit_django.models import Job
 
 # The recording waker throughout: the test process's embedded worker would otherwise run
@@ -40,9 +41,9 @@ def test_submits_that_arrive_together_share_one_insert_and_one_wake_up(
     run_async: Any, batches: list[int], recording_waker: Any
 ) -> None:
     async def fifty_clients() -> list[Job]:
-        first = asyncio.create_task(services.asubmit_job(message={"text": "first"}))
+        first = asyncio.create_task(modalkit_django.asubmit_job(message={"text": "first"}))
         await asyncio.sleep(0.05)  # the first insert is under way: the rest pile up behind it
-        rest = [services.asubmit_job(message={"text": f"good {n}"}) for n in range(49)]
+        rest = [modalkit_django.asubmit_job(message={"text": f"good {n}"}) for n in range(49)]
         return [await first, *await asyncio.gather(*rest)]
 
     jobs = run_async(fifty_clients)
@@ -55,7 +56,7 @@ def test_submits_that_arrive_together_share_one_insert_and_one_wake_up(
 def test_one_client_is_inserted_at_once(run_async: Any, batches: list[int]) -> None:
     async def one_after_another() -> None:
         for n in range(3):
-            await services.asubmit_job(message={"text": f"good {n}"})
+            await modalkit_django.asubmit_job(message={"text": f"good {n}"})
 
     run_async(one_after_another)
     assert batches == [1, 1, 1]
@@ -69,7 +70,7 @@ def test_a_failed_insert_fails_each_of_its_submits(run_async: Any, monkeypatch: 
 
     async def two() -> list[Any]:
         return await asyncio.gather(
-            *(services.asubmit_job(message={"text": "good"}) for _ in range(2)), return_exceptions=True
+            *(modalkit_django.asubmit_job(message={"text": "good"}) for _ in range(2)), return_exceptions=True
         )
 
     assert [type(outcome) for outcome in run_async(two)] == [OperationalError, OperationalError]
@@ -78,8 +79,8 @@ def test_a_failed_insert_fails_each_of_its_submits(run_async: Any, monkeypatch: 
 
 def test_an_idempotent_submit_takes_the_one_by_one_path(run_async: Any, batches: list[int], user: Any) -> None:
     async def twice() -> tuple[Job, Job]:
-        first = await services.asubmit_job(message={"text": "good"}, owner=user, idempotency_key="k1")
-        return first, await services.asubmit_job(message={"text": "good"}, owner=user, idempotency_key="k1")
+        first = await modalkit_django.asubmit_job(message={"text": "good"}, owner=user, idempotency_key="k1")
+        return first, await modalkit_django.asubmit_job(message={"text": "good"}, owner=user, idempotency_key="k1")
 
     first, again = run_async(twice)
     assert (again.id, again.replayed) == (first.id, True)

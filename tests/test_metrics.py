@@ -19,11 +19,13 @@ from django.test import Client, override_settings
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from modalkit_django import metrics, services, sweeper
+import modalkit_django
+from modalkit_django import metrics
 from modalkit_django.clients.modal import ModalBackend
 from modalkit_django.metrics.checks import check_metrics
 from modalkit_django.models import Job, SweepState
 from modalkit_django.queues.memory import MemoryBackend
+from modalkit_django.worker import sweeper
 
 from . import flow
 from .conftest import ROOT, wait_until
@@ -111,9 +113,9 @@ def test_a_scrape_shows_jobs_run_deliveries_and_the_queue(
 ) -> None:
     before = scrape()
     with django_capture_on_commit_callbacks(execute=True):
-        good = services.submit_job(message={"text": "a great film"}, success_queue="results")
-        bad = services.submit_job(message={"text": "explode"}, failure_queue="errors")
-        waiting = [services.submit_job(message={"text": f"later {n}"}) for n in range(3)]
+        good = modalkit_django.submit_job(message={"text": "a great film"}, success_queue="results")
+        bad = modalkit_django.submit_job(message={"text": "explode"}, failure_queue="errors")
+        waiting = [modalkit_django.submit_job(message={"text": f"later {n}"}) for n in range(3)]
     model = good.model_name
     Job.objects.filter(id=waiting[0].id).update(queued_at=timezone.now() - dt.timedelta(minutes=5))
     run_async(flow.process_batch, [str(good.id), str(bad.id)])
@@ -223,7 +225,9 @@ def test_jobs_run_by_two_workers_are_scraped_from_the_shared_directory(
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "MODALKIT_TEST_METRICS": json.dumps({"ENABLED": True})}
     start_worker(**env)
     start_worker(**env)
-    jobs = [services.submit_job(message={"text": f"a great film {n}"}, success_queue="results") for n in range(12)]
+    jobs = [
+        modalkit_django.submit_job(message={"text": f"a great film {n}"}, success_queue="results") for n in range(12)
+    ]
     model = jobs[0].model_name
     wait_until(
         lambda: Job.objects.filter(status=Job.Status.SUCCEEDED).count() == len(jobs), timeout=60, what="the jobs"

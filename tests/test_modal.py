@@ -17,7 +17,7 @@ import pytest
 from django.conf import settings
 from django.test import Client, override_settings
 
-from modalkit_django import services
+import modalkit_django
 from modalkit_django.models import Job
 
 from . import flow
@@ -115,7 +115,7 @@ def test_predict_past_the_deadline_is_a_504(api: Client, fake: Any) -> None:
 
 
 def submit(text: str, **kwargs: Any) -> Job:
-    return services.submit_job(message={"text": text}, failure_queue="errors", **kwargs)
+    return modalkit_django.submit_job(message={"text": text}, failure_queue="errors", **kwargs)
 
 
 def test_jobs_of_a_batch_are_concurrent_modal_calls(run_async: Any, fake: Any) -> None:

@@ -20,10 +20,11 @@ from django.test import Client, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from modalkit_django import services, sweeper
+import modalkit_django
 from modalkit_django.clients import get_inference_backend
 from modalkit_django.exceptions import InferenceUnavailable
 from modalkit_django.models import Job, SweepState
+from modalkit_django.worker import sweeper
 
 from . import flow
 from .conftest import wait_until
@@ -46,7 +47,7 @@ def fake(fresh_modal_fake: Any) -> Iterator[Any]:
 
 
 def submit(text: str = "a great film", **kwargs: Any) -> Job:
-    return services.submit_job(message={"text": text}, failure_queue="errors", **kwargs)
+    return modalkit_django.submit_job(message={"text": text}, failure_queue="errors", **kwargs)
 
 
 def start_and_die(run_async: Callable[..., Any], job: Job) -> str:
@@ -93,7 +94,7 @@ def test_a_retried_job_forgets_its_ended_call_and_a_rerun_too(fake: Any) -> None
     Job.objects.attach_calls([claimed])
     flow.finish([(claimed, flow.OUTPUT)])
     assert Job.objects.values_list("status", "modal_call_id").get(id=job.id) == ("succeeded", "fc-done")
-    services.rerun_job(job=job)
+    modalkit_django.rerun_job(job=job)
     assert Job.objects.values_list("status", "modal_call_id").get(id=job.id) == ("queued", None)
 
 
@@ -234,7 +235,7 @@ def test_a_job_the_sweep_ends_has_its_call_cancelled(run_async: Any, fake: Any, 
 def test_a_worker_killed_while_modal_runs_the_call(start_worker: Any, fresh_modal_fake: Any) -> None:
     fresh_modal_fake.delay = 4.0  # the call is still running on Modal when its worker dies
     first = start_worker(FAST_TIMERS, INFERENCE="modal")
-    job = services.submit_job(message={"text": "a great film"}, success_queue="results")
+    job = modalkit_django.submit_job(message={"text": "a great film"}, success_queue="results")
     call_id = wait_until(lambda: Job.objects.get(id=job.id).modal_call_id, what="the worker to store its call id")
 
     first.kill()  # SIGKILL, while the call runs

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from modalkit_django.exceptions import PipelineError
 from modalkit_django.inference import deploy
 from modalkit_django.inference.config import ConfigError, load_config
-from modalkit_django.messages import queue_payload
+from modalkit_django.jobs.messages import queue_payload
 from modalkit_django.models import Job
 from project import modal_app
 

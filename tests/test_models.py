@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from modalkit_django import services
+import modalkit_django
 from modalkit_django.exceptions import (
     DeliveryError,
     InferenceUnavailable,
@@ -55,7 +55,7 @@ def test_claim_takes_a_whole_batch() -> None:
 
 
 def test_claimed_jobs_are_whole_instances_as_the_orm_loads_them(django_assert_num_queries: Any) -> None:
-    job = services.submit_job(message={"text": "a good film"}, meta={"trace": [1, 2]}, success_queue="q")
+    job = modalkit_django.submit_job(message={"text": "a good film"}, meta={"trace": [1, 2]}, success_queue="q")
     [claimed] = flow.claim([job.id])
     loaded = Job.objects.get(id=job.id)
     with django_assert_num_queries(0):  # nothing deferred: no query per field read
@@ -67,7 +67,7 @@ def test_claimed_jobs_are_whole_instances_as_the_orm_loads_them(django_assert_nu
 
 @pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql", reason="PostgreSQL")
 def test_the_hot_statements_send_their_parameters_apart() -> None:
-    from modalkit_django.models import postgres
+    from modalkit_django.models import sql as postgres
 
     with postgres._server_side_cursor("default") as cursor:
         # Bound client-side, 7 would be the literal integer; sent apart, psycopg types it.
@@ -104,7 +104,7 @@ def test_the_hot_statements_find_their_rows_by_primary_key() -> None:
     with ``id IN (SELECT …)`` or a join alone, they were, at a few thousand rows."""
     import uuid
 
-    from modalkit_django.models import postgres
+    from modalkit_django.models import sql as postgres
 
     now = timezone.now()
     jobs = Job.objects.bulk_create(
@@ -302,7 +302,7 @@ def test_a_redelivery_gets_a_fresh_age_budget() -> None:
     delivery = pending_delivery()
     flow.record([SendResult(delivery, error=PermanentDeliveryError("no"))])
     QueueDelivery.objects.filter(id=delivery.id).update(attempts_since=timezone.now() - dt.timedelta(days=2))
-    services.redeliver(delivery=delivery)
+    modalkit_django.redeliver(delivery=delivery)
     flow.record([SendResult(delivery, error=DeliveryError("still down"))])
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("retrying", 1)
@@ -321,7 +321,7 @@ def test_a_late_result_does_not_undo_a_redelivery() -> None:
     delivery = pending_delivery()
     flow.record([SendResult(delivery, error=DeliveryError("down"))])
     in_flight = QueueDelivery.objects.get(id=delivery.id)  # attempts=1, being retried
-    services.redeliver(delivery=delivery)
+    modalkit_django.redeliver(delivery=delivery)
     flow.record([SendResult(in_flight, error=DeliveryError("down again"))])
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("pending", 0)

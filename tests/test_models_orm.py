@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from modalkit_django.conf import get_settings
 from modalkit_django.exceptions import DeliveryError, InferenceUnavailable, PipelineError
-from modalkit_django.messages import deliveries_for
+from modalkit_django.jobs.messages import deliveries_for
 from modalkit_django.models import Job, QueueDelivery, SendResult
 
 from .flow import OUTPUT

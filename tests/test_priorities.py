@@ -16,9 +16,12 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from modalkit_django import broker, services, tasks
+import modalkit_django
+from modalkit_django import broker
+from modalkit_django.jobs.scheduling import Schedule
+from modalkit_django.jobs.submit import new_job
 from modalkit_django.models import Job
-from modalkit_django.scheduling import Schedule
+from modalkit_django.worker import tasks
 
 from . import flow
 from .conftest import wait_until
@@ -152,7 +155,7 @@ def test_openapi_lists_the_priorities(client: Client) -> None:
 
 def test_a_batch_builds_its_jobs_with_a_priority() -> None:
     # The job-building path batches share with single submits.
-    job = services._new_job({"text": "x"}, None, "", "", None, None, "", None, Schedule(priority="low"))
+    job = new_job({"text": "x"}, None, "", "", None, None, "", None, Schedule(priority="low"))
     assert job.priority == LOW
 
 
@@ -184,7 +187,7 @@ def test_a_high_job_taken_along_runs_on_modal(run_async: Any, fake: Any) -> None
 def test_a_high_job_submitted_after_a_flood_of_low_ones_finishes_before_most(start_worker: Any) -> None:
     lows = queued(1000, LOW)
     broker.submit(broker.akick_many(tasks.run_job, [str(job.id) for job in lows])).result(30)
-    high = services.submit_job(message={"text": "a great film"}, schedule=Schedule(priority="high"))
+    high = modalkit_django.submit_job(message={"text": "a great film"}, schedule=Schedule(priority="high"))
     start_worker()
     wait_until(lambda: not Job.objects.exclude(status="succeeded").exists(), timeout=60, what="every job to finish")
     finished = Job.objects.get(id=high.id).finished_at

@@ -12,11 +12,12 @@ from django.conf import settings
 from django.db import OperationalError
 from django.test import override_settings
 
-from modalkit_django import services, streaming
+import modalkit_django
 from modalkit_django.clients import get_inference_backend
 from modalkit_django.inference.progress import Progress, is_streaming, run_stream
 from modalkit_django.models import Job
-from modalkit_django.models.job_progress import ProgressReport
+from modalkit_django.models.jobs import ProgressReport
+from modalkit_django.worker import streaming
 from project.sentiment import SentimentPipeline
 
 from . import flow
@@ -86,7 +87,7 @@ def test_progress_is_clamped_and_a_generator_must_return_its_output() -> None:
 
 
 def running_job(text: str = "good") -> Job:
-    return flow.claim_one(services.submit_job(message={"text": text}))
+    return flow.claim_one(modalkit_django.submit_job(message={"text": text}))
 
 
 def test_reports_append_partial_outputs_and_keep_the_latest_progress() -> None:
@@ -106,7 +107,7 @@ def test_reports_append_partial_outputs_and_keep_the_latest_progress() -> None:
 
 def test_reports_are_written_only_under_the_jobs_own_lease_while_it_runs() -> None:
     job = running_job()
-    queued = services.submit_job(message={"text": "good"})
+    queued = modalkit_django.submit_job(message={"text": "good"})
     report = ProgressReport(job.id, progress=0.5, outputs=[{"n": 1}])
     assert Job.objects.report_progress([report], token=uuid.uuid4()) == set()
     assert Job.objects.report_progress([ProgressReport(queued.id, progress=0.5)], token=job.lease_token) == set()
@@ -138,7 +139,7 @@ def test_the_same_reports_on_sqlite() -> None:
 
 
 def test_the_engine_stores_progress_partial_outputs_and_the_final_result(run_async: Any, steps_pipeline: None) -> None:
-    jobs = [services.submit_job(message={"text": f"steps 3 {word}"}) for word in ("good", "bad")]
+    jobs = [modalkit_django.submit_job(message={"text": f"steps 3 {word}"}) for word in ("good", "bad")]
     run_async(flow.process_batch, [job.id for job in jobs])
     good, bad = (Job.objects.get(id=job.id) for job in jobs)
     assert (good.status, good.result["sentiment"], bad.result["sentiment"]) == ("succeeded", "positive", "negative")
@@ -149,8 +150,8 @@ def test_the_engine_stores_progress_partial_outputs_and_the_final_result(run_asy
 def test_a_failing_generator_fails_its_job_only_and_keeps_what_it_reported(
     run_async: Any, steps_pipeline: None
 ) -> None:
-    failing = services.submit_job(message={"text": "steps 2 explode"})
-    fine = services.submit_job(message={"text": "steps 1 good"})
+    failing = modalkit_django.submit_job(message={"text": "steps 2 explode"})
+    fine = modalkit_django.submit_job(message={"text": "steps 1 good"})
     run_async(flow.process_batch, [failing.id, fine.id])
     failing.refresh_from_db()
     fine.refresh_from_db()
@@ -163,7 +164,7 @@ def test_a_failing_generator_fails_its_job_only_and_keeps_what_it_reported(
 
 
 def test_a_chatty_generator_is_written_in_a_few_statements(run_async: Any, steps_pipeline: None) -> None:
-    job = flow.claim_one(services.submit_job(message={"text": "fast 2000 good"}))
+    job = flow.claim_one(modalkit_django.submit_job(message={"text": "fast 2000 good"}))
     writes: list[int] = []
 
     async def write(reports: list[ProgressReport], token: uuid.UUID) -> set[uuid.UUID]:
@@ -191,7 +192,7 @@ def test_partial_outputs_over_the_cap_are_not_stored(run_async: Any, steps_pipel
         "WORKER": {**settings.MODALKIT["WORKER"], "MAX_PARTIAL_OUTPUTS": 2},
     }
     with override_settings(MODALKIT=modalkit):
-        job = services.submit_job(message={"text": "steps 4 good"})
+        job = modalkit_django.submit_job(message={"text": "steps 4 good"})
         run_async(flow.process_batch, [job.id])
     job.refresh_from_db()
     assert (job.status, job.partial_outputs, job.progress) == ("succeeded", [{"step": 1}, {"step": 2}], 1.0)
@@ -199,7 +200,7 @@ def test_partial_outputs_over_the_cap_are_not_stored(run_async: Any, steps_pipel
 
 def test_a_stream_past_the_deadline_times_out(run_async: Any, steps_pipeline: None, tmp_path: Any) -> None:
     gate = tmp_path / "gate"
-    job = flow.claim_one(services.submit_job(message={"text": f"steps 1 {gate} good"}))
+    job = flow.claim_one(modalkit_django.submit_job(message={"text": f"steps 1 {gate} good"}))
 
     async def run() -> Any:
         async def write(reports: list[ProgressReport], token: uuid.UUID) -> set[uuid.UUID]:
@@ -229,7 +230,7 @@ def test_a_stream_whose_lease_was_taken_stops_and_writes_nothing(
     """Reclaimed meanwhile (another worker holds it now): this worker's stream stops at once,
     without waiting for the model's next event (it waits at its gate)."""
     gate = tmp_path / "gate"
-    job = flow.claim_one(services.submit_job(message={"text": f"steps 3 {gate} good"}))
+    job = flow.claim_one(modalkit_django.submit_job(message={"text": f"steps 3 {gate} good"}))
     Job.objects.filter(id=job.id).update(lease_token=uuid.uuid4())
 
     async def run() -> Any:
@@ -250,7 +251,7 @@ def test_a_stream_whose_lease_was_taken_stops_and_writes_nothing(
 
 def test_news_a_failed_write_carried_is_written_with_the_next(run_async: Any, steps_pipeline: None) -> None:
     """The database away past run_db's retries for one write: nothing reported is lost."""
-    job = flow.claim_one(services.submit_job(message={"text": "steps 3 good"}))
+    job = flow.claim_one(modalkit_django.submit_job(message={"text": "steps 3 good"}))
     # What an earlier attempt left: the failed first write was to clear it.
     Job.objects.filter(id=job.id).update(progress=0.3, partial_outputs=[{"stale": True}])
     calls: list[int] = []

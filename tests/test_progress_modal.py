@@ -9,7 +9,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from modalkit_django import services
+import modalkit_django
 from modalkit_django.clients import get_inference_backend
 from modalkit_django.clients.modal import ModalBackend
 from modalkit_django.models import Job
@@ -61,8 +61,8 @@ def test_post_predict_takes_a_modal_streams_outcome(api: Any, steps_on_modal: An
 
 
 def test_a_worker_stores_a_modal_streams_progress_and_result(run_async: Any, steps_on_modal: Any) -> None:
-    good = services.submit_job(message={"text": "steps 3 good"})
-    bad = services.submit_job(message={"text": "steps 2 explode"})
+    good = modalkit_django.submit_job(message={"text": "steps 3 good"})
+    bad = modalkit_django.submit_job(message={"text": "steps 2 explode"})
     run_async(flow.process_batch, [good.id, bad.id])
     good.refresh_from_db()
     bad.refresh_from_db()

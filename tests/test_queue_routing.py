@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
-from modalkit_django import broker, services
+import modalkit_django
+from modalkit_django import broker
 from modalkit_django.models import QueueDelivery
 
 from . import flow
@@ -64,8 +65,8 @@ def test_ml_queues_go_to_taskiq_and_the_rest_to_sqs(
     sqs_queue = sqs.queue_name("sentiment_results")
     sqs.create_queue(sqs_queue)
     meta = {"reply_to": reply_to}
-    to_taskiq = services.submit_job(message={"text": "good"}, success_queue="ml_results", meta=meta)
-    to_sqs = services.submit_job(message={"text": "good"}, success_queue=sqs_queue, meta=meta)
+    to_taskiq = modalkit_django.submit_job(message={"text": "good"}, success_queue="ml_results", meta=meta)
+    to_sqs = modalkit_django.submit_job(message={"text": "good"}, success_queue=sqs_queue, meta=meta)
 
     async def run() -> None:
         await flow.process_batch([str(to_taskiq.id), str(to_sqs.id)])
@@ -97,8 +98,8 @@ def test_a_worker_routes_by_its_settings_to_both_real_peers(
     # The worker inherits the environment: modalkit.yaml's override and the AWS credentials.
     start_worker(**worker_env(routed))
     meta = {"reply_to": reply_to}
-    to_taskiq = services.submit_job(message={"text": "good"}, success_queue="ml_results", meta=meta)
-    to_sqs = services.submit_job(message={"text": "good"}, success_queue=sqs_queue, meta=meta)
+    to_taskiq = modalkit_django.submit_job(message={"text": "good"}, success_queue="ml_results", meta=meta)
+    to_sqs = modalkit_django.submit_job(message={"text": "good"}, success_queue=sqs_queue, meta=meta)
 
     wait_until(
         lambda: QueueDelivery.objects.filter(status="sent").count() == 2, timeout=30, what="both deliveries sent"

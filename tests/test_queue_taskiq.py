@@ -12,7 +12,8 @@ import pytest
 import redis
 from django.core.management import call_command
 
-from modalkit_django import broker, services
+import modalkit_django
+from modalkit_django import broker
 from modalkit_django.exceptions import ModalkitImproperlyConfigured
 from modalkit_django.models import Job, QueueDelivery
 from modalkit_django.queues.taskiq import consumer, consumers
@@ -52,7 +53,7 @@ def test_the_consumer_receives_the_payload_and_the_message_id(
     run_async: Any, use_queues: Any, redis_client: redis.Redis, reply_to: str
 ) -> None:
     use_queues(TASKIQ, routes=[("ml_*", "taskiq")])
-    job = services.submit_job(message={"text": "good"}, success_queue="ml_results", meta={"reply_to": reply_to})
+    job = modalkit_django.submit_job(message={"text": "good"}, success_queue="ml_results", meta={"reply_to": reply_to})
     run_and_drain(run_async, [job])
 
     delivery = job.deliveries.get()
@@ -73,8 +74,8 @@ def test_each_message_carries_only_its_own_labels(
 ) -> None:
     use_queues(TASKIQ, routes=[("ml_*", "taskiq")])
     meta = {"reply_to": reply_to}
-    good = services.submit_job(message={"text": "good"}, success_queue="ml_results", meta=meta)
-    bad = services.submit_job(message={"text": "explode"}, failure_queue="ml_errors", meta=meta)
+    good = modalkit_django.submit_job(message={"text": "good"}, success_queue="ml_results", meta=meta)
+    bad = modalkit_django.submit_job(message={"text": "explode"}, failure_queue="ml_errors", meta=meta)
     run_and_drain(run_async, [good, bad])
 
     by_job = {report["message"]["job_id"]: report for report in reports(redis_client, reply_to, 2)}
@@ -130,7 +131,7 @@ def test_the_worker_command_adds_task_modules(use_queues: Any, monkeypatch: pyte
     use_queues({}, TASK_MODULES=["tests.consumers"])
     call_command("taskiq", "worker", "--workers", "1")
     [args] = started
-    assert args.modules == ["modalkit_django.tasks", "tests.consumers"]
+    assert args.modules == ["modalkit_django.worker.tasks", "tests.consumers"]
     assert args.workers == 1
 
 
@@ -144,8 +145,8 @@ def test_a_worker_runs_the_consumer_its_settings_name(
 ) -> None:
     modalkit = use_queues(TASKIQ, routes=[("ml_*", "taskiq")], TASK_MODULES=["tests.consumers"])
     start_worker(**worker_env(modalkit))
-    job = services.submit_job(message={"text": "good"}, success_queue="ml_results", meta={"reply_to": reply_to})
-    quiet = services.submit_job(message={"text": "good"}, success_queue="")
+    job = modalkit_django.submit_job(message={"text": "good"}, success_queue="ml_results", meta={"reply_to": reply_to})
+    quiet = modalkit_django.submit_job(message={"text": "good"}, success_queue="")
 
     [report] = reports(redis_client, reply_to, 1)
     assert report["pid"] != os.getpid()  # the worker process ran it

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from modalkit_django.redis_stream import RedisStreamBroker, sentinel_pool
+from modalkit_django.broker.redis_stream import RedisStreamBroker, sentinel_pool
 
 from . import flow
 from .private_services import PrivateRedis, free_port

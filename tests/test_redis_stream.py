@@ -16,7 +16,7 @@ import redis
 from django.conf import settings
 from taskiq import AckableMessage, BrokerMessage, TaskiqMessage
 
-from modalkit_django.redis_stream import RedisStreamBroker
+from modalkit_django.broker.redis_stream import RedisStreamBroker
 
 from .private_services import PrivateRedis
 

@@ -14,10 +14,11 @@ from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
-from modalkit_django import services
+import modalkit_django
 from modalkit_django.conf import get_config
+from modalkit_django.jobs.scheduling import Schedule
+from modalkit_django.jobs.submit import request_fingerprint
 from modalkit_django.models import Job, QueueDelivery
-from modalkit_django.scheduling import Schedule
 
 from . import flow
 from .conftest import wait_until
@@ -130,14 +131,14 @@ def test_openapi_documents_the_scheduling_fields(client: Client) -> None:
 def test_an_idempotency_key_reused_with_another_schedule_is_a_conflict() -> None:
     from modalkit_django.exceptions import IdempotencyConflict
 
-    first = services.submit_job(message={"text": "x"}, idempotency_key="k", schedule=Schedule(priority="high"))
-    again = services.submit_job(message={"text": "x"}, idempotency_key="k", schedule=Schedule(priority="high"))
+    first = modalkit_django.submit_job(message={"text": "x"}, idempotency_key="k", schedule=Schedule(priority="high"))
+    again = modalkit_django.submit_job(message={"text": "x"}, idempotency_key="k", schedule=Schedule(priority="high"))
     assert (again.id, again.replayed) == (first.id, True)
     with pytest.raises(IdempotencyConflict):
-        services.submit_job(message={"text": "x"}, idempotency_key="k")
+        modalkit_django.submit_job(message={"text": "x"}, idempotency_key="k")
     # Without scheduling fields, a request's fingerprint is what it was before they existed.
-    plain = services.submit_job(message={"text": "y"}, idempotency_key="plain")
-    assert plain.request_fingerprint == services._fingerprint("sentiment", {"text": "y"}, "", "", {})
+    plain = modalkit_django.submit_job(message={"text": "y"}, idempotency_key="plain")
+    assert plain.request_fingerprint == request_fingerprint("sentiment", {"text": "y"}, "", "", {})
 
 
 # --- the sweep: wake when due, expire past the deadline ----------------------------------------
@@ -206,7 +207,7 @@ def test_a_rerun_forgets_the_first_runs_deadline() -> None:
     job = submit(ttl=60)
     Job.objects.filter(id=job.id).update(expires_at=timezone.now() - dt.timedelta(seconds=1))
     flow.sweep()
-    services.rerun_job(job=job)
+    modalkit_django.rerun_job(job=job)
     assert Job.objects.get(id=job.id).expires_at is None
     assert ids_of(flow.claim([job.id])) == {job.id}
 
@@ -253,10 +254,10 @@ def test_a_job_past_its_deadline_makes_no_modal_call(run_async: Any, fake: Any) 
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_runs_a_scheduled_job_only_after_its_time(start_worker: Any) -> None:
     start_worker(FAST_TIMERS)
-    warm = services.submit_job(message={"text": "a great film"})
+    warm = modalkit_django.submit_job(message={"text": "a great film"})
     wait_until(lambda: Job.objects.get(id=warm.id).status == "succeeded", timeout=30, what="the worker to start")
     run_after = soon(2)
-    job = services.submit_job(message={"text": "a great film"}, schedule=Schedule(run_after=run_after))
+    job = modalkit_django.submit_job(message={"text": "a great film"}, schedule=Schedule(run_after=run_after))
     wait_until(lambda: Job.objects.get(id=job.id).status == "succeeded", timeout=30, what="the scheduled job")
     job.refresh_from_db()
     assert job.started_at is not None and job.started_at >= run_after
@@ -266,7 +267,7 @@ def test_a_worker_runs_a_scheduled_job_only_after_its_time(start_worker: Any) ->
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_job_nobody_started_by_its_deadline_expires_and_its_failure_is_delivered(start_worker: Any) -> None:
-    job = services.submit_job(
+    job = modalkit_django.submit_job(
         message={"text": "a great film"}, failure_queue="sentiment_errors", schedule=Schedule(ttl=0.5)
     )
     time.sleep(1)  # no worker yet: the deadline passes with the wake-up still in the stream

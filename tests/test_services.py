@@ -7,12 +7,13 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from modalkit_django import services
+import modalkit_django
 from modalkit_django.exceptions import (
     InvalidJobState,
     JobNotFound,
     PermanentDeliveryError,
 )
+from modalkit_django.jobs import submit as submit_module
 from modalkit_django.models import Job, QueueDelivery, SendResult
 
 from . import flow
@@ -35,17 +36,17 @@ def test_submit_wakes_a_worker_only_on_commit(django_capture_on_commit_callbacks
 
 def test_get_job_is_scoped_to_its_owner(user: Any, other_user: Any) -> None:
     job = submit(owner=user)
-    assert services.get_job(job_id=job.id, owner=user) == job
+    assert modalkit_django.get_job(job_id=job.id, owner=user) == job
     with pytest.raises(JobNotFound):
-        services.get_job(job_id=job.id, owner=other_user)
+        modalkit_django.get_job(job_id=job.id, owner=other_user)
     with pytest.raises(JobNotFound):
-        services.get_job(job_id=job.id, owner=None)
+        modalkit_django.get_job(job_id=job.id, owner=None)
 
 
 def test_cancel_only_queued_jobs(django_capture_on_commit_callbacks: Any) -> None:
     job = submit(failure_queue="err")
     with django_capture_on_commit_callbacks() as callbacks:
-        services.cancel_job(job=job)
+        modalkit_django.cancel_job(job=job)
     job.refresh_from_db()
     assert job.status == Job.Status.CANCELED
     [delivery] = job.deliveries.all()
@@ -53,14 +54,14 @@ def test_cancel_only_queued_jobs(django_capture_on_commit_callbacks: Any) -> Non
     assert len(callbacks) == 1  # the failure notice goes out at once, with this wake-up
     assert delivery.next_attempt_at > timezone.now()  # so the sweep leaves it alone
     with pytest.raises(InvalidJobState, match="it is canceled"):
-        services.cancel_job(job=job)
+        modalkit_django.cancel_job(job=job)
 
 
 def test_rerun_runs_a_finished_job_again_with_new_message_ids(django_capture_on_commit_callbacks: Any) -> None:
     job = claim_one(submit(success_queue="q"))
     [first] = flow.finish([(job, OUTPUT)])
     with django_capture_on_commit_callbacks() as callbacks:
-        rerun = services.rerun_job(job=job)
+        rerun = modalkit_django.rerun_job(job=job)
     assert (rerun.status, rerun.reruns, rerun.attempts, rerun.result) == ("queued", 1, 0, None)
     assert len(callbacks) == 1
     [second] = flow.finish([(claim_one(rerun), OUTPUT)])
@@ -71,14 +72,14 @@ def test_rerun_runs_a_finished_job_again_with_new_message_ids(django_capture_on_
 
 def test_rerun_refuses_unfinished_jobs() -> None:
     with pytest.raises(InvalidJobState, match="it is queued"):
-        services.rerun_job(job=submit())
+        modalkit_django.rerun_job(job=submit())
 
 
 def test_redeliver_resets_a_dead_delivery(django_capture_on_commit_callbacks: Any) -> None:
     delivery = pending_delivery()
     flow.record([SendResult(delivery, error=PermanentDeliveryError("no"))])
     with django_capture_on_commit_callbacks() as callbacks:
-        services.redeliver(delivery=delivery)
+        modalkit_django.redeliver(delivery=delivery)
     assert (delivery.status, delivery.attempts) == ("pending", 0)
     assert delivery.last_error  # kept for the record until the next attempt
     assert len(callbacks) == 1
@@ -90,7 +91,7 @@ def test_a_concurrent_duplicate_idempotency_key_returns_the_winner(
 ) -> None:
     owner = user if owned else None
     winner = submit(idempotency_key="k", owner=owner)
-    real_lookup = services._job_for_key
+    real_lookup = submit_module.job_for_key
     lookups: list[Job | None] = []
 
     def first_misses(*args: Any) -> Job | None:
@@ -99,7 +100,7 @@ def test_a_concurrent_duplicate_idempotency_key_returns_the_winner(
         lookups.append(real_lookup(*args) if lookups else None)
         return lookups[-1]
 
-    monkeypatch.setattr(services, "_job_for_key", first_misses)
+    monkeypatch.setattr(submit_module, "job_for_key", first_misses)
     replay = submit(idempotency_key="k", owner=owner)
     assert len(lookups) == 2  # the insert failed and the second lookup found the winner
     assert (replay.id, replay.replayed) == (winner.id, True)

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import pytest
 from django.utils import timezone
 
-from modalkit_django import services, sweeper
+import modalkit_django
 from modalkit_django.conf import get_settings
 from modalkit_django.exceptions import DeliveryError, InferenceUnavailable
 from modalkit_django.models import Job, QueueDelivery, SendResult, SweepState
+from modalkit_django.worker import sweeper
 
 from . import flow
 from .flow import OUTPUT, claim_one, pending_delivery, with_modalkit
@@ -97,7 +98,7 @@ def test_a_rerun_of_an_old_job_is_not_expired() -> None:
     Job.objects.filter(id=job.id).update(
         created_at=timezone.now() - dt.timedelta(days=3), queued_at=timezone.now() - dt.timedelta(days=3)
     )
-    services.rerun_job(job=job)
+    modalkit_django.rerun_job(job=job)
     assert flow.sweep().expired == 0
     job.refresh_from_db()
     assert job.status == Job.Status.QUEUED
@@ -115,7 +116,7 @@ def test_the_purge_keeps_results_still_being_delivered() -> None:
 
 def test_a_cancellation_notice_is_not_sent_twice_by_the_sweep() -> None:
     job = submit(failure_queue="e")
-    services.cancel_job(job=job)  # its wake-up sends the notice
+    modalkit_django.cancel_job(job=job)  # its wake-up sends the notice
     assert flow.sweep().deliveries_to_send == []
 
 
@@ -242,7 +243,7 @@ def test_a_job_rerun_while_the_purge_runs_survives() -> None:
                 Job.objects.select_for_update().get(id=job.id)
                 locked.set()
                 release.wait(10)
-                services.rerun_job(job=job)
+                modalkit_django.rerun_job(job=job)
         finally:
             connection.close()
 

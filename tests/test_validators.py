@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modalkit_django.validators import json_problem, text_problem
+from modalkit_django.models.validation import json_problem, text_problem
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,11 @@ from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 
-from modalkit_django import services, sweeper, wakeups
+import modalkit_django
+from modalkit_django.jobs import wakeups
 from modalkit_django.models import Job, QueueDelivery, SweepState
-from modalkit_django.tasks import BrokerWaker
+from modalkit_django.worker import sweeper
+from modalkit_django.worker.tasks import BrokerWaker
 
 from . import flow
 from .conftest import wait_until
@@ -28,7 +30,7 @@ def no_waker() -> Iterator[None]:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("no_waker")
 def test_without_a_waker_jobs_are_kept_and_the_sweep_finds_them(run_async: Any) -> None:
-    job = services.submit_job(message={"text": "good"})
+    job = modalkit_django.submit_job(message={"text": "good"})
     assert Job.objects.get(id=job.id).status == "queued"
     Job.objects.mark_unwoken([job.id])
     result = run_async(sweeper.sweep_once)
@@ -42,7 +44,7 @@ def test_a_wake_up_the_broker_refuses_marks_the_work_for_the_sweep(caplog: pytes
     waker = wakeups.get_waker()  # the app's: submits below use it too
     assert isinstance(waker, BrokerWaker)
     with override_settings(MODALKIT=unreachable):
-        jobs = [services.submit_job(message={"text": "good"}) for _ in range(2)]
+        jobs = [modalkit_django.submit_job(message={"text": "good"}) for _ in range(2)]
         waker.wake_jobs([job.id for job in jobs])
         waker.wake_deliveries([delivery.id])
         unwoken = Job.objects.filter(id__in=[job.id for job in jobs], enqueued_at__isnull=True)

@@ -14,8 +14,8 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 
 from ..models import QueueDelivery
+from ..models.validation import text_problem
 from ..redaction import redact_text
-from ..validators import text_problem
 from .paging import ScalableChangeList, ScalablePaginator
 
 __all__ = ["QueryCheckingAdmin", "ReadOnly", "ScalableAdmin", "pretty_json", "status_badge"]

@@ -11,7 +11,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from .. import services
+from ..jobs.control import redeliver_deliveries
 from ..models import DeliveryQuerySet, QueueDelivery
 from .actions import by_status, confirm_first, count_by_status, report
 from .common import DeliveryError, ReadOnly, ScalableAdmin, pretty_json, status_badge
@@ -83,7 +83,7 @@ class QueueDeliveryAdmin(ReadOnly, DeliveryError, ScalableAdmin):
         if page := confirm_first(self, request, queryset, verb="redeliver", touches=_redelivers):
             return page
         counts = count_by_status(queryset, _redelivers)
-        count = services.redeliver_deliveries(queryset)
+        count = redeliver_deliveries(queryset)
         note = f" ({by_status(counts)})" if count and len(counts) > 1 else ""
         report(self, request, f"Redelivering {count} message(s){note}.", [])
         return None

@@ -14,7 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from .. import services
+from ..jobs.control import BulkResult, cancel_jobs, rerun_jobs
 from ..models import FINISHED_JOB_STATUSES, Job, JobQuerySet, JobStatus, QueueDelivery
 from ..redaction import redact_json
 from .actions import by_status, confirm_first, count_by_status, report
@@ -147,11 +147,11 @@ class JobAdmin(ReadOnly, ScalableAdmin):
 
     @admin.action(description="Cancel selected queued jobs (and running ones on a Modal call)", permissions=["cancel"])
     def cancel_jobs(self, request: HttpRequest, queryset: JobQuerySet) -> TemplateResponse | None:
-        return self._act(request, queryset, "cancel", _cancels, services.cancel_jobs, done="Canceled")
+        return self._act(request, queryset, "cancel", _cancels, cancel_jobs, done="Canceled")
 
     @admin.action(description="Re-run inference for selected finished jobs", permissions=["rerun"])
     def rerun_jobs(self, request: HttpRequest, queryset: JobQuerySet) -> TemplateResponse | None:
-        return self._act(request, queryset, "re-run", _reruns, services.rerun_jobs, done="Re-queued")
+        return self._act(request, queryset, "re-run", _reruns, rerun_jobs, done="Re-queued")
 
     def _act(
         self,
@@ -159,7 +159,7 @@ class JobAdmin(ReadOnly, ScalableAdmin):
         queryset: JobQuerySet,
         verb: str,
         touches: Callable[[str, int, int], int],
-        act: Callable[[JobQuerySet], services.BulkResult],
+        act: Callable[[JobQuerySet], BulkResult],
         *,
         done: str,
     ) -> TemplateResponse | None:

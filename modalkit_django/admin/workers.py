@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.utils import timezone
 
-from ..heartbeats import stale_after
+from ..conf import get_settings
 from ..models import WorkerHeartbeat
 from .common import ReadOnly, status_badge
 from .filters import HostnameFilter
@@ -26,4 +26,4 @@ class WorkerHeartbeatAdmin(ReadOnly, admin.ModelAdmin):  # type: ignore[type-arg
     @admin.display(description="state")
     def state(self, worker: WorkerHeartbeat) -> str:
         # Dead: no beat for three of this deployment's heartbeat intervals (and no clean stop).
-        return status_badge(worker.state(timezone.now(), stale_after=stale_after()))
+        return status_badge(worker.state(timezone.now(), stale_after=get_settings().worker.stale_after_seconds))

@@ -16,9 +16,9 @@ from ninja.params import functions as param
 from ..conf import get_settings
 from ..models import Job
 from ..models.keys import queue_allowed
-from ..schemas import NO_NUL
-from ..threads import run_sync
 from .auth import Caller
+from .schemas import NO_NUL
+from .threads import run_sync
 
 __all__ = ["TooManyRequests", "admit", "idempotency_key_header"]
 

@@ -11,11 +11,11 @@ from django.http import HttpRequest
 from ninja.security import APIKeyHeader, HttpBearer
 from ninja.security.base import SecuritySchema
 
-from .. import services
 from ..conf import get_config, get_settings
 from ..exceptions import ModalkitImproperlyConfigured
+from ..jobs.keys import authenticate_api_key
 from ..models import ApiKey
-from ..threads import run_sync
+from .threads import run_sync
 
 __all__ = ["ApiKeyBearer", "Caller", "KeyCache", "StaticApiKey", "caller_of", "keys", "owner_of"]
 
@@ -63,7 +63,7 @@ class KeyCache:
         entry = self._entries.get(digest)
         if entry is not None and entry[0] > now:
             return entry[1]
-        api_key = await run_sync(services.authenticate_api_key, raw_key=raw_key)
+        api_key = await run_sync(authenticate_api_key, raw_key=raw_key)
         caller = Caller.of(api_key) if api_key else None
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.clear()

@@ -15,16 +15,24 @@ from ninja.params import functions as param
 from ninja.responses import Status
 from pydantic import BaseModel
 
-from .. import batches
-from ..batch_schemas import BatchAccepted, BatchOut, batch_request_schema
 from ..conf import get_pipeline_class, get_settings
 from ..inference.pipeline import InferencePipeline
+from ..jobs import batches
 from ..models import Job, JobStatus
-from ..schemas import AnyObject, ErrorOut, ServerErrorOut, ValidationErrorOut, job_page_schema
-from ..threads import run_sync
 from .admission import admit, idempotency_key_header
 from .auth import caller_of, owner_of
 from .errors import http_errors
+from .schemas import (
+    AnyObject,
+    BatchAccepted,
+    BatchOut,
+    ErrorOut,
+    ServerErrorOut,
+    ValidationErrorOut,
+    batch_request_schema,
+    job_page_schema,
+)
+from .threads import run_sync
 
 __all__ = ["add_batch_routes"]
 

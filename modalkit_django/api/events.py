@@ -45,13 +45,13 @@ from django.http.response import HttpResponseBase
 from ninja import Router
 from ninja.params import functions as param
 
-from .. import services
 from ..conf import get_settings
+from ..jobs.queries import get_job
 from ..models import FINISHED_JOB_STATUSES, Job
-from ..schemas import ErrorOut
-from ..threads import run_sync
 from .auth import owner_of
 from .errors import http_errors
+from .schemas import ErrorOut
+from .threads import run_sync
 from .watch import read_jobs, watching
 
 __all__ = ["KEEPALIVE_SECONDS", "add_event_routes"]
@@ -132,7 +132,7 @@ def add_event_routes(router: Router, common: dict[int, Any]) -> None:
         ),
     ) -> Any:
         with http_errors():
-            job = await run_sync(services.get_job, job_id=job_id, owner=owner_of(request))
+            job = await run_sync(get_job, job_id=job_id, owner=owner_of(request))
         start = 0 if last_event_id is None else last_event_id + 1
         response: HttpResponseBase
         if isinstance(request, ASGIRequest):
@@ -175,8 +175,8 @@ def _outputs(job_id: uuid.UUID, start: int, using: str = DEFAULT_DB_ALIAS) -> li
 
 
 def _outcome(job_id: uuid.UUID) -> dict[str, Any] | None:
-    outcome: dict[str, Any] | None = Job.objects.filter(id=job_id).values("status", "result", "error").first()
-    return outcome
+    outcome = Job.objects.filter(id=job_id).values("status", "result", "error").first()
+    return dict(outcome) if outcome is not None else None
 
 
 class _Stream:

@@ -12,13 +12,19 @@ from ninja import Router
 from ninja.params import functions as param
 from ninja.responses import Status
 
-from .. import services
 from ..clients import get_inference_backend
 from ..conf import get_pipeline_class, resolve_model
 from ..exceptions import ModalkitImproperlyConfigured
 from ..inference.pipeline import InferencePipeline
+from ..jobs import control, queries
 from ..models import Job, JobStatus
-from ..schemas import (
+from .admission import admit, idempotency_key_header
+from .auth import ApiKeyBearer, StaticApiKey, caller_of, owner_of
+from .batches import add_batch_routes
+from .errors import http_errors
+from .events import add_event_routes
+from .intake import asubmit_job
+from .schemas import (
     NO_NUL,
     AnyObject,
     ErrorOut,
@@ -30,12 +36,7 @@ from ..schemas import (
     job_schema,
     sync_request_schema,
 )
-from ..threads import run_sync
-from .admission import admit, idempotency_key_header
-from .auth import ApiKeyBearer, StaticApiKey, caller_of, owner_of
-from .batches import add_batch_routes
-from .errors import http_errors
-from .events import add_event_routes
+from .threads import run_sync
 
 __all__ = ["build_router"]
 
@@ -124,7 +125,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         with http_errors():
             require_pipeline()
             await admit(caller, (payload.success_queue, payload.failure_queue))  # type: ignore[attr-defined]
-            job = await services.asubmit_job(
+            job = await asubmit_job(
                 model_name=model_name,
                 message=payload.message.model_dump(mode="json"),  # type: ignore[attr-defined]
                 success_queue=payload.success_queue,  # type: ignore[attr-defined]
@@ -155,7 +156,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
     ) -> Any:
         with http_errors():
             jobs, following = await run_sync(
-                services.list_jobs,
+                queries.list_jobs,
                 owner=owner_of(request),
                 status=status,
                 model_name=model_name,
@@ -167,7 +168,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
     @router.get("/jobs/{job_id}", response={200: job_out, **common, 404: ErrorOut}, summary="A job's status and result")
     async def get_job(request: HttpRequest, job_id: str) -> Any:
         with http_errors():
-            job = await run_sync(services.get_job, job_id=job_id, owner=owner_of(request))
+            job = await run_sync(queries.get_job, job_id=job_id, owner=owner_of(request))
         return _job_out(job)
 
     @router.post(
@@ -177,9 +178,9 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
     )
     async def cancel_job(request: HttpRequest, job_id: str) -> Any:
         def cancel() -> Job:
-            job = services.get_job(job_id=job_id, owner=owner_of(request))
-            services.cancel_job(job=job)
-            return services.get_job(job_id=job_id, owner=owner_of(request))
+            job = queries.get_job(job_id=job_id, owner=owner_of(request))
+            control.cancel_job(job=job)
+            return queries.get_job(job_id=job_id, owner=owner_of(request))
 
         with http_errors():
             job = await run_sync(cancel)

@@ -23,7 +23,7 @@ from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError
 from django.db.models import F, Func, IntegerField
 
 from ..models import Job
-from ..threads import run_sync
+from .threads import run_sync
 
 __all__ = ["POLL_SECONDS", "Watched", "read_jobs", "watching"]
 

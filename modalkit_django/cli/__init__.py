@@ -12,7 +12,7 @@
 
 Each subcommand is a function of the parsed options that returns an :class:`.Outcome`;
 the command prints it as text or, with ``--json``, as JSON. Changes go through
-:mod:`modalkit_django.services` (or the model's verbs), as from the admin.
+:mod:`modalkit_django.jobs` (or the models' verbs), as from the admin.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from .. import services
+from ..jobs.control import BulkResult, cancel_jobs, redeliver_deliveries, rerun_jobs
 from ..models import Job, JobQuerySet
 from . import selection
 from .outcome import Outcome, by_status, counted
@@ -18,18 +18,18 @@ __all__ = ["cancel", "purge", "redeliver", "retry"]
 
 
 def cancel(options: dict[str, Any], progress: Progress) -> Outcome:
-    return _jobs_action("cancel", options, selection.would_cancel, services.cancel_jobs, verb="Canceled")
+    return _jobs_action("cancel", options, selection.would_cancel, cancel_jobs, verb="Canceled")
 
 
 def retry(options: dict[str, Any], progress: Progress) -> Outcome:
-    return _jobs_action("retry", options, selection.would_rerun, services.rerun_jobs, verb="Re-ran")
+    return _jobs_action("retry", options, selection.would_rerun, rerun_jobs, verb="Re-ran")
 
 
 def _jobs_action(
     action: str,
     options: dict[str, Any],
     would_change: Callable[[JobQuerySet], int],
-    act: Callable[[JobQuerySet], services.BulkResult],
+    act: Callable[[JobQuerySet], BulkResult],
     *,
     verb: str,
 ) -> Outcome:
@@ -70,7 +70,7 @@ def redeliver(options: dict[str, Any], progress: Progress) -> Outcome:
             "Dry run: nothing was changed.",
         ]
     else:
-        count = services.redeliver_deliveries(deliveries)
+        count = redeliver_deliveries(deliveries)
         data["changed"] = count
         lines = [f"Redelivering {counted(count, 'delivery', 'deliveries')}."]
     if not_found:

@@ -8,7 +8,7 @@ import re
 
 from django.core.management.base import CommandParser
 
-from ..health import DEFAULT_TIMEOUT_SECONDS
+from ..health.probes import DEFAULT_TIMEOUT_SECONDS
 from ..models import JobStatus, QueueDelivery
 
 __all__ = ["add_subcommands", "format_age", "parse_duration"]

@@ -6,9 +6,9 @@ from typing import Any
 
 from django.db.models.fields.json import KT
 
-from .. import health as health_checks
+from ..health import probes as health_checks
+from ..jobs.stats import job_stats
 from ..models import JobStatus, QueueDelivery
-from ..stats import job_stats
 from . import selection
 from .arguments import format_age
 from .outcome import Outcome

@@ -10,8 +10,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..conf import BackendSpec, get_settings
-from ..handlers import BackendHandler
+from ..conf import BackendHandler, BackendSpec, get_settings
 from .base import DetachedCalls, InferenceBackend, Prediction, prediction_from_outcome
 
 __all__ = [

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from .pipeline import InferencePipeline
 
-__all__ = ["DEFAULT_METHOD", "Outcome", "failure", "run_batch", "success"]
+__all__ = ["DEFAULT_METHOD", "Outcome", "failure", "run_batch", "success", "to_outcome"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _infer(
             raise RuntimeError(
                 f"{type(pipeline).__name__}.run_inference returned {len(outputs)} outputs for {len(inputs)} inputs"
             )
-        return [_to_outcome(pipeline, output) for output in outputs]
+        return [to_outcome(pipeline, output) for output in outputs]
     except Exception as exc:
         if on_exception is not None:
             on_exception(exc)
@@ -84,7 +84,7 @@ def _infer(
         return [outcome for item in inputs for outcome in _infer(pipeline, [item], on_exception)]
 
 
-def _to_outcome(pipeline: InferencePipeline, output: Any) -> Outcome:
+def to_outcome(pipeline: InferencePipeline, output: Any) -> Outcome:
     model = output if isinstance(output, BaseModel) else pipeline.output_model.model_validate(output)
     data = model.model_dump(mode="json")
     # Outputs built on ModalKit's own models count too: any output with a status field.

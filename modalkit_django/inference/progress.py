@@ -37,7 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .batch import Outcome, _to_outcome, failure
+from .batch import Outcome, failure, to_outcome
 from .pipeline import InferencePipeline
 
 __all__ = ["Event", "Progress", "is_streaming", "run_stream"]
@@ -85,7 +85,7 @@ def run_stream(pipeline: InferencePipeline, message: Mapping[str, Any]) -> Itera
                 "a generator predict must return its raw output (a dict) at the end"
             )
         [output] = pipeline.postprocess([item], raw_output)
-        outcome = _to_outcome(pipeline, output)
+        outcome = to_outcome(pipeline, output)
     except Exception as exc:
         outcome = failure(type(exc).__name__, str(exc))
     yield {"type": "outcome", "outcome": outcome}

@@ -17,6 +17,7 @@ from django.db import DatabaseError
 from django.db.models import Count, Min
 from django.utils import timezone
 
+from ..conf import get_settings
 from ..models import Job, JobStatus, QueueDelivery, WorkerHeartbeat
 from ..models.states import UNSENT_DELIVERY_STATUSES, DeliveryStatus
 
@@ -44,8 +45,6 @@ class DatabaseCollector:
         yield from families
 
     def _families(self, gauge: Any) -> Iterator[Any]:
-        from ..heartbeats import stale_after
-
         now = timezone.now()
         queued = Job.objects.filter(status=JobStatus.QUEUED)
         depth = gauge("modalkit_queue_depth", "Jobs queued, waiting for a worker.", labels=["model", "priority"])
@@ -71,5 +70,7 @@ class DatabaseCollector:
             yield family
 
         workers = gauge("modalkit_workers_live", "Worker processes that beat recently.")
-        workers.add_metric([], WorkerHeartbeat.objects.live(now, stale_after=stale_after()).count())
+        workers.add_metric(
+            [], WorkerHeartbeat.objects.live(now, stale_after=get_settings().worker.stale_after_seconds).count()
+        )
         yield workers

@@ -3,13 +3,13 @@
 Postgres is the source of truth: a broker message only wakes a worker up, so every
 state a job or delivery can be in is a row that the sweep can find again. The
 transitions between states are QuerySet verbs (``Job.objects.claim(...)``,
-``QueueDelivery.objects.record(...)``), set-based, in :mod:`.jobs` and :mod:`.deliveries`.
+``QueueDelivery.objects.record(...)``), set-based, in :mod:`.jobs` and :mod:`.deliveries`;
+every raw SQL statement is in :mod:`.sql`.
 """
 
 from .batches import Batch
 from .deliveries import DeliveryPolicy, DeliveryQuerySet, QueueDelivery, SendResult
-from .job_transitions import JobQuerySet, Prediction
-from .jobs import Job
+from .jobs import Job, JobQuerySet, Prediction
 from .keys import ApiKey
 from .states import FINISHED_JOB_STATUSES, JobPriority, JobStatus
 from .sweeps import SweepState

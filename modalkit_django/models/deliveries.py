@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from ..exceptions import PermanentDeliveryError
 from ..redaction import redact_text
-from . import postgres
+from . import sql
 from .jobs import Job
 from .states import SEND_FIELDS, UNSENT_DELIVERY_STATUSES, DeliveryRoute, DeliveryStatus, save_rows
 
@@ -98,7 +98,7 @@ class DeliveryQuerySet(models.QuerySet["QueueDelivery"]):
         if connections[self.db].vendor == "postgresql":
             previous = [result.delivery.attempts for result in attempted.values()]
             deliveries = [result.delivery.record(result, now, policy) for result in attempted.values()]
-            written = postgres.record(self.model, deliveries, previous, using=self.db)
+            written = sql.record(self.model, deliveries, previous, using=self.db)
         else:
             with transaction.atomic(savepoint=False, using=self.db):
                 current = dict(

@@ -11,8 +11,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 
-from ..conf import BackendSpec, get_config, get_settings
-from ..handlers import BackendHandler
+from ..conf import BackendHandler, BackendSpec, get_config, get_settings
 from .base import BaseQueueBackend, QueueMessage
 
 __all__ = ["BaseQueueBackend", "QueueBackends", "QueueMessage", "queues"]

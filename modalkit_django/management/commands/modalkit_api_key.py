@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from modalkit_django import services
+from modalkit_django.jobs.keys import create_api_key
 
 
 class Command(BaseCommand):
@@ -32,5 +32,5 @@ class Command(BaseCommand):
             owner = user_model._default_manager.get_by_natural_key(username)
         except user_model.DoesNotExist as exc:
             raise CommandError(f"No user {username!r}") from exc
-        _, raw_key = services.create_api_key(owner=owner, name=name, allowed_queues=allowed_queues)
+        _, raw_key = create_api_key(owner=owner, name=name, allowed_queues=allowed_queues)
         self.stdout.write(f"API key: {raw_key}")

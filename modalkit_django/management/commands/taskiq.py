@@ -18,7 +18,7 @@ from django.db import connections
 from modalkit_django.conf import get_settings
 
 BROKER_FACTORY = "modalkit_django.broker:get_broker"
-TASK_MODULES = ["modalkit_django.tasks"]
+TASK_MODULES = ["modalkit_django.worker.tasks"]
 
 
 class Command(BaseCommand):

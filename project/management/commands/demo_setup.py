@@ -11,7 +11,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from modalkit_django import services
+import modalkit_django
 
 
 class Command(BaseCommand):
@@ -27,6 +27,6 @@ class Command(BaseCommand):
         admin.is_staff = admin.is_superuser = True
         admin.save()
         # The demo's key may send results to any queue; a new key gets none until granted.
-        _, raw_key = services.create_api_key(owner=admin, name="demo", allowed_queues=["*"])
+        _, raw_key = modalkit_django.create_api_key(owner=admin, name="demo", allowed_queues=["*"])
         self.stdout.write(f"Admin user: admin / {password}")
         self.stdout.write(f"API key: {raw_key}")

@@ -4,13 +4,10 @@
 
     submit_batch(items) ─▶ INSERT batch + INSERT its jobs (one bulk statement), one transaction
                           └─ on commit: wake-ups, one broker round trip per WAKE_CHUNK jobs
-    a worker finishes jobs ─▶ complete_batches(their batch ids)   ┐ whoever sees the last job
-    the sweep               ─▶ complete_done_batches()            ┘ finished marks the batch
-                               completed_at, + one QueueDelivery (route "batch") to its
-                               completion_queue, sent like any other delivery
 
 Each item is built into its job by the same code as a single submit
-(:func:`services.submit_job`), so every field a single request has, an item has.
+(:func:`.submit.new_job`), so every field a single request has, an item has. A batch is
+completed by :mod:`.completion` once its last job finishes.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -27,21 +24,18 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import metrics, services
-from .conf import get_settings, resolve_model
-from .exceptions import BatchNotFound, IdempotencyConflict, JobNotFound
-from .models import Batch, Job, JobStatus, QueueDelivery
-from .models.states import DeliveryRoute
-from .queues import queues
+from .. import metrics
+from ..conf import resolve_model
+from ..exceptions import BatchNotFound, IdempotencyConflict, JobNotFound
+from ..models import Batch, Job, JobStatus, QueueDelivery
 from .scheduling import Schedule
+from .submit import new_job, request_fingerprint
 from .wakeups import get_waker
 
 __all__ = [
     "WAKE_CHUNK",
     "BatchStatus",
     "SubmittedBatch",
-    "complete_batches",
-    "complete_done_batches",
     "get_batch",
     "list_batch_jobs",
     "submit_batch",
@@ -90,7 +84,7 @@ def submit_batch(
         # What each job would run, as a single submit's fingerprint sees it: a field left
         # out and the same field given its default are the same request.
         whole = [[request, *schedule.fingerprint()] for request, schedule in requests]
-        fingerprint = services._fingerprint(model_name, whole, meta, completion_queue)
+        fingerprint = request_fingerprint(model_name, whole, meta, completion_queue)
         if existing := _batch_for_key(owner, idempotency_key, fingerprint):
             return SubmittedBatch(existing, existing.job_ids(), replayed=True)
     now = timezone.now()
@@ -107,7 +101,7 @@ def submit_batch(
     )
     jobs = []
     for index, (request, schedule) in enumerate(requests):
-        job = services._new_job(
+        job = new_job(
             **request,
             model_name=model_name,
             owner=owner,
@@ -220,76 +214,3 @@ def list_batch_jobs(
         jobs = jobs.filter(Q(created_at__gt=cursor.created_at) | Q(created_at=cursor.created_at, id__gt=cursor.id))
     page = list(jobs[: limit + 1])
     return page[:limit], (page[limit - 1] if len(page) > limit else None)
-
-
-# --- Completion ------------------------------------------------------------------------
-
-
-def completion_message_id(batch: Batch) -> str:
-    return f"{batch.id}:batch"  # as get_batch() reads it
-
-
-def complete_batches(batch_ids: Collection[uuid.UUID | str]) -> list[QueueDelivery]:
-    """After a worker's finish committed: complete those of these batches whose last job it
-    was; returns their completion deliveries, for the caller to send at once."""
-    if not batch_ids:
-        return []
-    batches = Batch.objects.filter(id__in=list(batch_ids))
-    _, deliveries = batches.complete(deliveries_for=partial(_completion_deliveries, sent_by_caller=True))
-    return deliveries
-
-
-def complete_done_batches(*, limit: int) -> list[QueueDelivery]:
-    """The sweep's backstop: complete every done batch nobody completed (two workers
-    finishing its last jobs at once each saw the other's unfinished; or its last job was
-    cancelled, expired or failed for good by the sweep). Their deliveries are due now."""
-    _, deliveries = Batch.objects.all().complete(
-        deliveries_for=partial(_completion_deliveries, sent_by_caller=False), limit=limit
-    )
-    return deliveries
-
-
-def _completion_deliveries(batches: list[Batch], *, sent_by_caller: bool) -> list[QueueDelivery]:
-    """One delivery per batch that names a completion queue, carried by its last job to finish."""
-    named = [batch for batch in batches if batch.completion_queue]
-    if not named:
-        return []
-    counts = Batch.objects.filter(id__in=[batch.id for batch in named]).status_counts()
-    jobs: dict[uuid.UUID, list[tuple[uuid.UUID, dt.datetime | None]]] = {batch.id: [] for batch in named}
-    rows = Job.objects.filter(batch__in=named).order_by("created_at", "id")
-    for batch_id, job_id, finished_at in rows.values_list("batch_id", "id", "finished_at"):
-        jobs[batch_id].append((job_id, finished_at))
-    now = timezone.now()
-    claim = get_settings().delivery.claim_seconds if sent_by_caller else 0.0
-    deliveries = []
-    for batch in named:
-        if not jobs[batch.id]:
-            continue  # its jobs were purged: nothing left to carry (or report) a message
-        last_job_id = max(jobs[batch.id], key=lambda job: job[1] or batch.created_at)[0]
-        payload = {
-            "status": "completed",
-            "batch_id": str(batch.id),
-            "model_name": batch.model_name,
-            "size": batch.size,
-            "counts": {status: counts.get(batch.id, {}).get(status, 0) for status in JobStatus.values},
-            "job_ids": [str(job_id) for job_id, _ in jobs[batch.id]],
-            "meta": batch.meta,
-            "created_at": batch.created_at.isoformat(),
-            "completed_at": (batch.completed_at or now).isoformat(),
-            "timestamp": now.isoformat(),
-            "submitted_by": {"owner_id": batch.owner_id, "api_key": batch.api_key_prefix},
-        }
-        deliveries.append(
-            QueueDelivery(
-                job_id=last_job_id,
-                route=DeliveryRoute.BATCH,
-                queue_name=batch.completion_queue,
-                backend=queues.route(batch.completion_queue),
-                message_id=completion_message_id(batch),
-                payload=payload,
-                next_attempt_at=now + dt.timedelta(seconds=claim),
-                created_at=now,
-                attempts_since=now,
-            )
-        )
-    return deliveries

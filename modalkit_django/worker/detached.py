@@ -21,11 +21,11 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .clients.base import DetachedCalls, Prediction
-from .exceptions import InferenceCallLost, InferenceError, InferenceTimeout
+from ..clients.base import DetachedCalls, Prediction
+from ..exceptions import InferenceCallLost, InferenceError, InferenceTimeout
 
 if TYPE_CHECKING:
-    from .models import Job
+    from ..models import Job
 
 __all__ = ["predict_detached"]
 

@@ -37,8 +37,8 @@ from taskiq import AsyncBroker, InMemoryBroker, TaskiqEvents, TaskiqMessage, Tas
 from taskiq.brokers.shared_broker import async_shared_broker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
-from .conf import BrokerSettings, get_settings
-from .exceptions import ModalkitImproperlyConfigured
+from ..conf import BrokerSettings, get_settings
+from ..exceptions import ModalkitImproperlyConfigured
 
 __all__ = [
     "add_worker_hook",

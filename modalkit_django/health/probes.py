@@ -34,14 +34,14 @@ from typing import Any, Literal
 
 from django.db import connections
 
-from .broker import REDIS_SCHEMES
-from .clients import get_inference_backend
-from .clients.modal import ModalBackend
-from .conf import get_settings
-from .queues import queues
-from .queues.memory import MemoryBackend
-from .redaction import redact_text
-from .threads import run_sync
+from ..api.threads import run_sync
+from ..broker import REDIS_SCHEMES
+from ..clients import get_inference_backend
+from ..clients.modal import ModalBackend
+from ..conf import get_settings
+from ..queues import queues
+from ..queues.memory import MemoryBackend
+from ..redaction import redact_text
 
 __all__ = ["DEFAULT_TIMEOUT_SECONDS", "Check", "Report", "acheck", "check"]
 
@@ -179,7 +179,7 @@ async def _ping(url: str, timeout: float) -> None:
     from redis.asyncio import ConnectionPool, Redis
     from redis.asyncio.sentinel import SentinelConnectionPool
 
-    from .redis_sentinel import SENTINEL_SCHEME, sentinel_pool
+    from ..broker.redis_sentinel import SENTINEL_SCHEME, sentinel_pool
 
     pool: ConnectionPool
     if url.startswith(SENTINEL_SCHEME):

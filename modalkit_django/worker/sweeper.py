@@ -37,14 +37,14 @@ from dataclasses import dataclass, field
 from django.db import transaction
 from django.utils import timezone
 
-from . import metrics
-from .batches import complete_done_batches
-from .clients import acancel_calls
-from .conf import get_config, get_settings
-from .engine import run_db
-from .messages import deliveries_for
-from .models import Batch, Job, QueueDelivery, SweepState
-from .wakeups import get_waker
+from .. import metrics
+from ..clients import acancel_calls
+from ..conf import get_config, get_settings
+from ..jobs.completion import complete_done_batches
+from ..jobs.messages import deliveries_for
+from ..jobs.wakeups import get_waker
+from ..models import Batch, Job, QueueDelivery, SweepState
+from .database import run_db
 
 __all__ = ["SweepResult", "run_sweeper", "sweep", "sweep_once", "worker_name"]
 

@@ -7,9 +7,9 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from .conf import get_settings
-from .models import Job, QueueDelivery
-from .queues import QueueMessage, queues
+from ..conf import get_settings
+from ..models import Job, QueueDelivery
+from ..queues import QueueMessage, queues
 
 __all__ = ["MODALKIT_ERROR_TEXT", "deliveries_for", "message_for", "queue_payload"]
 

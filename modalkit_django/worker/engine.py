@@ -21,67 +21,29 @@ import time
 import uuid
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.db import InterfaceError, OperationalError, connections
 from django.utils import timezone
 
-from . import metrics
-from .batches import complete_batches
-from .batching import JobBatcher
-from .clients import Prediction, get_inference_backend
-from .clients.base import DetachedCalls
-from .conf import get_settings, inference_timeout
+from .. import metrics
+from ..clients import Prediction, get_inference_backend
+from ..clients.base import DetachedCalls
+from ..conf import get_settings, inference_timeout
+from ..exceptions import InferenceError, InferenceTimeout
+from ..jobs.completion import complete_batches
+from ..jobs.messages import deliveries_for, message_for
+from ..models import Job, QueueDelivery, SendResult
+from ..models.jobs import ProgressReport, Settled
+from ..queues import queues
+from .batcher import JobBatcher
+from .database import run_db
 from .detached import predict_detached
-from .exceptions import InferenceError, InferenceTimeout
-from .messages import deliveries_for, message_for
-from .models import Job, QueueDelivery, SendResult
-from .models.job_progress import ProgressReport
-from .models.job_transitions import Settled
-from .queues import queues
 from .streaming import predict_streaming, streams
 
-__all__ = ["Engine", "forget_engines", "get_engine", "run_db"]
+__all__ = ["Engine", "forget_engines", "get_engine"]
 
 logger = logging.getLogger(__name__)
-
-R = TypeVar("R")
-
-# How the database says it is gone (restarting, unreachable): worth waiting for.
-DATABASE_GONE = (OperationalError, InterfaceError)
-
-
-def _refresh_connections() -> None:
-    """Django's ``close_old_connections()`` for a worker, before each step.
-
-    Closes a connection that broke (the database restarted) so the step reconnects, but
-    never one in the middle of a transaction (as inside a test's transaction).
-    """
-    for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
-            connection.close_if_unusable_or_obsolete()
-
-
-def _fresh(function: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-    _refresh_connections()
-    return function(*args, **kwargs)
-
-
-async def run_db(function: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-    """Run ``function`` on Django's sync thread; while the database is gone, wait and retry."""
-    deadline = time.monotonic() + get_settings().worker.database_retry_seconds
-    delay = 0.1
-    while True:
-        try:
-            return await sync_to_async(_fresh, thread_sensitive=True)(function, *args, **kwargs)
-        except DATABASE_GONE as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            logger.warning("The database is unavailable (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def _claim(job_ids: Sequence[str]) -> list[Job]:

@@ -15,12 +15,12 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from taskiq import TaskiqState
 
-from .clients import inference_backends
-from .conf import get_settings, import_task_modules
+from ..clients import inference_backends
+from ..conf import get_settings, import_task_modules
+from ..metrics import process_exited
+from ..queues import queues
 from .engine import get_engine
 from .heartbeats import Heartbeat
-from .metrics import process_exited
-from .queues import queues
 from .sweeper import run_sweeper
 
 __all__ = ["on_shutdown", "on_startup"]

@@ -12,7 +12,7 @@ from typing import Any
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from .models import Job, JobStatus, QueueDelivery
+from ..models import Job, JobStatus, QueueDelivery
 
 __all__ = ["JobStats", "job_stats"]
 

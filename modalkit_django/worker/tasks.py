@@ -16,10 +16,11 @@ from typing import Any
 from taskiq.brokers.shared_broker import async_shared_broker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
-from . import broker
-from .engine import get_engine, run_db
-from .models import Job, QueueDelivery
-from .wakeups import Ids
+from .. import broker
+from ..jobs.wakeups import Ids
+from ..models import Job, QueueDelivery
+from .database import run_db
+from .engine import get_engine
 
 __all__ = ["BrokerWaker", "deliver", "run_job", "run_jobs"]
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connections
 
-from .conf import get_settings
+from ..conf import get_settings
 
 __all__ = ["close_connections", "run_sync"]
 

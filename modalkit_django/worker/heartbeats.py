@@ -5,7 +5,7 @@
     worker start ─▶ upsert the row (host, pid, version)
                     every WORKER["HEARTBEAT_SECONDS"]: one UPDATE (last beat, jobs done,
                     deliveries sent, jobs in flight, read from this loop's Engine)
-    clean stop   ─▶ stopped_at;  killed ─▶ the row stops beating (dead, see ``stale_after``)
+    clean stop   ─▶ stopped_at;  killed ─▶ the row stops beating (dead: ``WORKER.stale_after_seconds``)
 
 Started by the worker hooks (:mod:`.worker`), so a TaskIQ worker and the embedded
 broker's loop each have one. The beats run in a task of their own: a database outage
@@ -27,12 +27,13 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import __version__
-from .conf import get_settings
-from .engine import Engine, get_engine, run_db
-from .models import WorkerHeartbeat
+from .. import __version__
+from ..conf import get_settings
+from ..models import WorkerHeartbeat
+from .database import run_db
+from .engine import Engine, get_engine
 
-__all__ = ["PRUNE_AFTER_SECONDS", "Heartbeat", "stale_after"]
+__all__ = ["PRUNE_AFTER_SECONDS", "Heartbeat"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,6 @@ PRUNE_AFTER_SECONDS = 86400.0
 PRUNE_EVERY_BEATS = 360
 # How long a clean shutdown waits to record itself.
 STOP_TIMEOUT_SECONDS = 5.0
-# Beats a live worker may miss before it is called dead.
-MISSED_BEATS = 3
-
-
-def stale_after() -> float:
-    """Seconds without a beat after which a worker is dead, on this deployment's timers."""
-    return MISSED_BEATS * get_settings().worker.heartbeat_seconds
 
 
 def _version() -> str:

@@ -24,13 +24,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .clients.base import InferenceBackend, Prediction, StreamingCalls, prediction_from_outcome, streaming_pipeline
-from .exceptions import InferenceError, InferenceTimeout
-from .inference.progress import Event, outcome_of
-from .models.job_progress import ProgressReport
+from ..clients.base import InferenceBackend, Prediction, StreamingCalls, prediction_from_outcome, streaming_pipeline
+from ..exceptions import InferenceError, InferenceTimeout
+from ..inference.progress import Event, outcome_of
+from ..models.jobs import ProgressReport
 
 if TYPE_CHECKING:
-    from .models import Job
+    from ..models import Job
 
 __all__ = ["MAX_PARTIAL_OUTPUT_BYTES", "PROGRESS_WRITE_SECONDS", "predict_streaming", "streams"]
 

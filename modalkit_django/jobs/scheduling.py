@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from django.utils import timezone
 
-from .models.states import JobPriority
+from ..models.states import JobPriority
 
 if TYPE_CHECKING:
-    from .models import Job
+    from ..models import Job
 
 __all__ = ["MAX_AHEAD", "PRIORITY_NAMES", "PriorityName", "Schedule", "priority_name"]
 

@@ -18,15 +18,17 @@ import contextvars
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from . import metrics
-from .models import Job
-from .wakeups import get_waker
+from ..jobs.scheduling import Schedule
+from ..jobs.submit import committed, new_job, submit_job
+from ..models import Job
+from .threads import run_sync
 
-__all__ = ["Intake", "close_connections", "committed", "get_intake"]
+__all__ = ["Intake", "asubmit_job", "close_connections", "get_intake"]
 
 # Rows per INSERT at most; a larger backlog goes in several, back to back.
 MAX_BATCH = 500
@@ -84,15 +86,6 @@ class Intake:
             committed(jobs)
 
 
-def committed(jobs: Sequence[Job]) -> None:
-    """After a submit's jobs are committed (here, or by ``services.submit_job``): count them,
-    and wake workers for those due now."""
-    metrics.jobs_submitted(job.model_name for job in jobs)
-    # A job whose run_after is ahead has no wake-up (enqueued_at None): the sweep sends it once due.
-    if due := [job.id for job in jobs if job.enqueued_at is not None]:
-        get_waker().wake_jobs(due)
-
-
 _intakes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Intake] = weakref.WeakKeyDictionary()
 
 
@@ -103,3 +96,37 @@ def get_intake() -> Intake:
     if intake is None:
         intake = _intakes[loop] = Intake()
     return intake
+
+
+async def asubmit_job(
+    *,
+    message: dict[str, Any],
+    model_name: str | None = None,
+    success_queue: str = "",
+    failure_queue: str = "",
+    meta: dict[str, Any] | None = None,
+    owner: Any = None,
+    api_key_prefix: str = "",
+    idempotency_key: str | None = None,
+    schedule: Schedule | None = None,
+) -> Job:
+    """:func:`submit_job` for async code: jobs submitted together are inserted together.
+
+    A submit with an ``idempotency_key`` checks for its first job, so it takes the
+    one-by-one path.
+    """
+    if idempotency_key:
+        return await run_sync(
+            submit_job,
+            message=message,
+            model_name=model_name,
+            success_queue=success_queue,
+            failure_queue=failure_queue,
+            meta=meta,
+            owner=owner,
+            api_key_prefix=api_key_prefix,
+            idempotency_key=idempotency_key,
+            schedule=schedule,
+        )
+    job = new_job(message, model_name, success_queue, failure_queue, meta, owner, api_key_prefix, None, schedule)
+    return await get_intake().submit(job)

@@ -1,4 +1,4 @@
-"""Request and response bodies of the API.
+"""Request and response bodies of the API, single jobs and batches.
 
 The request and job schemas are built for the configured pipeline, so OpenAPI
 shows the model's own input and output types.
@@ -23,12 +23,15 @@ from pydantic import (
     model_validator,
 )
 
-from .models.states import DeliveryRoute, DeliveryStatus, JobStatus
-from .scheduling import MAX_AHEAD, PriorityName, Schedule, priority_name
-from .validators import json_problem
+from ..jobs.scheduling import MAX_AHEAD, PriorityName, Schedule, priority_name
+from ..models.states import DeliveryRoute, DeliveryStatus, JobStatus
+from ..models.validation import json_problem
 
 __all__ = [
     "AnyObject",
+    "BatchAccepted",
+    "BatchCounts",
+    "BatchOut",
     "DeliveryOut",
     "ErrorOut",
     "JobAccepted",
@@ -37,6 +40,7 @@ __all__ = [
     "ServerErrorOut",
     "ValidationErrorOut",
     "async_request_schema",
+    "batch_request_schema",
     "job_page_schema",
     "job_schema",
     "sync_request_schema",
@@ -145,7 +149,7 @@ class _JobBase(Schema):
         return priority_name(value) if isinstance(value, int) else value
 
 
-class _StrictSchema(Schema):
+class StrictSchema(Schema):
     model_config = ConfigDict(extra="forbid")
 
     @field_validator("*", mode="after")
@@ -158,7 +162,7 @@ class _StrictSchema(Schema):
         return value
 
 
-class ScheduledRequest(_StrictSchema):
+class ScheduledRequest(StrictSchema):
     """The scheduling fields of a request that queues jobs (see :mod:`.scheduling`)."""
 
     priority: PriorityName = Field(
@@ -188,7 +192,7 @@ class ScheduledRequest(_StrictSchema):
 
 def sync_request_schema(input_model: type[BaseModel]) -> type[Schema]:
     """ModalKit's ``SyncInputModel`` for this pipeline: unknown fields are rejected."""
-    schema: type[Schema] = create_model("PredictRequest", __base__=_StrictSchema, message=(input_model, ...))
+    schema: type[Schema] = create_model("PredictRequest", __base__=StrictSchema, message=(input_model, ...))
     return schema
 
 
@@ -214,3 +218,68 @@ def job_page_schema(job: type[Schema]) -> type[Schema]:
     """A page of jobs; ``next`` is the ``before`` for the following page."""
     page: type[Schema] = create_model("JobPage", __base__=Schema, jobs=(list[job], ...), next=(uuid.UUID | None, None))  # type: ignore[valid-type]
     return page
+
+
+# --- Batches (POST /async/predict/batch) ---------------------------------------------------
+#
+# An item is the single async request for the same pipeline, so each field a single submit
+# takes, an item takes too; the batch adds shared defaults and the queue its completion
+# message goes to.
+
+ITEMS_DESCRIPTION = (
+    "The jobs, each a single async request; at most `MODALKIT['API']['MAX_BATCH_ITEMS']` (default 1000). "
+    "An item without `success_queue` or `failure_queue` takes the batch's; its `meta` is laid over the batch's."
+)
+
+CompletionQueue = Annotated[
+    QueueName, Field(description="Where one message goes once every job finished; empty: nowhere.")
+]
+
+
+def batch_request_schema(input_model: type[BaseModel]) -> type[Schema]:
+    """``POST /async/predict/batch``'s body for this pipeline: unknown fields are rejected."""
+    single = async_request_schema(input_model)
+    item: type[Schema] = create_model("AsyncPredictBatchItem", __base__=single)
+    schema: type[Schema] = create_model(
+        "AsyncPredictBatchRequest",
+        __base__=StrictSchema,
+        items=(list[item], Field(..., min_length=1, description=ITEMS_DESCRIPTION)),  # type: ignore[valid-type]
+        success_queue=(QueueName, ""),
+        failure_queue=(QueueName, ""),
+        meta=(dict[str, Any], Field(default_factory=dict, description="Shared by every item.")),
+        completion_queue=(CompletionQueue, ""),
+    )
+    return schema
+
+
+class BatchAccepted(Schema):
+    batch_id: uuid.UUID
+    model_name: str
+    size: int
+    created_at: dt.datetime
+    job_ids: list[uuid.UUID] = Field(description="One per item, in the request's order.")
+
+
+class BatchCounts(Schema):
+    """How many of the batch's jobs are in each status."""
+
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    canceled: int
+    expired: int
+
+
+class BatchOut(Schema):
+    batch_id: uuid.UUID
+    model_name: str
+    size: int
+    counts: BatchCounts
+    done: bool = Field(description="True once every job finished (succeeded, failed, canceled or expired).")
+    meta: dict[str, Any]
+    completion_queue: str
+    created_at: dt.datetime
+    completed_at: dt.datetime | None = Field(description="When its last job finished; null until then.")
+    completion: DeliveryOut | None = Field(description="The completion message, once made (needs completion_queue).")
+    job_ids: list[uuid.UUID] = Field(description="In the request's order; GET /jobs/{job_id} for each one's result.")
