@@ -34,22 +34,41 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import taskiq_redis
 from redis.asyncio import Redis
-from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, BrokerMessage, TaskiqMessage
 
-from .redis_sentinel import SENTINEL_SCHEME, sentinel_pool
-
-__all__ = ["RedisStreamBroker", "sentinel_pool"]
+__all__ = ["SENTINEL_SCHEME", "RedisStreamBroker", "sentinel_pool"]
 
 logger = logging.getLogger(__name__)
 
 REDIS_GONE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Redis Sentinel, for the broker and the health check: the master the sentinels name.
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def sentinel_pool(url: str) -> SentinelConnectionPool:
+    """Connections to the master of ``redis+sentinel://[:password@]h:p[,h:p…]/service[/db]``."""
+    rest = url.removeprefix(SENTINEL_SCHEME)
+    credentials, _, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.partition("/")
+    if not hosts or not service:
+        raise ValueError(f"A Sentinel URL names its sentinels and service: {SENTINEL_SCHEME}host:26379/mymaster")
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        sentinels.append((name or host, int(port) if name else 26379))
+    password = unquote(credentials.partition(":")[2]) or None
+    sentinel = Sentinel(sentinels)  # type: ignore[no-untyped-call]
+    return SentinelConnectionPool(service, sentinel, db=int(db or 0), password=password)  # type: ignore[no-untyped-call]
 
 
 def _raise_if_cancelled() -> None:

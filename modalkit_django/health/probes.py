@@ -179,7 +179,7 @@ async def _ping(url: str, timeout: float) -> None:
     from redis.asyncio import ConnectionPool, Redis
     from redis.asyncio.sentinel import SentinelConnectionPool
 
-    from ..broker.redis_sentinel import SENTINEL_SCHEME, sentinel_pool
+    from ..broker.redis_stream import SENTINEL_SCHEME, sentinel_pool
 
     pool: ConnectionPool
     if url.startswith(SENTINEL_SCHEME):
