@@ -113,12 +113,13 @@ class BrokerSettings(_Setting):
 
 
 class DeliverySettings(_Setting):
-    max_attempts: int = Field(default=10, ge=1)
+    # None: as many as MAX_AGE_SECONDS allows (the age is the budget).
+    max_attempts: int | None = Field(default=None, ge=1)
     backoff_seconds: float = Field(default=2.0, gt=0)
-    max_backoff_seconds: float = Field(default=600.0, gt=0)
-    # A delivery still unsent this long after its job finished is dead.
+    max_backoff_seconds: float = Field(default=300.0, gt=0)
+    # A delivery still unsent this long after its job finished (or its last redelivery) is dead.
     max_age_seconds: float = Field(default=86400.0, gt=0)
-    # How long the sweep leaves a delivery to the worker sending it before taking over.
+    # How long the delivery loops leave a delivery to the worker sending it before taking over.
     claim_seconds: float = Field(default=60.0, gt=0)
     # The first attempt, made by the worker right after the job finished, gives up after
     # this long (then it is retried with backoff): a slow queue never holds a worker back.
@@ -143,10 +144,12 @@ class WorkerSettings(_Setting):
     # How long one batch's inference may take; None: deployment_config.timeout of modalkit.yaml.
     inference_timeout_seconds: float | None = Field(default=None, gt=0)
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
-    # A queued job whose wake-up was sent this long ago, and still nobody claimed it, gets
-    # another. The last safety net: failed sends, a broker that lost its data and a dead
-    # worker's unread messages are noticed within seconds without it.
-    requeue_after_seconds: float = Field(default=120.0, gt=0)
+    # An idle worker looks for runnable jobs and due deliveries this often, whether or not a
+    # wake-up came: a lost wake-up, a job whose run_after came, a retry's backoff ended.
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+    # No longer used (workers claim runnable jobs themselves, see POLL_INTERVAL_SECONDS);
+    # accepted so that settings written for 0.1 still load (check W004 says so).
+    requeue_after_seconds: float | None = Field(default=None, gt=0)
     # Runs per job, counting retries after transient errors and reclaimed leases.
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff_seconds: float = Field(default=5.0, gt=0)

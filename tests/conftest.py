@@ -25,6 +25,7 @@ from modalkit_django.api import intake, threads
 from modalkit_django.jobs import wakeups
 from modalkit_django.queues import queues
 from modalkit_django.queues.memory import MemoryBackend
+from modalkit_django.worker import database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +43,17 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 20.0, interval:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def _worker_statements_on_the_test_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Inside a test's transaction, a worker's lease renewals and sweeps run on the thread
+    that holds it (elsewhere they have connections of their own, which could not see it)."""
+    marker = request.node.get_closest_marker("django_db")
+    in_one_transaction = marker is not None and not marker.kwargs.get("transaction", False)
+    database.DatabaseThread.on_sync_thread = in_one_transaction
+    yield
+    database.DatabaseThread.on_sync_thread = False
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,9 +89,6 @@ class RecordingWaker:
 
     async def awake_deliveries(self, delivery_ids: Any) -> None:
         self.deliveries.append(list(delivery_ids))
-
-    async def broker_epoch(self) -> str:
-        return "recording"
 
 
 def _count_committed(model: Any, ids: list[Any]) -> int:

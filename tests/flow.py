@@ -28,7 +28,9 @@ def pending_delivery(**submit_kwargs: Any) -> QueueDelivery:
 
 
 def claim(job_ids: Iterable[Any]) -> list[Job]:
-    return Job.objects.claim([str(job_id) for job_id in job_ids], lease_seconds=get_settings().worker.lease_seconds)
+    """Claim these jobs (the runnable ones among them), as a worker's claim would."""
+    ids = [str(job_id) for job_id in job_ids]
+    return Job.objects.claim(limit=len(ids), lease_seconds=get_settings().worker.lease_seconds, only=ids)
 
 
 def claim_one(job: Job) -> Job:
@@ -38,30 +40,41 @@ def claim_one(job: Job) -> Job:
 
 def finish(results: Sequence[tuple[Job, Any]]) -> list[QueueDelivery]:
     """Finish claimed jobs and insert their deliveries, as a worker does after inference."""
-    return engine._store(*engine._settle(list(results)))
+    return engine._store(*engine._settle(list(results), sending=True))
 
 
 def record(results: Sequence[SendResult]) -> None:
     QueueDelivery.objects.record(results, policy=get_settings().delivery)
 
 
-def sweep(*, broker_epoch: str | None = None) -> sweeper.SweepResult:
+def sweep() -> sweeper.SweepResult:
     """One sweep pass now, whenever the last one ran."""
     SweepState.objects.all().delete()
-    result = sweeper.sweep(worker="test", broker_epoch=broker_epoch)
+    result = sweeper.sweep(worker="test")
     assert result is not None
     return result
 
 
 async def process_batch(job_ids: Sequence[Any]) -> None:
-    """A worker's batch, first sends included (they run in the background: wait for them)."""
+    """A worker's batch of these jobs, first sends included (they run in the background:
+    wait for them)."""
     batch_engine = engine.get_engine()
-    await batch_engine.process_batch([str(job_id) for job_id in job_ids])
+    await batch_engine.process_batch(len(job_ids), only=[str(job_id) for job_id in job_ids])
     await batch_engine.drain(30)
 
 
+def due_deliveries() -> list[Any]:
+    """The ids of the deliveries due now, claimed as a worker's delivery loop claims them."""
+    claimed = QueueDelivery.objects.claim_due(claim_seconds=get_settings().delivery.claim_seconds, limit=1000)
+    return [delivery.id for delivery in claimed]
+
+
 async def deliver(delivery_id: Any) -> None:
-    await engine.get_engine().deliver(str(delivery_id))
+    """One attempt at a delivery that is due, as the delivery loop makes it."""
+    unsent = QueueDelivery.objects.unsent().filter(id=delivery_id)
+    delivery = await unsent.afirst()
+    if delivery is not None:
+        await engine.get_engine().send([delivery])
 
 
 def with_modalkit(**changes: Any) -> Any:

@@ -99,13 +99,12 @@ def test_an_items_schedule_applies_to_its_job_alone(api: Client, waker: Any) -> 
     later_job = Job.objects.get(id=later_id)
     assert later_job.run_after is not None and later_job.expires_at is not None
     assert Job.objects.get(id=now_id).run_after is None
-    assert waker.jobs == [[uuid.UUID(now_id)]]  # the scheduled one is the sweep's to wake once due
+    assert waker.jobs == [[uuid.UUID(now_id)]]  # the scheduled one needs none: workers' polls find it
 
 
-def test_wake_ups_go_one_round_trip_per_chunk(api: Client, waker: Any, monkeypatch: Any) -> None:
-    monkeypatch.setattr(batches, "WAKE_CHUNK", 2)
+def test_a_batch_is_one_wake_up_for_all_its_jobs(api: Client, waker: Any) -> None:
     job_ids = post_batch(api, {"items": items("a", "b", "c", "d", "e")}).json()["job_ids"]
-    assert [[str(job_id) for job_id in chunk] for chunk in waker.jobs] == [job_ids[0:2], job_ids[2:4], job_ids[4:]]
+    assert [[str(job_id) for job_id in chunk] for chunk in waker.jobs] == [job_ids]
 
 
 def test_an_empty_batch_is_a_422(api: Client) -> None:
@@ -392,10 +391,10 @@ def test_a_batch_with_jobs_left_is_not_completed() -> None:
 def test_a_completed_batch_goes_once_its_jobs_were_purged() -> None:
     _, job_ids = submitted(2)
     run(job_ids)
-    later = timezone.now() + dt.timedelta(seconds=1)
-    assert Batch.objects.purge_emptied(completed_before=later, limit=10) == 0  # its jobs are still there
+    Batch.objects.update(completed_at=timezone.now() - dt.timedelta(seconds=10))
+    assert Batch.objects.purge_emptied(older_than=1, limit=10) == 0  # its jobs are still there
     Job.objects.filter(id__in=job_ids).delete()
-    assert Batch.objects.purge_emptied(completed_before=later, limit=10) == 1
+    assert Batch.objects.purge_emptied(older_than=1, limit=10) == 1
     assert not Batch.objects.exists()
 
 

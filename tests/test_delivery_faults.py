@@ -57,13 +57,13 @@ def test_sqs_down_then_back_every_message_lands_exactly_once(
 
     # Still down when the retries come due: each attempt counts, nothing is lost.
     QueueDelivery.objects.update(next_attempt_at=timezone.now())
-    for delivery_id in flow.sweep().deliveries_to_send:
+    for delivery_id in flow.due_deliveries():
         run_async(flow.deliver, str(delivery_id))
     assert set(QueueDelivery.objects.values_list("status", "attempts")) == {("retrying", 2)}
 
     sqs_server.start()
     QueueDelivery.objects.update(next_attempt_at=timezone.now())
-    due = flow.sweep().deliveries_to_send
+    due = flow.due_deliveries()
     assert sorted(due) == sorted(d.id for d in deliveries)
     for delivery_id in due:
         run_async(flow.deliver, str(delivery_id))

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.test import override_settings
 
 import modalkit_django
+from modalkit_django.jobs import wakeups
 from modalkit_django.models import Job
 
 from .conftest import wait_until
@@ -42,22 +43,25 @@ def test_a_job_survives_its_worker_being_killed(start_worker: Any, tmp_path: Pat
     wait_until(lambda: job.deliveries.filter(status="sent").exists(), what="the result to be delivered")
 
 
-def test_a_job_whose_wake_up_could_not_be_sent_runs_within_a_sweep(
+def test_a_job_whose_wake_up_could_not_be_sent_runs_at_a_workers_next_poll(
     start_worker: Any, redis_broker: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Nothing listens on port 1: sending the wake-ups fails after the jobs are committed.
     unreachable = {**settings.MODALKIT, "BROKER": {"URL": "redis://127.0.0.1:1/0", "QUEUE_NAME": redis_broker["queue"]}}
     with override_settings(MODALKIT=unreachable):
         jobs = [modalkit_django.submit_job(message={"text": "good"}, success_queue="results") for _ in range(3)]
-        unwoken = Job.objects.filter(id__in=[job.id for job in jobs], enqueued_at__isnull=True)
-        wait_until(lambda: unwoken.count() == 3, what="the failed wake-ups to be noticed")
-    assert {status_of(job.id) for job in jobs} == {"queued"}
-    failures = [record for record in caplog.records if record.getMessage().startswith("Could not wake workers")]
-    assert len(failures) == 1  # once per outage, not once per job
 
-    start_worker()  # the shipped timers: a sweep every 5 s
-    # A sweep every 5 s; without the re-wake they would wait REQUEUE_AFTER_SECONDS (120 s).
-    wait_until(lambda: {status_of(job.id) for job in jobs} == {"succeeded"}, timeout=30, what="the sweep")
+        def failures() -> list[Any]:
+            return [record for record in caplog.records if record.getMessage().startswith("Could not wake workers")]
+
+        waker = wakeups.get_waker()
+        # Every wake-up has failed (not only the first, which is logged) before the broker goes.
+        wait_until(lambda: getattr(waker, "_failures", 0) == 3, what="the failed wake-ups to be noticed")
+    assert {status_of(job.id) for job in jobs} == {"queued"}
+    assert len(failures()) == 1  # once per outage, not once per job
+
+    start_worker()  # the shipped timers: an idle worker looks every POLL_INTERVAL_SECONDS (0.5 s)
+    wait_until(lambda: {status_of(job.id) for job in jobs} == {"succeeded"}, timeout=30, what="the poll")
     assert {Job.objects.get(id=job.id).attempts for job in jobs} == {1}
 
 

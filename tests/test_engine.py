@@ -14,10 +14,9 @@ from django.test import override_settings
 import modalkit_django
 from modalkit_django.clients import get_inference_backend
 from modalkit_django.exceptions import InferenceUnavailable
-from modalkit_django.models import Job, QueueDelivery, SweepState
+from modalkit_django.models import Job, QueueDelivery
 from modalkit_django.queues.memory import MemoryBackend
-from modalkit_django.worker import engine, sweeper
-from modalkit_django.worker.batcher import JobBatcher
+from modalkit_django.worker import database, engine, sweeper
 
 from . import flow
 from .doubles import FailingQueue, ScriptedInference
@@ -56,55 +55,68 @@ def test_a_batch_runs_the_real_pipeline_and_delivers(run_async: Any, memory_queu
     assert set(QueueDelivery.objects.values_list("status", "attempts")) == {("sent", 1)}
 
 
-def test_concurrent_messages_share_one_claim_and_one_model_call(run_async: Any, scripted: ScriptedInference) -> None:
+def test_one_claim_takes_what_is_runnable_as_one_batch_and_one_model_call(
+    run_async: Any, scripted: ScriptedInference
+) -> None:
     jobs = [submit(f"text {n}") for n in range(20)]
 
-    async def deliver_all() -> None:
-        await asyncio.gather(*(engine.get_engine().run_jobs([str(job.id)]) for job in jobs))
+    async def one_claim() -> list[Job]:
+        return await engine.get_engine().process_batch(100)
 
-    run_async(deliver_all)
+    ran = run_async(one_claim)
+    assert {job.id for job in ran} == {job.id for job in jobs}
     assert len(scripted.calls) == 1
     assert len(scripted.inputs) == 20
     assert set(Job.objects.values_list("status", flat=True)) == {"succeeded"}
 
 
-def test_duplicate_messages_run_the_inference_once(run_async: Any, scripted: ScriptedInference) -> None:
+def test_a_second_claim_finds_nothing_so_nothing_runs_twice(run_async: Any, scripted: ScriptedInference) -> None:
     job = submit()
 
-    async def duplicates() -> None:
-        # Two copies in the same batch, then a late third.
-        await asyncio.gather(engine.get_engine().run_jobs([str(job.id)]), engine.get_engine().run_jobs([str(job.id)]))
-        await engine.get_engine().run_jobs([str(job.id), str(job.id)])
+    async def twice() -> None:
+        # Two claims at once (two wake-ups, two workers), then a late third.
+        await asyncio.gather(engine.get_engine().process_batch(10), engine.get_engine().process_batch(10))
+        await engine.get_engine().process_batch(10)
 
-    run_async(duplicates)
+    run_async(twice)
     assert scripted.inputs == [{"text": "good"}]
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("succeeded", 1)
 
 
-def test_batches_never_exceed_the_batch_size(run_async: Any, scripted: ScriptedInference) -> None:
-    jobs = [submit() for _ in range(7)]
+async def run_until_done(expected: int) -> None:
+    """Start an engine's loops, wait until ``expected`` jobs finished, stop it."""
+    batch_engine = engine.Engine()
+    batch_engine.start()
+    try:
+        for _ in range(400):
+            if batch_engine.jobs_done >= expected:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{batch_engine.jobs_done} of {expected} jobs done")
+    finally:
+        await batch_engine.stop(5)
 
-    async def run() -> None:
-        batcher = JobBatcher(engine.get_engine().process_batch, batch_size=3)
-        await asyncio.gather(*(batcher.run([str(job.id)]) for job in jobs))
 
-    run_async(run)
-    assert sorted(len(messages) for _, messages in scripted.calls) == [1, 3, 3]
-
-
-def test_a_message_of_many_jobs_returns_once_all_its_batches_are_stored(
+def test_the_fetch_loop_drains_the_queue_in_batches_of_batch_size_at_most(
     run_async: Any, scripted: ScriptedInference
 ) -> None:
-    jobs = [submit(f"text {n}") for n in range(7)]
+    jobs = [submit() for _ in range(7)]
+    with flow.with_modalkit(WORKER={"BATCH_SIZE": 3, "BATCHES_IN_FLIGHT": 2}):
+        backend = get_inference_backend()  # built again for these settings
+        assert isinstance(backend, ScriptedInference)
+        run_async(run_until_done, len(jobs))
+    assert sorted(len(messages) for _, messages in backend.calls) == [1, 3, 3]
+    assert set(Job.objects.values_list("status", flat=True)) == {"succeeded"}
 
-    async def run() -> set[str]:
-        batcher = JobBatcher(engine.get_engine().process_batch, batch_size=3)
-        await batcher.run([str(job.id) for job in jobs])
-        return set(await engine.run_db(lambda: list(Job.objects.values_list("status", flat=True))))
 
-    assert run_async(run) == {"succeeded"}  # acknowledged only then
-    assert sorted(len(messages) for _, messages in scripted.calls) == [1, 3, 3]
+def test_a_job_nobody_woke_is_claimed_at_the_next_poll(run_async: Any, scripted: ScriptedInference) -> None:
+    # No wake-up at all (the tests' waker records them): only the poll finds it.
+    job = submit()
+    with flow.with_modalkit(WORKER={"POLL_INTERVAL_SECONDS": 0.05}):
+        run_async(run_until_done, 1)
+    job.refresh_from_db()
+    assert job.status == "succeeded"
 
 
 def test_transient_inference_error_requeues_the_job(run_async: Any, scripted: ScriptedInference) -> None:
@@ -167,28 +179,6 @@ def test_an_unknown_backend_alias_is_a_failed_send_not_a_lost_result(run_async: 
     assert "No queue backend 'gone'" in delivery.last_error
 
 
-def test_sweep_once_sends_the_wake_ups_it_found(run_async: Any, scripted: ScriptedInference) -> None:
-    import datetime as dt
-
-    from django.utils import timezone
-
-    from modalkit_django.broker import get_broker
-
-    job = submit()
-    Job.objects.filter(id=job.id).update(enqueued_at=timezone.now() - dt.timedelta(hours=1))
-
-    async def sweep_and_drain() -> sweeper.SweepResult | None:
-        result = await sweeper.sweep_once()
-        await get_broker().wait_all()  # type: ignore[attr-defined]
-        return result
-
-    SweepState.objects.all().delete()
-    result = run_async(sweep_and_drain)
-    assert result.jobs_to_wake == [job.id]
-    job.refresh_from_db()
-    assert job.status == Job.Status.SUCCEEDED
-
-
 def test_a_backend_returning_too_few_predictions_fails_the_jobs(run_async: Any, scripted: ScriptedInference) -> None:
     scripted.script = lambda messages: [{"status": "success", "sentiment": "positive", "confidence": 1.0}]
     jobs = [submit() for _ in range(3)]
@@ -198,23 +188,27 @@ def test_a_backend_returning_too_few_predictions_fails_the_jobs(run_async: Any, 
     assert set(Job.objects.values_list("status", flat=True)) == {"failed"}
 
 
-def test_a_malformed_job_id_fails_alone(run_async: Any, scripted: ScriptedInference, caplog: Any) -> None:
+def test_a_wake_up_is_a_nudge_whatever_it_names(run_async: Any, scripted: ScriptedInference) -> None:
+    """A malformed, unknown or duplicated id changes nothing: the worker takes what is runnable."""
     from modalkit_django.worker import tasks
 
     jobs = [submit() for _ in range(5)]
 
-    async def one_batch() -> None:
-        ids = [str(job.id) for job in jobs]
-        await asyncio.gather(
-            tasks.run_job("not-a-uuid"),
-            *(tasks.run_job(job_id) for job_id in ids[:3]),
-            tasks.run_jobs([ids[3], "neither-is-this", ids[4]]),  # run_job messages a worker read together
-        )
+    async def nudged() -> None:
+        batch_engine = engine.get_engine()
+        with flow.with_modalkit(WORKER={"POLL_INTERVAL_SECONDS": 3600}):
+            batch_engine.start()
+            await asyncio.sleep(0.1)  # the loop's first look, then it waits for a nudge or an hour
+            await tasks.run_job("not-a-uuid")
+            await tasks.run_jobs([str(uuid.uuid4()), "neither-is-this"])
+            for _ in range(200):
+                if batch_engine.jobs_done >= len(jobs):
+                    break
+                await asyncio.sleep(0.02)
+            await batch_engine.stop(5)
 
-    run_async(one_batch)
+    run_async(nudged)
     assert set(Job.objects.values_list("status", flat=True)) == {"succeeded"}
-    assert "Ignoring a run_job message for 'not-a-uuid'" in caplog.text
-    assert "Ignoring a run_job message for 'neither-is-this'" in caplog.text
 
 
 def test_a_slow_queue_does_not_hold_up_the_batch(run_async: Any) -> None:
@@ -230,7 +224,7 @@ def test_a_slow_queue_does_not_hold_up_the_batch(run_async: Any) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         batch_engine = engine.get_engine()
-        await batch_engine.process_batch([str(job.id)])
+        await batch_engine.process_batch(1, only=[str(job.id)])
         batch_done = loop.time() - started
         await batch_engine.drain(30)
         return batch_done, loop.time() - started
@@ -271,29 +265,17 @@ def test_database_steps_wait_for_the_database_to_come_back(run_async: Any) -> No
             raise OperationalError("the database system is shutting down")
         return "stored"
 
-    assert run_async(engine.run_db, flaky) == "stored"
+    assert run_async(database.run_db, flaky) == "stored"
     assert len(calls) == 3
 
     with flow.with_modalkit(WORKER={"DATABASE_RETRY_SECONDS": 0}), pytest.raises(OperationalError):
-        run_async(engine.run_db, lambda: (_ for _ in ()).throw(OperationalError("gone for good")))
-
-
-def test_a_batch_that_fails_as_a_whole_fails_each_of_its_callers(run_async: Any) -> None:
-    async def broken(job_ids: Any) -> None:
-        raise RuntimeError("the database is gone for good")
-
-    async def run() -> list[Any]:
-        batcher = JobBatcher(broken, batch_size=10)
-        return await asyncio.gather(batcher.run(["a"]), batcher.run(["b", "c"]), return_exceptions=True)
-
-    outcomes = run_async(run)
-    assert [str(outcome) for outcome in outcomes] == ["the database is gone for good"] * 2
+        run_async(database.run_db, lambda: (_ for _ in ()).throw(OperationalError("gone for good")))
 
 
 def test_the_sweeper_goes_on_after_a_failed_sweep(run_async: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
     calls: list[str] = []
 
-    async def failing_sweep(*, worker: str) -> None:
+    async def failing_sweep(*, worker: str, thread: Any) -> None:
         calls.append(worker)
         if len(calls) == 2:
             raise asyncio.CancelledError  # stop the loop after its second pass
@@ -306,42 +288,36 @@ def test_the_sweeper_goes_on_after_a_failed_sweep(run_async: Any, monkeypatch: p
     assert "Sweep failed; trying again in 0.01s" in caplog.text
 
 
-def test_a_read_of_wake_ups_runs_as_one_task_acknowledged_once_its_jobs_are_stored(
-    run_async: Any, scripted: ScriptedInference, redis_client: Any
-) -> None:
-    from taskiq import AckableMessage, TaskiqMessage
+def test_a_read_of_wake_ups_reaches_taskiq_as_one_task(run_async: Any, redis_client: Any) -> None:
+    """Wake-ups from workers of an earlier version (one run_job per job) cost one pass of
+    TaskIQ's receiver per read, not one per job, and are acknowledged and deleted."""
+    from taskiq import TaskiqMessage
     from taskiq.receiver import Receiver
 
     from modalkit_django import broker
     from modalkit_django.conf import BrokerSettings
     from modalkit_django.worker import tasks
 
-    jobs = [submit(f"text {n}") for n in range(3)]
     queue = f"modalkit-test-merge-{uuid.uuid4().hex[:8]}"
     stream = broker.build_broker(BrokerSettings(url=settings.REDIS_URL, queue_name=queue))
-    statuses_at_ack: list[list[str]] = []
 
     async def scenario() -> str:
         await stream.startup()
-        wake_ups = [TaskiqMessage(task_id=str(n), task_name=tasks.run_job.task_name, labels={}, args=[str(job.id)],
-                                  kwargs={}) for n, job in enumerate(jobs)]  # fmt: skip
+        name = tasks.run_job.task_name
+        wake_ups = [
+            TaskiqMessage(task_id=str(n), task_name=name, labels={}, args=[str(uuid.uuid4())], kwargs={})
+            for n in range(3)
+        ]
         await stream.kick_many([stream.formatter.dumps(message) for message in wake_ups])
         reading = stream.listen()
         read = await anext(reading)
-
-        async def ack() -> None:
-            statuses_at_ack.append(await engine.run_db(lambda: list(Job.objects.values_list("status", flat=True))))
-            await read.ack()
-
-        await Receiver(stream, run_startup=False).callback(AckableMessage(data=read.data, ack=ack))
+        await Receiver(stream, run_startup=False).callback(read)
         await reading.aclose()
         await stream.shutdown()
         return stream.formatter.loads(read.data).task_name
 
     try:
         assert run_async(scenario) == tasks.run_jobs.task_name  # one message for the three
-        assert [len(messages) for _, messages in scripted.calls] == [3]
-        assert statuses_at_ack == [["succeeded"] * 3]  # acknowledged only once stored
         assert redis_client.xlen(queue) == 0
     finally:
         redis_client.delete(queue)

@@ -145,18 +145,18 @@ def test_a_scrape_shows_jobs_run_deliveries_and_the_queue(
 @pytest.mark.django_db
 def test_sweep_actions_and_modal_errors_are_counted(enabled: None, recording_waker: Any, run_async: Any) -> None:
     before = scrape()
-    job = flow.submit()
-    Job.objects.filter(id=job.id).update(enqueued_at=timezone.now() - dt.timedelta(hours=1))
+    job = flow.claim_one(flow.submit())
+    Job.objects.filter(id=job.id).update(lease_expires_at=timezone.now() - dt.timedelta(seconds=1))
     SweepState.objects.all().delete()
     result = run_async(sweeper.sweep_once)
-    assert result.jobs_to_wake == [job.id]
+    assert result.jobs_to_wake == [job.id]  # reclaimed, and the workers nudged
     backend = ModalBackend(class_name="SentimentService", app_name="app-dev", timeout=5)
     backend._error(modal_errors.NotFoundError("no app"))
     backend._error(ValueError("raised by the pipeline"))
     after = scrape()
     assert (
-        value(after, "modalkit_sweep_actions_total", action="woken")
-        - value(before, "modalkit_sweep_actions_total", action="woken")
+        value(after, "modalkit_sweep_actions_total", action="reclaimed")
+        - value(before, "modalkit_sweep_actions_total", action="reclaimed")
         == 1
     )
     for kind in ("NotFoundError", "pipeline"):

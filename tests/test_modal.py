@@ -16,6 +16,7 @@ import httpx
 import pytest
 from django.conf import settings
 from django.test import Client, override_settings
+from django.utils import timezone
 
 import modalkit_django
 from modalkit_django.models import Job
@@ -165,7 +166,7 @@ def test_unavailable_modal_retries_the_job_then_succeeds(run_async: Any, fake: A
     assert job.run_after is not None
 
     fake.unavailable = False
-    Job.objects.filter(id=job.id).update(run_after=None)
+    Job.objects.filter(id=job.id).update(run_after=None, queued_at=timezone.now())  # its backoff is over
     run_async(flow.process_batch, [str(job.id)])
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("succeeded", 2)
@@ -175,7 +176,7 @@ def test_unavailable_modal_fails_the_job_after_max_attempts(run_async: Any, fake
     fake.unavailable = True
     job = submit("good")
     for _ in range(3):
-        Job.objects.filter(id=job.id).update(run_after=None)
+        Job.objects.filter(id=job.id).update(run_after=None, queued_at=timezone.now())
         run_async(flow.process_batch, [str(job.id)])
     job.refresh_from_db()
     assert (job.status, job.attempts, job.error["type"]) == ("failed", 3, "ServiceError")

@@ -88,7 +88,7 @@ def test_a_retried_job_forgets_its_ended_call_and_a_rerun_too(fake: Any) -> None
     flow.finish([(claimed, InferenceUnavailable("gone for a moment"))])
     assert Job.objects.values_list("status", "modal_call_id").get(id=job.id) == ("queued", None)
 
-    Job.objects.filter(id=job.id).update(run_after=None)
+    Job.objects.filter(id=job.id).update(run_after=None, queued_at=timezone.now())
     [claimed] = flow.claim([job.id])
     claimed.modal_call_id = "fc-done"
     Job.objects.attach_calls([claimed])
@@ -111,8 +111,8 @@ def test_a_call_id_is_not_stored_once_the_lease_is_gone(fake: Any) -> None:
 def test_call_ids_are_stored_the_same_way_on_sqlite() -> None:
     embedded = Job.objects.db_manager("embedded")
     held, lost = (embedded.create(model_name="sentiment", message={"text": "good"}) for _ in range(2))
-    [held] = embedded.claim([held.id], lease_seconds=30)
-    [lost] = embedded.claim([lost.id], lease_seconds=30)
+    [held] = embedded.claim(limit=1, lease_seconds=30, only=[held.id])
+    [lost] = embedded.claim(limit=1, lease_seconds=30, only=[lost.id])
     embedded.filter(id=lost.id).update(lease_token=uuid.uuid4())  # reclaimed by another worker meanwhile
     held.modal_call_id, lost.modal_call_id = "fc-held", "fc-lost"
     assert embedded.attach_calls([held, lost]) == {held.id}

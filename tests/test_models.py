@@ -99,16 +99,22 @@ def test_the_hot_path_writes_no_index_that_serves_nothing() -> None:
 
 
 @pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql", reason="PostgreSQL")
-def test_the_hot_statements_find_their_rows_by_primary_key() -> None:
-    """Not by a scan of the table, or of every running job or unsent delivery: planned
-    with ``id IN (SELECT …)`` or a join alone, they were, at a few thousand rows."""
+def test_the_hot_statements_find_their_rows_by_an_index_in_their_own_order() -> None:
+    """The claim reads the queued jobs' partial index in its own order (priority, due) and
+    stops after its limit: no scan of the table, no sort of the backlog, and jobs due later
+    are past the end of the range it reads. Finish and record find their rows by primary
+    key, not by a scan of every running job or unsent delivery."""
     import uuid
 
-    from modalkit_django.models import sql as postgres
+    from modalkit_django.models import sql
 
     now = timezone.now()
     jobs = Job.objects.bulk_create(
         Job(model_name="sentiment", message={}, success_queue="q", created_at=now) for _ in range(3000)
+    )
+    later = now + dt.timedelta(hours=1)
+    Job.objects.bulk_create(  # scheduled: never read by a claim before they are due
+        Job(model_name="sentiment", message={}, created_at=now, queued_at=later, run_after=later) for _ in range(2000)
     )
     token = uuid.uuid4()
     Job.objects.filter(id__in=[job.id for job in jobs[:400]]).update(status="running", lease_token=token)
@@ -117,28 +123,30 @@ def test_the_hot_statements_find_their_rows_by_primary_key() -> None:
                       payload={}, status="retrying", next_attempt_at=now, created_at=now, attempts_since=now)
         for job in jobs[400:1400]
     )  # fmt: skip
-    outcomes = [(job.id, token, "succeeded", "{}", None, now, None, now) for job in jobs[:100]]
-    sends = [(delivery.id, 0, "sent", 1, now, "", None, "") for delivery in deliveries[:100]]
-    claim = {"ids": [str(job.id) for job in jobs[2000:2100]], "queued": "queued", "running": "running",
-             "now": now, "token": token, "expires": now, "extra": 100}  # fmt: skip
+    outcomes = [(job.id, token, "succeeded", "{}", None, 0.0) for job in jobs[:100]]
+    sends = {
+        "ids": [delivery.id for delivery in deliveries[:100]], "previous": [0] * 100, "since": [now] * 100,
+        "status": ["sent"] * 100, "attempts": [1] * 100, "external": [""] * 100, "delay": [0.0] * 100,
+        "error": [""] * 100, "max_age": 86400.0,
+    }  # fmt: skip
+    claim = {"limit": 100, "token": token, "lease": 30.0, "ids": None}
     statements = [
-        (postgres._claim_sql(Job), claim),
-        (
-            postgres._finish_sql(Job),
-            [*postgres._columns(outcomes, 8), "running", *postgres._columns([], len(postgres.DELIVERY_FIELDS))],
-        ),
-        (postgres._record_sql(QueueDelivery), postgres._columns(sends, 8)),
+        (sql._claim_sql(Job, among_ids=False), claim),
+        (sql._finish_sql(Job), [*sql._columns(outcomes, 6), *sql._columns([], len(sql.DELIVERY_FIELDS))]),
+        (sql._record_sql(QueueDelivery), sends),
     ]
     plans = []
-    with postgres._server_side_cursor("default") as cursor:
+    with sql._server_side_cursor("default") as cursor:
         cursor.execute(f"ANALYZE {Job._meta.db_table}, {QueueDelivery._meta.db_table}")
-        for sql, params in statements:
-            cursor.execute("EXPLAIN " + sql, params)
+        for statement, params in statements:
+            cursor.execute("EXPLAIN " + statement, params)
             plans.append(" ".join(row[0] for row in cursor.fetchall()))
     by_key = r"Bitmap Index Scan on {}_pkey .{{0,80}}Index Cond: \(id = ANY \(\$\d+\)\)"
     claim_plan, finish_plan, record_plan = plans
-    assert re.search(by_key.format(Job._meta.db_table), claim_plan)  # the update; not a scan of the table
-    assert "Seq Scan" not in claim_plan  # nor of the woken jobs, read before it
+    assert re.search(r"Limit .{0,200}LockRows .{0,200}Index Scan using modalkit_job_priority_idx", claim_plan)
+    assert "queued_at <= statement_timestamp()" in claim_plan  # an index condition: the range ends at now
+    assert "Sort" not in claim_plan and "Seq Scan" not in claim_plan
+    assert re.search(by_key.format(Job._meta.db_table), claim_plan)  # the update
     assert re.search(by_key.format(Job._meta.db_table), finish_plan)  # not of every running job
     assert re.search(by_key.format(QueueDelivery._meta.db_table), record_plan)
     assert "modalkit_delivery_due_idx" not in record_plan  # not of every unsent delivery
@@ -202,11 +210,11 @@ def test_transient_error_requeues_with_backoff_until_attempts_run_out() -> None:
     assert job.status == Job.Status.QUEUED
     assert job.error == {"type": "InferenceUnavailable", "message": "modal is down"}
     assert job.run_after > timezone.now()
-    assert job.enqueued_at is None
+    assert job.queued_at == job.run_after  # due again after its backoff: claims pass it over until then
 
     max_attempts = 3
     for _ in range(max_attempts - 1):
-        Job.objects.filter(id=job.id).update(run_after=None)
+        Job.objects.filter(id=job.id).update(run_after=None, queued_at=timezone.now())
         job = claim_one(job)
         deliveries = flow.finish([(job, InferenceUnavailable("modal is down"))])
     job.refresh_from_db()

@@ -29,8 +29,7 @@ sends = QueueDelivery.objects.db_manager(EMBEDDED)
 def queued(count: int, **fields: Any) -> list[Job]:
     now = timezone.now()
     return jobs.bulk_create(
-        Job(model_name="sentiment", message={"text": f"good {n}"}, queued_at=now, enqueued_at=now, **fields)
-        for n in range(count)
+        Job(model_name="sentiment", message={"text": f"good {n}"}, queued_at=now, **fields) for n in range(count)
     )
 
 
@@ -45,9 +44,9 @@ def finish(results: list[tuple[Job, Any]]) -> list[QueueDelivery]:
 
 def test_claim_finish_and_record_on_sqlite() -> None:
     first, second, third = queued(3, success_queue="q", failure_queue="e")
-    claimed = jobs.claim([first.id, second.id, third.id], lease_seconds=30)
+    claimed = jobs.claim(limit=10, lease_seconds=30)
     assert {job.id for job in claimed} == {first.id, second.id, third.id}
-    assert jobs.claim([first.id], lease_seconds=30) == []  # a duplicate claims nothing
+    assert jobs.claim(limit=10, lease_seconds=30) == []  # a duplicate claims nothing
     by_id = {job.id: job for job in claimed}
     delivered = finish(
         [
@@ -68,7 +67,7 @@ def test_claim_finish_and_record_on_sqlite() -> None:
 
 def test_a_run_whose_lease_was_reclaimed_is_dropped_on_sqlite() -> None:
     [job] = queued(1, success_queue="q")
-    [claimed] = jobs.claim([job.id], lease_seconds=30)
+    [claimed] = jobs.claim(limit=10, lease_seconds=30)
     jobs.filter(id=job.id).update(status="queued", lease_token=None)  # the sweep reclaimed it
     assert finish([(claimed, OUTPUT)]) == []
     assert jobs.get(id=job.id).status == "queued"
@@ -77,13 +76,13 @@ def test_a_run_whose_lease_was_reclaimed_is_dropped_on_sqlite() -> None:
 
 def test_the_sweep_verbs_on_sqlite() -> None:
     [lost] = queued(1)
-    assert len(jobs.claim([lost.id], lease_seconds=30)) == 1
+    assert len(jobs.claim(limit=10, lease_seconds=30)) == 1
     jobs.filter(id=lost.id).update(lease_expires_at=timezone.now() - dt.timedelta(seconds=1))
     requeued, failed = jobs.reclaim_expired(max_attempts=3, limit=10)
     assert ([job.id for job in requeued], failed) == ([lost.id], [])
     [old] = queued(1)
     jobs.filter(id=old.id).update(queued_at=timezone.now() - dt.timedelta(hours=2))
     assert [job.id for job in jobs.expire_waiting(timeout=3600, limit=10)] == [old.id]
-    assert lost.id in jobs.take_unwoken(woken_before=timezone.now(), limit=10)
+    assert lost.id in set(jobs.runnable().values_list("id", flat=True))  # due again at once
     jobs.filter(id=old.id).update(finished_at=timezone.now() - dt.timedelta(days=30))
-    assert jobs.purge_finished(finished_before=timezone.now() - dt.timedelta(days=1), limit=10) == 1
+    assert jobs.purge_finished(older_than=86400, limit=10) == 1

@@ -21,7 +21,7 @@ from modalkit_django import broker
 from modalkit_django.jobs.scheduling import Schedule
 from modalkit_django.jobs.submit import new_job
 from modalkit_django.models import Job
-from modalkit_django.worker import tasks
+from modalkit_django.worker import engine, tasks
 
 from . import flow
 from .conftest import wait_until
@@ -34,9 +34,9 @@ LOW, NORMAL, HIGH = Job.Priority.LOW, Job.Priority.NORMAL, Job.Priority.HIGH
 
 def queued(count: int, priority: int = NORMAL, *, using: str = "default", **fields: Any) -> list[Job]:
     """Queued jobs, oldest first (a microsecond apart)."""
-    start = timezone.now() - dt.timedelta(seconds=1)
+    start = fields.pop("queued_at", timezone.now() - dt.timedelta(seconds=1))
     return Job.objects.db_manager(using).bulk_create(
-        Job(model_name="sentiment", message={"text": f"good {n}"}, priority=priority, enqueued_at=start,
+        Job(model_name="sentiment", message={"text": f"good {n}"}, priority=priority,
             queued_at=start + dt.timedelta(microseconds=n), **fields)
         for n in range(count)
     )  # fmt: skip
@@ -49,56 +49,46 @@ def ids(jobs: list[Job]) -> set[Any]:
 # --- the claim, on PostgreSQL -------------------------------------------------------------
 
 
-def test_a_claim_for_low_jobs_takes_a_queued_high_job_too() -> None:
-    lows = queued(5, LOW)
-    [high] = queued(1, HIGH)
-    claimed = flow.claim([job.id for job in lows[:2]])
-    assert ids(claimed) == ids(lows[:2]) | {high.id}
-    assert {job.status for job in Job.objects.filter(id__in=ids(claimed))} == {"running"}
-    assert len({job.lease_token for job in claimed}) == 1  # one batch, one lease
-    assert flow.claim([high.id]) == []  # its own wake-up, later, does nothing
-    assert Job.objects.get(id=high.id).attempts == 1
+def claim(limit: int, *, using: str = "default") -> list[Job]:
+    """Any worker's claim: whatever woke it."""
+    return Job.objects.db_manager(using).claim(limit=limit, lease_seconds=30)
 
 
-def test_jobs_taken_along_are_the_highest_then_the_oldest_and_as_many_as_were_woken() -> None:
+def test_a_claim_takes_the_highest_priority_first_then_the_longest_due() -> None:
     first_low, second_low, third_low = queued(3, LOW)
     old_normal, new_normal = queued(2, NORMAL)
     [high] = queued(1, HIGH)
-    assert ids(flow.claim([first_low.id])) == {first_low.id, high.id}
-    assert ids(flow.claim([second_low.id])) == {second_low.id, old_normal.id}
-    assert ids(flow.claim([third_low.id])) == {third_low.id, new_normal.id}
+    assert ids(claim(2)) == {high.id, old_normal.id}
+    assert ids(claim(2)) == {new_normal.id, first_low.id}
+    assert ids(claim(2)) == {second_low.id, third_low.id}
+    assert claim(2) == []
 
 
-def test_a_claim_of_normal_jobs_takes_no_other_normal_job() -> None:
-    woken, other = queued(2, NORMAL)
-    assert ids(flow.claim([woken.id])) == {woken.id}
-    assert Job.objects.get(id=other.id).status == "queued"
-
-
-def test_a_claim_takes_nothing_of_the_same_or_a_lower_priority() -> None:
+def test_a_high_job_submitted_after_a_flood_of_low_ones_is_the_next_claimed() -> None:
+    lows = queued(500, LOW)
+    claim(100)
     [high] = queued(1, HIGH)
-    [normal] = queued(1, NORMAL)
-    [low] = queued(1, LOW)
-    assert ids(flow.claim([high.id])) == {high.id}
-    assert ids(flow.claim([normal.id])) == {normal.id}
-    assert Job.objects.get(id=low.id).status == "queued"
+    claimed = claim(100)
+    assert high.id in ids(claimed)
+    assert len({job.lease_token for job in claimed}) == 1  # one batch, one lease
+    assert Job.objects.get(id=high.id).attempts == 1
+    assert len(ids(claimed) & ids(lows)) == 99
 
 
-def test_jobs_taken_along_must_be_due_and_within_their_deadline() -> None:
+def test_a_claim_takes_only_jobs_due_and_within_their_deadline() -> None:
     [low] = queued(1, LOW)
     later = timezone.now() + dt.timedelta(hours=1)
-    queued(1, HIGH, run_after=later)
+    queued(1, HIGH, run_after=later, queued_at=later)
+    queued(1, HIGH, run_after=later)  # a run_after alone is honoured too
     queued(1, HIGH, expires_at=timezone.now() - dt.timedelta(seconds=1))
-    assert ids(flow.claim([low.id])) == {low.id}
+    assert ids(claim(10)) == {low.id}
 
 
-def test_a_stale_wake_up_takes_no_job_along() -> None:
-    # Woken for a job another claim already took: nothing it was woken for is runnable.
+def test_a_duplicate_claim_takes_nothing_twice() -> None:
     [low] = queued(1, LOW)
-    flow.claim([low.id])
-    [high] = queued(1, HIGH)
-    assert flow.claim([low.id]) == []
-    assert Job.objects.get(id=high.id).status == "queued"
+    assert ids(claim(10)) == {low.id}
+    assert claim(10) == []
+    assert Job.objects.get(id=low.id).attempts == 1
 
 
 # --- the ORM path (the embedded default's SQLite) ---------------------------------------------
@@ -110,15 +100,12 @@ def test_the_same_claim_on_sqlite() -> None:
     first_low, second_low = queued(2, LOW, using="embedded")
     [normal] = queued(1, NORMAL, using="embedded")
     [high] = queued(1, HIGH, using="embedded")
-    queued(1, HIGH, using="embedded", run_after=timezone.now() + dt.timedelta(hours=1))
-    claimed = embedded.claim([first_low.id], lease_seconds=30)
-    assert ids(claimed) == {first_low.id, high.id}
+    later = timezone.now() + dt.timedelta(hours=1)
+    queued(1, HIGH, using="embedded", run_after=later, queued_at=later)
+    assert ids(claim(2, using="embedded")) == {high.id, normal.id}
     assert embedded.get(id=high.id).status == "running"
-    assert ids(embedded.claim([second_low.id], lease_seconds=30)) == {second_low.id, normal.id}
-    [other] = queued(1, NORMAL, using="embedded")
-    [woken] = queued(1, NORMAL, using="embedded")
-    assert ids(embedded.claim([woken.id], lease_seconds=30)) == {woken.id}
-    assert embedded.get(id=other.id).status == "queued"
+    assert ids(claim(2, using="embedded")) == {first_low.id, second_low.id}
+    assert claim(2, using="embedded") == []
 
 
 # --- the API ------------------------------------------------------------------------------------
@@ -168,10 +155,16 @@ def fake(fresh_modal_fake: Any) -> Iterator[Any]:
         yield fresh_modal_fake
 
 
-def test_a_high_job_taken_along_runs_on_modal(run_async: Any, fake: Any) -> None:
+def test_a_high_job_runs_on_modal_ahead_of_older_low_ones(run_async: Any, fake: Any) -> None:
     lows = [flow.submit(schedule=Schedule(priority="low")) for _ in range(3)]
     high = flow.submit(schedule=Schedule(priority="high"))
-    run_async(flow.process_batch, [lows[0].id])
+
+    async def a_batch_of_two() -> None:
+        batch_engine = engine.get_engine()
+        await batch_engine.process_batch(2)
+        await batch_engine.drain(30)
+
+    run_async(a_batch_of_two)
     statuses = dict(Job.objects.values_list("id", "status"))
     assert statuses[high.id] == statuses[lows[0].id] == "succeeded"
     assert [statuses[job.id] for job in lows[1:]] == ["queued", "queued"]
@@ -186,7 +179,7 @@ def test_a_high_job_taken_along_runs_on_modal(run_async: Any, fake: Any) -> None
 @pytest.mark.django_db(transaction=True)
 def test_a_high_job_submitted_after_a_flood_of_low_ones_finishes_before_most(start_worker: Any) -> None:
     lows = queued(1000, LOW)
-    broker.submit(broker.akick_many(tasks.run_job, [str(job.id) for job in lows])).result(30)
+    broker.submit(broker.akick_many(tasks.run_jobs, [[str(job.id) for job in lows]])).result(30)
     high = modalkit_django.submit_job(message={"text": "a great film"}, schedule=Schedule(priority="high"))
     start_worker()
     wait_until(lambda: not Job.objects.exclude(status="succeeded").exists(), timeout=60, what="every job to finish")

@@ -122,7 +122,7 @@ def test_the_same_reports_on_sqlite() -> None:
     embedded = Job.objects.db_manager("embedded")
     job = embedded.create(model_name="sentiment", message={"text": "good"})
     other = embedded.create(model_name="sentiment", message={"text": "good"})
-    [job] = embedded.claim([job.id], lease_seconds=30)
+    [job] = embedded.claim(limit=1, lease_seconds=30, only=[job.id])
     token = job.lease_token
     assert token is not None
     assert embedded.report_progress([], token=token) == set()

@@ -55,8 +55,8 @@ def test_a_scheduled_job_is_stored_and_not_woken_at_submit(post: Any, api: Clien
     response = post(run_after=run_after.isoformat())
     assert response.status_code == 202, response.content
     job = Job.objects.get(id=response.json()["job_id"])
-    assert (job.run_after, job.queued_at, job.enqueued_at) == (run_after, run_after, None)
-    assert recording_waker.jobs == []  # the sweep wakes it once due
+    assert (job.run_after, job.queued_at) == (run_after, run_after)
+    assert recording_waker.jobs == []  # no wake-up: idle workers' polls find it once due
     assert flow.claim([job.id]) == []  # and a worker woken early leaves it
     body = api.get(f"/api/jobs/{job.id}").json()
     assert dt.datetime.fromisoformat(body["run_after"]) == run_after
@@ -141,10 +141,10 @@ def test_an_idempotency_key_reused_with_another_schedule_is_a_conflict() -> None
     assert plain.request_fingerprint == request_fingerprint("sentiment", {"text": "y"}, "", "", {})
 
 
-# --- the sweep: wake when due, expire past the deadline ----------------------------------------
+# --- claimed once due, expired past the deadline ----------------------------------------------
 
 
-def test_the_sweep_wakes_a_scheduled_job_once_it_is_due(
+def test_a_scheduled_job_is_claimed_once_it_is_due_and_not_before(
     recording_waker: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True):
@@ -152,10 +152,9 @@ def test_the_sweep_wakes_a_scheduled_job_once_it_is_due(
         unscheduled = submit()
     assert recording_waker.jobs == [[unscheduled.id]]  # no wake-up at submit for the scheduled one
     Job.objects.filter(id=unscheduled.id).delete()
-    assert flow.sweep().jobs_to_wake == []
+    assert Job.objects.claim(limit=10, lease_seconds=30) == []  # any claim, not only one for this job
     Job.objects.filter(id=job.id).update(run_after=timezone.now(), queued_at=timezone.now())
-    assert flow.sweep().jobs_to_wake == [job.id]
-    assert ids_of(flow.claim([job.id])) == {job.id}
+    assert ids_of(Job.objects.claim(limit=10, lease_seconds=30)) == {job.id}
 
 
 def ids_of(jobs: list[Job]) -> set[Any]:
@@ -220,10 +219,10 @@ def test_deadlines_and_run_after_on_sqlite() -> None:
     embedded = Job.objects.db_manager("embedded")
     now = timezone.now()
     past, later = now - dt.timedelta(seconds=1), now + dt.timedelta(hours=1)
-    overdue, scheduled, plain = embedded.bulk_create(
+    overdue, _scheduled, plain = embedded.bulk_create(
         Job(model_name="sentiment", message={}, **fields) for fields in ({"expires_at": past}, {"run_after": later}, {})
     )
-    assert ids_of(embedded.claim([overdue.id, scheduled.id, plain.id], lease_seconds=30)) == {plain.id}
+    assert ids_of(embedded.claim(limit=10, lease_seconds=30)) == {plain.id}
     [expired] = embedded.expire_waiting(timeout=None, limit=10)
     assert (expired.id, expired.status) == (overdue.id, "expired")
     assert "deadline" in embedded.get(id=overdue.id).error["message"]

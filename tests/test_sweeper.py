@@ -1,4 +1,4 @@
-"""The sweep: lost workers, lost wake-ups, expiry, due deliveries and the purge."""
+"""The sweep: lost workers, expiry, batches and the purge; and what workers claim themselves."""
 
 from __future__ import annotations
 
@@ -46,21 +46,14 @@ def test_sweep_fails_a_job_that_lost_its_worker_too_often() -> None:
     assert result.deliveries_to_send == [delivery.id]
 
 
-def test_sweep_rewakes_a_job_whose_message_was_lost() -> None:
-    job = submit()
-    assert flow.sweep().jobs_to_wake == []
-    Job.objects.filter(id=job.id).update(enqueued_at=timezone.now() - dt.timedelta(minutes=10))
-    assert flow.sweep().jobs_to_wake == [job.id]
-    # Not again until another REQUEUE_AFTER_SECONDS has passed.
-    assert flow.sweep().jobs_to_wake == []
-
-
-def test_sweep_wakes_a_retried_job_once_its_backoff_is_over() -> None:
+def test_a_retried_job_is_claimed_once_its_backoff_is_over_not_before() -> None:
     job = claim_one(submit())
     flow.finish([(job, InferenceUnavailable("down"))])
-    assert flow.sweep().jobs_to_wake == []
-    Job.objects.filter(id=job.id).update(run_after=timezone.now() - dt.timedelta(seconds=1))
-    assert flow.sweep().jobs_to_wake == [job.id]
+    assert flow.claim([job.id]) == []
+    Job.objects.filter(id=job.id).update(
+        queued_at=timezone.now() - dt.timedelta(seconds=1), run_after=timezone.now() - dt.timedelta(seconds=1)
+    )
+    assert [claimed.id for claimed in flow.claim([job.id])] == [job.id]
 
 
 def test_sweep_expires_jobs_that_waited_too_long() -> None:
@@ -73,12 +66,13 @@ def test_sweep_expires_jobs_that_waited_too_long() -> None:
     assert job.deliveries.get().payload["error_type"] == "Expired"
 
 
-def test_sweep_hands_due_deliveries_to_the_delivery_task_once() -> None:
+def test_a_due_delivery_is_claimed_once_per_claim_window() -> None:
     delivery = pending_delivery()
-    assert flow.sweep().deliveries_to_send == []
+    claim_due = QueueDelivery.objects.claim_due
+    assert claim_due(claim_seconds=60, limit=10) == []  # its first attempt is its worker's
     QueueDelivery.objects.filter(id=delivery.id).update(next_attempt_at=timezone.now())
-    assert flow.sweep().deliveries_to_send == [delivery.id]
-    assert flow.sweep().deliveries_to_send == []
+    assert [due.id for due in claim_due(claim_seconds=60, limit=10)] == [delivery.id]
+    assert claim_due(claim_seconds=60, limit=10) == []  # left to that claimer for a minute
 
 
 def test_sweep_purges_finished_jobs_past_their_ttl() -> None:
@@ -114,42 +108,33 @@ def test_the_purge_keeps_results_still_being_delivered() -> None:
     assert flow.sweep().purged == 1
 
 
-def test_a_cancellation_notice_is_not_sent_twice_by_the_sweep() -> None:
+def test_a_cancellation_notice_is_not_claimed_while_its_canceller_sends_it() -> None:
     job = submit(failure_queue="e")
-    modalkit_django.cancel_job(job=job)  # its wake-up sends the notice
-    assert flow.sweep().deliveries_to_send == []
+    modalkit_django.cancel_job(job=job)  # its wake-up has it sent
+    assert QueueDelivery.objects.claim_due(claim_seconds=60, limit=10) == []
 
 
-# --- under load: oldest first, once per period, the broker's epoch, the purge --------------
+# --- under load: oldest first, once per period, outages, the purge -------------------------
 
 
-def queued_jobs(count: int, *, woken_minutes_ago: float) -> list[Job]:
-    """``count`` queued jobs, oldest first, whose wake-ups went out that long ago."""
+def queued_jobs(count: int, *, minutes_ago: float) -> list[Job]:
+    """``count`` queued jobs, oldest first, due that long ago."""
     now = timezone.now()
     return Job.objects.bulk_create(
         Job(
             model_name="sentiment",
             message={"text": str(n)},
-            queued_at=now - dt.timedelta(minutes=woken_minutes_ago, seconds=count - n),
-            enqueued_at=now - dt.timedelta(minutes=woken_minutes_ago, seconds=count - n),
+            created_at=now,
+            queued_at=now - dt.timedelta(minutes=minutes_ago, seconds=count - n),
         )
         for n in range(count)
     )
 
 
-def test_the_oldest_lost_wake_up_is_sent_first_whatever_the_backlog() -> None:
-    jobs = queued_jobs(2000, woken_minutes_ago=10)
-    oldest = jobs[0]
-    with with_modalkit(WORKER={"SWEEP_LIMIT": 500}):
-        woken = flow.sweep().jobs_to_wake
-    assert len(woken) == 500
-    assert woken[0] == oldest.id
-    assert woken == [job.id for job in jobs[:500]]  # FIFO, not whatever the planner returns
-    # A wake-up that could not be sent at all goes before any of them.
-    failed = jobs[-1]
-    Job.objects.mark_unwoken([failed.id])
-    with with_modalkit(WORKER={"SWEEP_LIMIT": 500}):
-        assert flow.sweep().jobs_to_wake[0] == failed.id
+def test_a_claim_takes_the_longest_due_first_whatever_the_backlog() -> None:
+    jobs = queued_jobs(2000, minutes_ago=10)
+    claimed = Job.objects.claim(limit=500, lease_seconds=30)
+    assert sorted(job.queued_at for job in claimed) == [job.queued_at for job in jobs[:500]]
 
 
 @pytest.fixture
@@ -165,40 +150,52 @@ def a_period_passes() -> None:
 
 @pytest.mark.usefixtures("five_second_sweeps")
 def test_one_sweep_per_period_whoever_asks() -> None:
-    assert sweeper.sweep(worker="a", broker_epoch=None) is not None
+    assert sweeper.sweep(worker="a") is not None
     # Another process (or the same one) a moment later: this period's sweep is taken.
-    assert sweeper.sweep(worker="b", broker_epoch=None) is None
-    assert sweeper.sweep(worker="a", broker_epoch=None) is None
+    assert sweeper.sweep(worker="b") is None
+    assert sweeper.sweep(worker="a") is None
     a_period_passes()
-    assert sweeper.sweep(worker="b", broker_epoch=None) is not None
+    assert sweeper.sweep(worker="b") is not None
     state = SweepState.objects.get()
     assert (state.worker, state.sweeps) == ("b", 2)
-    assert state.last_result["woken"] == 0
+    assert state.last_result["reclaimed"] == 0
 
 
 @pytest.mark.usefixtures("five_second_sweeps")
 def test_a_sweep_that_died_does_not_block_the_next_forever() -> None:
-    assert sweeper.sweep(worker="a", broker_epoch=None) is not None
+    assert sweeper.sweep(worker="a") is not None
     # "a" took the next period's sweep, then died before finishing it.
     lease = get_settings().worker.lease_seconds
     SweepState.objects.update(started_at=timezone.now() - dt.timedelta(seconds=lease - 5), finished_at=None)
-    assert sweeper.sweep(worker="b", broker_epoch=None) is None
+    assert sweeper.sweep(worker="b") is None
     SweepState.objects.update(started_at=timezone.now() - dt.timedelta(seconds=lease + 1))
-    assert sweeper.sweep(worker="b", broker_epoch=None) is not None
+    assert sweeper.sweep(worker="b") is not None
 
 
 @pytest.mark.usefixtures("five_second_sweeps")
-def test_when_the_broker_loses_its_messages_every_queued_job_is_woken_again() -> None:
-    SweepState.objects.all().delete()
-    assert sweeper.sweep(worker="a", broker_epoch="first") is not None  # the epoch is recorded
-    recent = queued_jobs(3, woken_minutes_ago=0)  # wake-ups sent just now: normally left alone
+def test_after_the_sweeps_stopped_no_lease_is_reclaimed_until_renewals_could_land() -> None:
+    """The database paused (or went away) longer than a lease: workers alive all along
+    had their renewals held up too. The first sweeps after it leave expired leases alone
+    for a heartbeat and a retry's backoff, so the job is not run twice."""
+    job = claim_one(submit())
+    assert sweeper.sweep(worker="a") is not None
+    # 35 s of nothing: no sweep ran, and the lease (renewed just before) expired meanwhile.
+    SweepState.objects.update(started_at=timezone.now() - dt.timedelta(seconds=35))
+    Job.objects.filter(id=job.id).update(lease_expires_at=timezone.now() - dt.timedelta(seconds=5))
+    result = sweeper.sweep(worker="a")
+    assert result is not None and result.quiet and result.reclaimed == 0
     a_period_passes()
-    assert sweeper.sweep(worker="a", broker_epoch="first").jobs_to_wake == []
+    assert sweeper.sweep(worker="a").reclaimed == 0  # still within the quiet time
+    # The worker's renewal landed: nothing to reclaim when the quiet time is over.
+    Job.objects.filter(id=job.id).update(lease_expires_at=timezone.now() + dt.timedelta(seconds=30))
+    SweepState.objects.update(quiet_until=timezone.now() - dt.timedelta(seconds=1))
     a_period_passes()
-    # Redis restarted empty: a new epoch. Every job queued before it gets a new wake-up.
-    assert sorted(sweeper.sweep(worker="a", broker_epoch="second").jobs_to_wake) == sorted(j.id for j in recent)
+    result = sweeper.sweep(worker="a")
+    assert not result.quiet and result.reclaimed == 0
+    # A worker really dead: reclaimed by the first sweep after the quiet time.
+    Job.objects.filter(id=job.id).update(lease_expires_at=timezone.now() - dt.timedelta(seconds=1))
     a_period_passes()
-    assert sweeper.sweep(worker="a", broker_epoch="second").jobs_to_wake == []
+    assert sweeper.sweep(worker="a").reclaimed == 1
 
 
 def finished_jobs(count: int, *, days_ago: int) -> list[Job]:

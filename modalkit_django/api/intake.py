@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.db import DEFAULT_DB_ALIAS, connections
+from asgiref.sync import AsyncToSync, sync_to_async
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
+from django.db.transaction import TransactionManagementError
 
 from ..jobs.scheduling import Schedule
 from ..jobs.submit import committed, new_job, submit_job
@@ -30,8 +32,13 @@ from .threads import run_sync
 
 __all__ = ["Intake", "asubmit_job", "close_connections", "get_intake"]
 
-# Rows per INSERT at most; a larger backlog goes in several, back to back.
+# Rows per INSERT at most, and their bytes (their JSON) at most: a larger backlog goes in
+# several, back to back, so one statement never carries hundreds of megabytes.
 MAX_BATCH = 500
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+
+# The database is away (not this batch's fault): every submit of the batch fails alike.
+DATABASE_GONE = (OperationalError, InterfaceError)
 
 # One thread for every intake's database work: one connection (or pool checkout) per flush.
 _database_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modalkit-intake")
@@ -56,34 +63,78 @@ class Intake:
     """Inserts the jobs handed to :meth:`submit` in batches; one per event loop."""
 
     def __init__(self) -> None:
-        self._pending: list[tuple[Job, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Job, int, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def submit(self, job: Job) -> Job:
-        """Store ``job`` (queued, fully formed, not yet saved); return it once committed."""
+    async def submit(self, job: Job, *, size: int | None = None) -> Job:
+        """Store ``job`` (queued, fully formed, not yet saved); return it once committed.
+
+        ``size``: about how many bytes its row holds (a request's body length), counted
+        against a flush's byte cap; measured from its JSON if not given.
+        """
+        if size is None:
+            size = len(json.dumps([job.message, job.meta], default=str))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((job, done))
+        self._pending.append((job, size, done))
         if self._flusher is None or self._flusher.done():
             # An empty context: the flusher outlives the request that started it.
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), context=contextvars.Context())
         await done
         return job
 
+    def _next_batch(self) -> list[tuple[Job, int, asyncio.Future[None]]]:
+        taken, total = 0, 0
+        for _, size, _ in self._pending[:MAX_BATCH]:
+            if taken and total + size > MAX_BATCH_BYTES:
+                break
+            taken, total = taken + 1, total + size
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        return batch
+
     async def _flush(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            jobs = [job for job, _ in batch]
+            batch = self._next_batch()
+            jobs = [job for job, _, _ in batch]
             try:
-                await sync_to_async(_insert, thread_sensitive=False, executor=_database_thread)(jobs)
-            except Exception as exc:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
+                await _run(_insert, jobs)
+            except DATABASE_GONE as exc:
+                _settle([done for _, _, done in batch], exc)
                 continue
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(None)
+            except Exception:
+                if len(batch) == 1:
+                    raise
+                # One row the database (or its JSON encoder) refuses must fail alone, not
+                # every submit it happened to share a statement with.
+                await self._one_by_one(batch)
+                continue
+            _settle([done for _, _, done in batch], None)
             committed(jobs)
+
+    async def _one_by_one(self, batch: list[tuple[Job, int, asyncio.Future[None]]]) -> None:
+        stored = []
+        for job, _, done in batch:
+            try:
+                await _run(_insert, [job])
+            except Exception as exc:
+                _settle([done], exc)
+            else:
+                _settle([done], None)
+                stored.append(job)
+        committed(stored)
+
+
+async def _run(function: Any, *args: Any) -> None:
+    await sync_to_async(function, thread_sensitive=False, executor=_database_thread)(*args)
+
+
+def _settle(waiting: Sequence[asyncio.Future[None]], error: BaseException | None) -> None:
+    for done in waiting:
+        if done.done():
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
 
 
 _intakes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Intake] = weakref.WeakKeyDictionary()
@@ -112,8 +163,11 @@ async def asubmit_job(
 ) -> Job:
     """:func:`submit_job` for async code: jobs submitted together are inserted together.
 
-    A submit with an ``idempotency_key`` checks for its first job, so it takes the
-    one-by-one path.
+    It commits on its own (its job is stored when it returns, whatever the caller does
+    next), so called from inside a ``transaction.atomic()`` block (through
+    ``async_to_sync``) it refuses with ``TransactionManagementError``: use
+    :func:`submit_job` there. A submit with an ``idempotency_key`` checks for its first
+    job, so it takes the one-by-one path.
     """
     if idempotency_key:
         return await run_sync(
@@ -128,5 +182,23 @@ async def asubmit_job(
             idempotency_key=idempotency_key,
             schedule=schedule,
         )
+    if await _inside_callers_transaction():
+        raise TransactionManagementError(
+            "asubmit_job() commits on its own, so it cannot join the transaction.atomic() block around it: "
+            "call submit_job() there (it joins the transaction, and wakes workers once it commits)"
+        )
     job = new_job(message, model_name, success_queue, failure_queue, meta, owner, api_key_prefix, None, schedule)
     return await get_intake().submit(job)
+
+
+async def _inside_callers_transaction() -> bool:
+    """Whether synchronous code calling this (through ``async_to_sync``) has a transaction
+    open. Plain async code (a view) has no synchronous caller, and costs nothing to ask."""
+    if getattr(AsyncToSync.executors, "current", None) is None:
+        return False
+
+    def in_atomic_block() -> bool:
+        return connections[DEFAULT_DB_ALIAS].in_atomic_block
+
+    # Thread-sensitive: on the calling thread, whose connection holds its transaction.
+    return await sync_to_async(in_atomic_block, thread_sensitive=True)()

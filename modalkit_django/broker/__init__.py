@@ -25,7 +25,6 @@ import contextvars
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -45,7 +44,6 @@ __all__ = [
     "akick",
     "akick_many",
     "build_broker",
-    "epoch",
     "get_broker",
     "kick",
     "reset",
@@ -76,8 +74,6 @@ _bridge: asyncio.AbstractEventLoop | None = None
 # tried again on the next send if it failed. Inside a worker, TaskIQ has done it.
 _startup: asyncio.Future[None] | None = None
 _hooks: dict[TaskiqEvents, list[WorkerHook]] = {TaskiqEvents.WORKER_STARTUP: [], TaskiqEvents.WORKER_SHUTDOWN: []}
-# The in-process broker's messages live as long as this process: so does its epoch.
-_process_epoch = uuid.uuid4().hex
 
 
 def add_worker_hook(event: TaskiqEvents, hook: WorkerHook) -> None:
@@ -195,17 +191,6 @@ async def akick_many(task: AsyncTaskiqDecoratedTask[Any, Any], args: Sequence[An
         await broker.kick_many([broker.formatter.dumps(message) for message in messages])
     else:
         await asyncio.gather(*(task.kiq(arg) for arg in args))
-
-
-async def epoch() -> str:
-    """Changes whenever the broker lost the messages it held: Redis restarted empty, or this
-    process (which held the in-process broker's messages) restarted."""
-    await _ready()
-    broker = get_broker()
-    if hasattr(broker, "epoch"):
-        value: str = await broker.epoch()
-        return value
-    return _process_epoch
 
 
 def reset(**kwargs: Any) -> None:

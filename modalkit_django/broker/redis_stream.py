@@ -20,8 +20,6 @@ group; this subclass changes what a job service needs changed:
   merged task, acknowledged together once it is done; what is sent does not change.
   ``max_in_hand`` bounds the entries a consumer holds unacknowledged (TaskIQ's
   ``--max-async-tasks`` counts messages); those held past ``idle_timeout`` stop counting.
-- **An epoch** (:meth:`epoch`) that changes when Redis lost its data, so the sweep knows
-  to wake every queued job again.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -120,17 +117,6 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
         if isinstance(self.connection_pool, SentinelConnectionPool):
             for sentinel in self.connection_pool.sentinel_manager.sentinels:
                 await sentinel.aclose()
-
-    @property
-    def epoch_key(self) -> str:
-        return f"{self.queue_name}:modalkit-epoch"
-
-    async def epoch(self) -> str:
-        """A random value stored in Redis on first use: a new one means Redis lost its data."""
-        async with Redis(connection_pool=self.connection_pool) as redis:
-            await redis.set(self.epoch_key, uuid.uuid4().hex, nx=True)
-            value = await redis.get(self.epoch_key)
-        return value.decode() if isinstance(value, bytes) else str(value)
 
     async def kick_many(self, messages: Sequence[BrokerMessage]) -> None:
         if not messages:

@@ -100,7 +100,8 @@ def purge(options: dict[str, Any], progress: Progress) -> Outcome:
     total = 0
     # A short batch means nothing is left, or the rest is locked (re-run or redelivered
     # at this moment) and stays anyway: stop there.
-    while deleted := jobs.purge_finished(finished_before=finished_before, limit=batch_size):
+    older_than = options["older_than"].total_seconds()
+    while deleted := jobs.purge_finished(older_than=older_than, limit=batch_size):
         total += deleted
         progress(total, max(planned, total), "Purging jobs")
         if deleted < batch_size:

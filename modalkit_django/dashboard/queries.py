@@ -119,7 +119,6 @@ def dashboard_numbers(window: Window, *, now: dt.datetime | None = None, using: 
     deliveries = QueueDelivery.objects.using(using).order_by()
     attention = dict(deliveries.filter(status__in=ATTENTION).values_list("status").annotate(Count("id")))
     dead = deliveries.filter(status=QueueDelivery.Status.DEAD).order_by("-created_at")
-    fresh = now - dt.timedelta(seconds=3 * get_settings().worker.heartbeat_seconds)
     return Dashboard(
         window=window,
         now=now,
@@ -135,6 +134,6 @@ def dashboard_numbers(window: Window, *, now: dt.datetime | None = None, using: 
             ]
         ],
         live_workers=WorkerHeartbeat.objects.using(using)
-        .filter(stopped_at__isnull=True, last_beat_at__gte=fresh)
+        .live(stale_after=get_settings().worker.stale_after_seconds)
         .count(),
     )

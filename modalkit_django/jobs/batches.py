@@ -3,7 +3,7 @@
 ::
 
     submit_batch(items) ─▶ INSERT batch + INSERT its jobs (one bulk statement), one transaction
-                          └─ on commit: wake-ups, one broker round trip per WAKE_CHUNK jobs
+                          └─ on commit: one wake-up (a nudge: any worker with room claims them)
 
 Each item is built into its job by the same code as a single submit
 (:func:`.submit.new_job`), so every field a single request has, an item has. A batch is
@@ -24,16 +24,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .. import metrics
 from ..conf import resolve_model
 from ..exceptions import BatchNotFound, IdempotencyConflict, JobNotFound
 from ..models import Batch, Job, JobStatus, QueueDelivery
 from .scheduling import Schedule
-from .submit import new_job, request_fingerprint
-from .wakeups import get_waker
+from .submit import committed, new_job, request_fingerprint
 
 __all__ = [
-    "WAKE_CHUNK",
     "BatchStatus",
     "SubmittedBatch",
     "get_batch",
@@ -43,9 +40,6 @@ __all__ = [
 
 # An item's fields that make its job's Schedule, rather than its request.
 SCHEDULE_FIELDS = tuple(field.name for field in dataclasses.fields(Schedule))
-
-# Job ids per wake-up: one broker round trip each, so a large batch never makes one huge one.
-WAKE_CHUNK = 500
 
 
 def submit_batch(
@@ -120,17 +114,9 @@ def submit_batch(
         if replay is None:
             raise
         return SubmittedBatch(replay, replay.job_ids(), replayed=True)
-    # A job that runs later (run_after) is not woken now: the sweep wakes it once due.
-    transaction.on_commit(partial(_wake, [job.id for job in jobs if job.enqueued_at is not None]))
-    transaction.on_commit(partial(metrics.jobs_submitted, [job.model_name for job in jobs]))
+    transaction.on_commit(partial(committed, jobs))
     job_ids = [job.id for job in jobs]
     return SubmittedBatch(batch, job_ids)
-
-
-def _wake(job_ids: list[uuid.UUID]) -> None:
-    waker = get_waker()
-    for start in range(0, len(job_ids), WAKE_CHUNK):
-        waker.wake_jobs(job_ids[start : start + WAKE_CHUNK])
 
 
 def _batch_for_key(owner: Any, key: str, fingerprint: str) -> Batch | None:

@@ -4,13 +4,13 @@ A request's ``priority``, ``run_after`` and ``deadline`` (or ``ttl``) make a
 :class:`Schedule`, which the job-building code applies to each new job (single submits
 and batches alike). What the fields mean once stored:
 
-- ``priority``: a worker's claim also takes queued jobs of a higher priority than the
-  ones it was woken for (``Job.objects.claim``), so a flood of low jobs cannot hold up a
-  high one whose wake-up waits behind theirs in the broker.
-- ``run_after``: the job is not claimed before then. It is not woken at submit; the
-  sweep wakes it once due, within one ``WORKER["SWEEP_INTERVAL_SECONDS"]``. Its wait in
-  the queue (``queued_at``, which the global ``async_config.timeout`` counts from)
-  begins then.
+- ``priority``: a worker's claim takes the runnable jobs of the highest priority first,
+  then the longest due (``Job.objects.claim``), whatever woke it, so a flood of low jobs
+  cannot hold up a high one.
+- ``run_after``: the job is not claimed before then (``queued_at``, when it is due, is
+  set to it); idle workers look for runnable jobs every ``WORKER["POLL_INTERVAL_SECONDS"]``,
+  so it starts that soon after, given a free worker. Its wait in the queue, which the
+  global ``async_config.timeout`` counts, begins then.
 - ``deadline``/``ttl``: stored as ``expires_at``; never claimed after it, and expired by
   the sweep (failure message sent) if not started by then. ``ttl`` counts from when the
   job is due: ``run_after``, or the submit. Without either, the global timeout applies.
@@ -94,9 +94,8 @@ class Schedule:
         if self.run_after is not None:
             job.run_after = self.run_after
             if self.run_after > now:
+                # Due then: a worker claims it from then on (idle workers look every poll).
                 due = job.queued_at = self.run_after
-                # No wake-up now: a worker would find it not yet due. The sweep wakes it.
-                job.enqueued_at = None
         if self.deadline is not None:
             job.expires_at = self.deadline
         elif self.ttl is not None:

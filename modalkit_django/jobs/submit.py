@@ -90,8 +90,6 @@ def new_job(
         owner=owner,
         api_key_prefix=api_key_prefix,
         created_at=now,
-        queued_at=now,
-        enqueued_at=now,
         idempotency_key=idempotency_key or "",
         request_fingerprint=request_fingerprint(model_name, *request) if idempotency_key else "",
     )
@@ -117,6 +115,6 @@ def job_for_key(owner: Any, key: str, fingerprint: str) -> Job | None:
 def committed(jobs: Sequence[Job]) -> None:
     """After a submit's jobs are committed: count them, and wake workers for those due now."""
     metrics.jobs_submitted(job.model_name for job in jobs)
-    # A job whose run_after is ahead has no wake-up (enqueued_at None): the sweep sends it once due.
-    if due := [job.id for job in jobs if job.enqueued_at is not None]:
+    # A job due later (run_after) needs no wake-up: idle workers look at every poll.
+    if due := [job.id for job in jobs if job.run_after is None or job.run_after <= job.created_at]:
         get_waker().wake_jobs(due)

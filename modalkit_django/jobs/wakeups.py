@@ -2,8 +2,9 @@
 
 Services and the engine call :func:`get_waker` when jobs or deliveries become due; the
 app installs the broker's waker when it is ready (``apps.py``), tests install their own.
-A waker never raises and never blocks its caller on the broker: a wake-up that cannot
-be sent leaves its jobs marked unwoken, and the sweep sends it again.
+A waker never raises and never blocks its caller on the broker. A wake-up only makes
+work start sooner: idle workers look for runnable jobs and due deliveries at every poll
+(``WORKER["POLL_INTERVAL_SECONDS"]``), so one that cannot be sent loses nothing.
 """
 
 from __future__ import annotations
@@ -30,12 +31,9 @@ class Waker(Protocol):
     async def awake_deliveries(self, delivery_ids: Ids) -> None:
         """From the broker's event loop: the same, once the broker has them."""
 
-    async def broker_epoch(self) -> str:
-        """Changes whenever the broker lost the messages it held (e.g. Redis restarted empty)."""
-
 
 class NullWaker:
-    """Before the app is ready: nothing to wake; the sweep finds the work later."""
+    """Before the app is ready: nothing to wake; workers find the work at their next poll."""
 
     def wake_jobs(self, job_ids: Ids) -> None:
         return None
@@ -48,9 +46,6 @@ class NullWaker:
 
     async def awake_deliveries(self, delivery_ids: Ids) -> None:
         return None
-
-    async def broker_epoch(self) -> str:
-        return ""
 
 
 _waker: Waker = NullWaker()

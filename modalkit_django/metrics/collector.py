@@ -71,6 +71,6 @@ class DatabaseCollector:
 
         workers = gauge("modalkit_workers_live", "Worker processes that beat recently.")
         workers.add_metric(
-            [], WorkerHeartbeat.objects.live(now, stale_after=get_settings().worker.stale_after_seconds).count()
+            [], WorkerHeartbeat.objects.live(stale_after=get_settings().worker.stale_after_seconds).count()
         )
         yield workers

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.db import connections, models, transaction
 from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from . import sql
@@ -68,9 +69,10 @@ class BatchQuerySet(models.QuerySet["Batch"]):
                 type(deliveries[0])._default_manager.using(self.db).bulk_create(deliveries)
         return batches, deliveries
 
-    def purge_emptied(self, *, completed_before: dt.datetime, limit: int) -> int:
-        """Delete up to ``limit`` batches completed before then whose jobs were all purged."""
-        emptied = self.filter(completed_at__lt=completed_before).exclude(
+    def purge_emptied(self, *, older_than: float, limit: int) -> int:
+        """Delete up to ``limit`` batches completed more than ``older_than`` seconds ago
+        whose jobs were all purged."""
+        emptied = self.filter(completed_at__lt=Now() - dt.timedelta(seconds=older_than)).exclude(
             Exists(Job.objects.filter(batch=OuterRef("pk")))
         )
         ids = list(emptied.order_by("completed_at").values_list("id", flat=True)[:limit])

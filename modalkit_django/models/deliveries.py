@@ -10,8 +10,10 @@
                            └──out of attempts, too old, or a permanent error──▶ dead
     any ──redeliver──▶ pending (a fresh attempt budget)
 
-Every attempt is recorded with a compare-and-set on ``attempts``, so an attempt that
-finishes late never overwrites what another recorded (or an operator reset) meanwhile.
+Every attempt is recorded with a compare-and-set on ``attempts`` and ``attempts_since``
+(values that only grow within a budget, and a new budget starts later), so an attempt that
+finishes late never overwrites what another recorded, or an operator's redelivery,
+meanwhile. Every due time and age is the database's clock (``now()``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, Protocol
 
 from django.db import connections, models, transaction
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from ..exceptions import PermanentDeliveryError
@@ -53,7 +56,7 @@ class DeliveryPolicy(Protocol):
     """How long and how often a delivery is retried: ``MODALKIT["DELIVERY"]`` is one."""
 
     @property
-    def max_attempts(self) -> int: ...
+    def max_attempts(self) -> int | None: ...
     @property
     def backoff_seconds(self) -> float: ...
     @property
@@ -66,71 +69,89 @@ class DeliveryQuerySet(models.QuerySet["QueueDelivery"]):
     def unsent(self) -> DeliveryQuerySet:
         return self.filter(status__in=UNSENT_DELIVERY_STATUSES)
 
-    def due(self, now: dt.datetime) -> DeliveryQuerySet:
-        return self.unsent().filter(next_attempt_at__lte=now)
+    def due(self) -> DeliveryQuerySet:
+        """Unsent and due for an attempt, by the database's clock."""
+        return self.unsent().filter(next_attempt_at__lte=Now())
 
-    def claim_due(self, *, claim_seconds: float, limit: int) -> list[uuid.UUID]:
-        """Deliveries due for an attempt, longest-due first; each is left to its caller
-        for ``claim_seconds`` before it is due again."""
-        now = timezone.now()
+    def claim_due(self, *, claim_seconds: float, limit: int) -> list[QueueDelivery]:
+        """Up to ``limit`` deliveries due for an attempt, longest-due first, each left to its
+        caller for ``claim_seconds`` (then due again, should the caller die meanwhile)."""
         with transaction.atomic(savepoint=False, using=self.db):
             ids = list(
-                self.due(now)
+                self.due()
                 .order_by("next_attempt_at")
                 .select_for_update(skip_locked=True)
                 .values_list("id", flat=True)[:limit]
             )
-            self.model._default_manager.using(self.db).filter(id__in=ids).update(
-                next_attempt_at=now + dt.timedelta(seconds=claim_seconds)
-            )
-        return ids
+            manager = self.model._default_manager.using(self.db)
+            manager.filter(id__in=ids).update(next_attempt_at=Now() + dt.timedelta(seconds=claim_seconds))
+            return list(manager.filter(id__in=ids))
 
     def record(self, results: Iterable[SendResult], *, policy: DeliveryPolicy) -> None:
         """Record a batch of send attempts: sent, retrying with backoff, or dead.
 
         A delivery recorded or redelivered by someone else since this attempt began
-        (it is no longer unsent, or its attempt count moved) keeps what they wrote.
+        keeps what they wrote (compare-and-set on its attempts and its budget's start).
         """
-        now = timezone.now()
         attempted = {result.delivery.id: result for result in results}
         if not attempted:
             return
+        previous = [(result.delivery.attempts, result.delivery.attempts_since) for result in attempted.values()]
+        deliveries = [result.delivery.record(result, policy) for result in attempted.values()]
         if connections[self.db].vendor == "postgresql":
-            previous = [result.delivery.attempts for result in attempted.values()]
-            deliveries = [result.delivery.record(result, now, policy) for result in attempted.values()]
-            written = sql.record(self.model, deliveries, previous, using=self.db)
+            written = sql.record(
+                self.model, deliveries, previous, max_age_seconds=policy.max_age_seconds, using=self.db
+            )
         else:
-            with transaction.atomic(savepoint=False, using=self.db):
-                current = dict(
-                    self.select_for_update().unsent().filter(id__in=list(attempted)).values_list("id", "attempts")
-                )
-                deliveries = [
-                    result.delivery.record(result, now, policy)
-                    for delivery_id, result in attempted.items()
-                    if current.get(delivery_id) == result.delivery.attempts
-                ]
-                save_rows(QueueDelivery, deliveries, SEND_FIELDS, using=self.db)
-            written = {delivery.id for delivery in deliveries}
+            written = self._record_through_the_orm(deliveries, previous, policy)
         for delivery in deliveries:
-            if delivery.id in written and delivery.status == DeliveryStatus.DEAD:
+            if written.get(delivery.id) == DeliveryStatus.DEAD:
+                delivery.status = DeliveryStatus.DEAD
                 error = redact_text(delivery.last_error)  # logs are read by more people than the admin
                 logger.error("Delivery %s to %r is dead: %s", delivery.id, delivery.queue_name, error)
 
-    def mark_due(self, delivery_ids: Iterable[uuid.UUID | str]) -> int:
-        """Their wake-up was never sent: due now, so the next sweep sends them."""
-        return self.unsent().filter(id__in=list(delivery_ids)).update(next_attempt_at=timezone.now())
+    def _record_through_the_orm(
+        self, deliveries: list[QueueDelivery], previous: list[tuple[int, dt.datetime]], policy: DeliveryPolicy
+    ) -> dict[uuid.UUID, str]:
+        now = timezone.now()
+        written = {}
+        with transaction.atomic(savepoint=False, using=self.db):
+            unsent = self.select_for_update().unsent().filter(id__in=[delivery.id for delivery in deliveries])
+            current = {
+                id: (attempts, since) for id, attempts, since in unsent.values_list("id", "attempts", "attempts_since")
+            }
+            kept = [d for d, before in zip(deliveries, previous, strict=True) if current.get(d.id) == before]
+            for delivery in kept:
+                if delivery.status == DeliveryStatus.SENT:
+                    delivery.sent_at = now
+                elif delivery.status == DeliveryStatus.RETRYING:
+                    retry_at = now + dt.timedelta(seconds=delivery.retry_delay)
+                    too_old = retry_at - delivery.attempts_since > dt.timedelta(seconds=policy.max_age_seconds)
+                    delivery.status = DeliveryStatus.DEAD if too_old else delivery.status
+                    delivery.next_attempt_at = None if too_old else retry_at
+                written[delivery.id] = delivery.status
+            save_rows(QueueDelivery, kept, SEND_FIELDS, using=self.db)
+        return written
 
     def redeliver(self, *, claim_seconds: float) -> list[uuid.UUID]:
-        """Send these again, whatever their status, each with a fresh attempt budget."""
-        now = timezone.now()
+        """Send these again, whatever their status, each with a fresh budget: attempts from
+        zero, its age counted from now.
+
+        Their jobs are locked too, so that a purge deciding at the same moment that a job's
+        deliveries are all settled waits for this and sees the delivery due again
+        (:meth:`JobQuerySet.purge_finished`).
+        """
         with transaction.atomic(savepoint=False, using=self.db):
-            ids = list(self.select_for_update(of=("self",)).values_list("id", flat=True))
+            # Jobs first, then their deliveries: the order a purge locks them in.
+            jobs = Job.objects.using(self.db).filter(id__in=self.values("job_id")).order_by("id")
+            list(jobs.select_for_update().values_list("id", flat=True))
+            ids = list(self.select_for_update().values_list("id", flat=True))
             self.model._default_manager.using(self.db).filter(id__in=ids).update(
                 status=DeliveryStatus.PENDING,
                 attempts=0,
-                attempts_since=now,
-                # Sent by the caller's wake-up; the sweep steps in only if that never happens.
-                next_attempt_at=now + dt.timedelta(seconds=claim_seconds),
+                attempts_since=Now(),
+                # Sent by the caller's wake-up; the delivery loops step in only if that never happens.
+                next_attempt_at=Now() + dt.timedelta(seconds=claim_seconds),
             )
         return ids
 
@@ -162,6 +183,9 @@ class QueueDelivery(models.Model):
 
     objects = DeliveryQuerySet.as_manager()
 
+    # Not stored: seconds until the retry a failed attempt asks for (``record``).
+    retry_delay = 0.0
+
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "queue deliveries"
@@ -188,25 +212,26 @@ class QueueDelivery(models.Model):
     def __str__(self) -> str:
         return f"{self.route} → {self.queue_name} ({self.status})"
 
-    def record(self, result: SendResult, now: dt.datetime, policy: DeliveryPolicy) -> QueueDelivery:
-        """Apply one attempt's result in memory (``DeliveryQuerySet.record`` saves it)."""
+    def record(self, result: SendResult, policy: DeliveryPolicy) -> QueueDelivery:
+        """Apply one attempt's result in memory (``DeliveryQuerySet.record`` saves it, with
+        the database's times: when it was sent, when a retry is due, whether it is too old)."""
         self.attempts += 1
         if result.error is None:
             self.status = DeliveryStatus.SENT
-            self.sent_at = now
             self.external_id = result.external_id or ""
             self.next_attempt_at = None
             return self
         self.last_error = f"{error_label(result.error)}: {result.error}"[:2000]
-        delay = min(policy.max_backoff_seconds, policy.backoff_seconds * 2 ** (self.attempts - 1))
-        retry_at = now + dt.timedelta(seconds=delay * random.uniform(0.5, 1.0))
-        too_old = retry_at - self.attempts_since > dt.timedelta(seconds=policy.max_age_seconds)
-        if isinstance(result.error, PermanentDeliveryError) or self.attempts >= policy.max_attempts or too_old:
+        # Doubling, capped, with jitter so that a receiver coming back is not hit by every
+        # retry at the same instant.
+        delay = min(policy.max_backoff_seconds, policy.backoff_seconds * 2 ** min(self.attempts - 1, 64))
+        self.retry_delay = delay * random.uniform(0.5, 1.0)
+        out_of_attempts = policy.max_attempts is not None and self.attempts >= policy.max_attempts
+        if isinstance(result.error, PermanentDeliveryError) or out_of_attempts:
             self.status = DeliveryStatus.DEAD
             self.next_attempt_at = None
         else:
             self.status = DeliveryStatus.RETRYING
-            self.next_attempt_at = retry_at
         return self
 
     @classmethod

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.conf import settings
 from django.db import connections, models, transaction
-from django.db.models import F, Q
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from ..exceptions import InferenceError, PipelineError
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 Prediction = dict[str, Any] | InferenceError
 
 WORKER_LOST = {"type": "WorkerLost", "message": "The worker running this job stopped before finishing it."}
+# Read by cancel: what the canceled jobs' failure messages carry, without what they do not.
+HEAVY_FIELDS = ("result", "partial_outputs")
 CANCELED = {"type": "Canceled", "message": "The job was canceled before it ran."}
 CANCELED_RUNNING = {"type": "Canceled", "message": "The job was canceled while it ran; its Modal call was cancelled."}
 
@@ -91,56 +94,87 @@ class JobQuerySet(models.QuerySet["Job"]):
         """Jobs an API caller may see: its own (``None`` is the static ModalKit key)."""
         return self.filter(owner=owner) if owner is not None else self.filter(owner__isnull=True)
 
-    def runnable(self, now: dt.datetime) -> JobQuerySet:
-        """Queued, due (``run_after``) and not past its own deadline (``expires_at``)."""
-        due = Q(run_after__isnull=True) | Q(run_after__lte=now)
-        return self.filter(due, Q(expires_at__isnull=True) | Q(expires_at__gt=now), status=JobStatus.QUEUED)
+    def runnable(self) -> JobQuerySet:
+        """Queued, due (``queued_at``, which a ``run_after`` or a retry's backoff puts ahead)
+        and not past its own deadline (``expires_at``), by the database's clock."""
+        return self.filter(
+            Q(run_after__isnull=True) | Q(run_after__lte=Now()),
+            Q(expires_at__isnull=True) | Q(expires_at__gt=Now()),
+            status=JobStatus.QUEUED,
+            queued_at__lte=Now(),
+        )
+
+    def scheduled(self) -> JobQuerySet:
+        """Queued, but not due yet: a ``run_after`` or a retry's backoff ahead."""
+        return self.filter(Q(queued_at__gt=Now()) | Q(run_after__gt=Now()), status=JobStatus.QUEUED)
 
     # --- The worker: claim, keep, finish --------------------------------------------
 
-    def claim(self, job_ids: Iterable[uuid.UUID | str], *, lease_seconds: float) -> list[Job]:
-        """Mark the runnable ones among ``job_ids`` running under one new lease; return them,
-        with as many more runnable jobs at most of a higher priority than the lowest of those.
+    def claim(
+        self,
+        *,
+        limit: int,
+        lease_seconds: float,
+        token: uuid.UUID | None = None,
+        only: Iterable[uuid.UUID | str] | None = None,
+    ) -> list[Job]:
+        """Mark up to ``limit`` runnable jobs running under one new lease, and return them:
+        the highest priority first, then the longest due, whatever woke the worker.
 
-        A job already claimed, finished, not yet due or past its deadline is skipped, so a
-        duplicate message does nothing. The higher-priority jobs taken along are those whose
-        own wake-ups wait behind these in the broker; those wake-ups then find them claimed.
+        Rows locked by another worker's claim are skipped (``FOR UPDATE SKIP LOCKED``), so
+        workers claiming at once never take the same job. ``only`` restricts the claim to
+        those jobs (an operator's "run now", tests). The lease is ``lease_seconds`` from
+        the database's clock; ``token`` names it (a new one by default).
         """
-        now = timezone.now()
-        token = uuid.uuid4()
-        expires = now + dt.timedelta(seconds=lease_seconds)
-        ids = [str(job_id) for job_id in job_ids]
+        token = token or uuid.uuid4()
+        ids = None if only is None else [str(job_id) for job_id in only]
         if connections[self.db].vendor == "postgresql":
-            return sql.claim(self.model, ids, token=token, now=now, expires=expires, extra=len(ids), using=self.db)
+            return sql.claim(self.model, limit=limit, token=token, lease_seconds=lease_seconds, ids=ids, using=self.db)
         with transaction.atomic(savepoint=False, using=self.db):
-            jobs = list(self.runnable(now).filter(id__in=ids).select_for_update(skip_locked=True))
-            if jobs:
-                ahead = self.runnable(now).filter(priority__gt=min(job.priority for job in jobs)).exclude(id__in=ids)
-                jobs += ahead.order_by("-priority", "queued_at").select_for_update(skip_locked=True)[: len(ids)]
-            if not jobs:
+            runnable = self.runnable() if ids is None else self.runnable().filter(id__in=ids)
+            picked = list(
+                runnable.order_by("-priority", "queued_at")
+                .select_for_update(skip_locked=True)
+                .values_list("id", flat=True)[:limit]
+            )
+            if not picked:
                 return []
-            self.model._default_manager.using(self.db).filter(id__in=[job.id for job in jobs]).update(
+            self.model._default_manager.using(self.db).filter(id__in=picked).update(
                 status=JobStatus.RUNNING,
-                started_at=now,
+                started_at=Now(),
                 attempts=F("attempts") + 1,
                 lease_token=token,
-                lease_expires_at=expires,
+                lease_expires_at=Now() + dt.timedelta(seconds=lease_seconds),
             )
-        for job in jobs:
-            job.status = JobStatus.RUNNING
-            job.started_at = now
-            job.attempts += 1
-            job.lease_token = token
-            job.lease_expires_at = expires
-        return jobs
+            return list(self.model._default_manager.using(self.db).filter(id__in=picked))
 
-    def renew_leases(self, lease_tokens: Iterable[uuid.UUID], *, lease_seconds: float) -> int:
-        """The heartbeat of a live worker: push back the leases of the batches it runs."""
+    def renew_leases(
+        self, lease_tokens: Iterable[uuid.UUID], *, lease_seconds: float
+    ) -> dict[uuid.UUID, set[uuid.UUID]]:
+        """The heartbeat of a live worker: push back the leases of the batches it runs, by
+        the database's clock. Returns, per lease, the jobs it still holds: a job missing
+        was reclaimed or canceled meanwhile, and its work is no longer this worker's."""
         tokens = list(lease_tokens)
         if not tokens:
-            return 0
-        expires = timezone.now() + dt.timedelta(seconds=lease_seconds)
-        return self.filter(status=JobStatus.RUNNING, lease_token__in=tokens).update(lease_expires_at=expires)
+            return {}
+        if connections[self.db].vendor == "postgresql":
+            rows = sql.renew_leases(self.model, tokens, lease_seconds=lease_seconds, using=self.db)
+        else:
+            with transaction.atomic(savepoint=False, using=self.db):
+                held = self.filter(status=JobStatus.RUNNING, lease_token__in=tokens).select_for_update()
+                rows = [(token, job_id) for token, job_id in held.values_list("lease_token", "id") if token]
+                held.update(lease_expires_at=Now() + dt.timedelta(seconds=lease_seconds))
+        renewed: dict[uuid.UUID, set[uuid.UUID]] = {token: set() for token in tokens}
+        for token, job_id in rows:
+            renewed[token].add(job_id)
+        return renewed
+
+    def release(self, lease_tokens: Iterable[uuid.UUID]) -> int:
+        """Give back the jobs still held under these leases, unfinished (a worker stopping):
+        queued again at once, where they were in the queue, their attempt not counted."""
+        return self.filter(status=JobStatus.RUNNING, lease_token__in=list(lease_tokens)).update(
+            status=JobStatus.QUEUED, attempts=F("attempts") - 1, lease_token=None, lease_expires_at=None
+        )
 
     def finish(
         self,
@@ -163,7 +197,11 @@ class JobQuerySet(models.QuerySet["Job"]):
     def settle(
         self, results: Sequence[tuple[Job, Prediction]], *, max_attempts: int, retry_backoff_seconds: float
     ) -> Settled:
-        """Set each claimed job's outcome on it, in memory (no query); see :meth:`finish`."""
+        """Set each claimed job's outcome on it, in memory (no query); see :meth:`finish`.
+
+        The times set here are this host's, for what the worker reports; :meth:`store`
+        writes the database's own (``now()``), which every later comparison uses.
+        """
         now = timezone.now()
         tokens = [job.lease_token for job, _ in results]
         finished: list[Job] = []
@@ -202,7 +240,15 @@ class JobQuerySet(models.QuerySet["Job"]):
                 .filter(id__in=list(tokens), status=JobStatus.RUNNING, lease_token__in=set(tokens.values()))
                 .values_list("id", flat=True)
             )
-            save_rows(self.model, [job for job in jobs if job.id in held], OUTCOME_FIELDS, using=self.db)
+            kept = [job for job in jobs if job.id in held]
+            save_rows(self.model, kept, OUTCOME_FIELDS, using=self.db)
+            # The times every later comparison reads are the database's own.
+            manager = self.model._default_manager.using(self.db)
+            manager.filter(id__in=[job.id for job in kept if job.is_finished]).update(finished_at=Now())
+            for job in kept:
+                if job.status == JobStatus.QUEUED:
+                    due = Now() + dt.timedelta(seconds=job.retry_delay)
+                    manager.filter(id=job.id).update(queued_at=due, run_after=due)
             rows = [delivery for delivery in deliveries if delivery.job_id in held]
             if rows:
                 type(rows[0])._default_manager.using(self.db).bulk_create(rows)
@@ -211,74 +257,56 @@ class JobQuerySet(models.QuerySet["Job"]):
     # --- The sweep: oldest first, a bounded number per pass ---------------------------
 
     def reclaim_expired(self, *, max_attempts: int, limit: int) -> tuple[list[Job], list[Job]]:
-        """Running jobs whose lease expired (their worker died), oldest lease first.
+        """Running jobs whose lease expired by the database's clock (their worker died, or
+        lost the database for a whole lease), oldest lease first.
 
-        Back to the queue, or failed once out of attempts. Returns (requeued, failed).
+        Back to the queue, due now, or failed once out of attempts. Returns (requeued, failed).
         """
-        now = timezone.now()
         with transaction.atomic(savepoint=False, using=self.db):
-            jobs = list(
-                self.filter(status=JobStatus.RUNNING, lease_expires_at__lt=now)
+            expired = list(
+                self.filter(status=JobStatus.RUNNING, lease_expires_at__lt=Now())
                 .order_by("lease_expires_at")
-                .select_for_update(skip_locked=True)[:limit]
+                .select_for_update(skip_locked=True)
+                .values_list("id", "attempts")[:limit]
             )
-            requeued = [job for job in jobs if job.attempts < max_attempts]
-            failed = [job for job in jobs if job.attempts >= max_attempts]
-            for job in requeued:
-                job.requeue(now, WORKER_LOST, delay=0)
-            for job in failed:
-                job.end(JobStatus.FAILED, now, error=WORKER_LOST)
-            save_rows(self.model, jobs, OUTCOME_FIELDS, using=self.db)
-        return requeued, failed
+            manager = self.model._default_manager.using(self.db)
+            lost = {"lease_token": None, "lease_expires_at": None, "error": WORKER_LOST}
+            again = [job_id for job_id, attempts in expired if attempts < max_attempts]
+            manager.filter(id__in=again).update(status=JobStatus.QUEUED, queued_at=Now(), run_after=None, **lost)
+            failed = [job_id for job_id, attempts in expired if attempts >= max_attempts]
+            manager.filter(id__in=failed).update(status=JobStatus.FAILED, finished_at=Now(), **lost)
+            return list(manager.filter(id__in=again)), list(manager.filter(id__in=failed))
 
     def expire_waiting(self, *, timeout: float | None, limit: int) -> list[Job]:
         """Queued jobs not started in time, expired: those past their own deadline
         (``expires_at``), and those without one that waited longer than ``timeout``
-        seconds (``None``: no limit); up to ``limit`` of each, oldest first."""
-        now = timezone.now()
+        seconds since they were due (``None``: no limit); up to ``limit`` of each, oldest
+        first, by the database's clock."""
         queued = self.filter(status=JobStatus.QUEUED).select_for_update(skip_locked=True)
         with transaction.atomic(savepoint=False, using=self.db):
-            jobs = list(queued.filter(expires_at__lt=now).order_by("expires_at")[:limit])
+            jobs = list(queued.filter(expires_at__lt=Now()).order_by("expires_at")[:limit])
             if timeout is not None:
-                cutoff = now - dt.timedelta(seconds=timeout)
+                cutoff = Now() - dt.timedelta(seconds=timeout)
                 jobs += queued.filter(expires_at__isnull=True, queued_at__lt=cutoff).order_by("queued_at")[:limit]
+            now = timezone.now()
             for job in jobs:
                 job.end(JobStatus.EXPIRED, now, error=_expiry(job, timeout))
             save_rows(self.model, jobs, OUTCOME_FIELDS, using=self.db)
+            self.model._default_manager.using(self.db).filter(id__in=[job.id for job in jobs]).update(finished_at=Now())
         return jobs
 
-    def take_unwoken(self, *, woken_before: dt.datetime, limit: int) -> list[uuid.UUID]:
-        """Runnable queued jobs with no wake-up in flight, or none since ``woken_before``.
+    def purge_finished(self, *, older_than: float, limit: int) -> int:
+        """Delete up to ``limit`` jobs finished more than ``older_than`` seconds ago (by the
+        database's clock), with their deliveries; oldest first.
 
-        Those whose wake-up failed come first, then the longest-waiting. They are marked
-        woken now; the caller sends the wake-ups.
+        Jobs whose results are still being delivered stay. The jobs and their deliveries
+        are locked before they are deleted and the condition is checked again as they are,
+        so a job re-run, or a delivery redelivered, a moment before survives (a redelivery
+        locks its job: :meth:`DeliveryQuerySet.redeliver`). Only ids are read, never the JSON.
         """
-        now = timezone.now()
-        with transaction.atomic(savepoint=False, using=self.db):
-            ids = list(
-                self.runnable(now)
-                .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=woken_before))
-                .order_by(F("enqueued_at").asc(nulls_first=True), "queued_at")
-                .select_for_update(skip_locked=True)
-                .values_list("id", flat=True)[:limit]
-            )
-            self.model._default_manager.using(self.db).filter(id__in=ids).update(enqueued_at=now)
-        return ids
-
-    def mark_unwoken(self, job_ids: Iterable[uuid.UUID | str]) -> int:
-        """Their wake-up was never sent: the next sweep sends it, whatever REQUEUE_AFTER says."""
-        return self.filter(id__in=list(job_ids), status=JobStatus.QUEUED).update(enqueued_at=None)
-
-    def purge_finished(self, *, finished_before: dt.datetime, limit: int) -> int:
-        """Delete up to ``limit`` jobs finished before then, with their deliveries; oldest first.
-
-        Jobs whose results are still being delivered stay. The rows are locked before they
-        are deleted and the condition is checked again as they are: a job re-run or
-        redelivered meanwhile survives. Only ids are read, never the JSON.
-        """
-        doomed = self.filter(status__in=FINISHED_JOB_STATUSES, finished_at__lt=finished_before).exclude(
-            deliveries__status__in=UNSENT_DELIVERY_STATUSES
-        )
+        doomed = self.filter(
+            status__in=FINISHED_JOB_STATUSES, finished_at__lt=Now() - dt.timedelta(seconds=older_than)
+        ).exclude(deliveries__status__in=UNSENT_DELIVERY_STATUSES)
         with transaction.atomic(savepoint=False, using=self.db):
             ids = list(
                 doomed.order_by("finished_at").select_for_update(skip_locked=True).values_list("id", flat=True)[:limit]
@@ -299,15 +327,23 @@ class JobQuerySet(models.QuerySet["Job"]):
         now = timezone.now()
         cancelable = Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, modal_call_id__isnull=False)
         with transaction.atomic(savepoint=False, using=self.db):
-            jobs = list(self.filter(cancelable).select_for_update(of=("self",)))
+            jobs = list(self.filter(cancelable).select_for_update(of=("self",)).defer(*HEAVY_FIELDS))
             for job in jobs:
                 job.end(JobStatus.CANCELED, now, error=CANCELED if job.status == JobStatus.QUEUED else CANCELED_RUNNING)
-            save_rows(self.model, jobs, OUTCOME_FIELDS, using=self.db)
+            self.model._default_manager.using(self.db).filter(id__in=[job.id for job in jobs]).update(
+                status=JobStatus.CANCELED,
+                finished_at=Now(),
+                lease_token=None,
+                lease_expires_at=None,
+                error=Case(
+                    When(status=JobStatus.QUEUED, then=Value(CANCELED, output_field=models.JSONField())),
+                    default=Value(CANCELED_RUNNING, output_field=models.JSONField()),
+                ),
+            )
         return jobs
 
     def rerun(self) -> list[uuid.UUID]:
         """Queue the finished jobs among these again, as a new generation; return their ids."""
-        now = timezone.now()
         with transaction.atomic(savepoint=False, using=self.db):
             finished = self.filter(status__in=FINISHED_JOB_STATUSES).select_for_update(of=("self",))
             ids = list(finished.values_list("id", flat=True))
@@ -325,8 +361,7 @@ class JobQuerySet(models.QuerySet["Job"]):
                 lease_token=None,
                 lease_expires_at=None,
                 modal_call_id=None,
-                queued_at=now,
-                enqueued_at=now,
+                queued_at=Now(),
             )
         return ids
 
@@ -421,13 +456,14 @@ class Job(models.Model):
     # with the result, so that a receiver can check who asked.
     api_key_prefix = models.CharField(max_length=16, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
-    # When it last entered the queue: submitted (a scheduled job: its run_after), or re-run.
-    # The global expiry counts from here.
-    queued_at = models.DateTimeField(default=timezone.now)
+    # When it is due, in the queue: submitted (a scheduled job: its run_after), sent back
+    # after an error (after its backoff), reclaimed, or re-run. Claims take the longest due
+    # first and never one due later; the global expiry counts from here.
+    # Written by the database (its clock, as every comparison with it) unless a run_after
+    # sets it ahead.
+    queued_at = models.DateTimeField(db_default=Now())
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # When the last wake-up message was sent; None: none is in flight, the sweep sends one.
-    enqueued_at = models.DateTimeField(null=True, blank=True)
     # Not before: the request's run_after, or backoff after a transient failure.
     run_after = models.DateTimeField(null=True, blank=True)
     # The request's deadline (or ttl): expired if not started by then. NULL: the global
@@ -451,6 +487,8 @@ class Job(models.Model):
 
     # Not stored: True on the job submit_job() returns for a repeated Idempotency-Key.
     replayed = False
+    # Not stored: seconds until a job settled back into the queue is due (its backoff).
+    retry_delay = 0.0
 
     class Meta:
         ordering = ["-created_at"]
@@ -473,8 +511,6 @@ class Job(models.Model):
                 condition=Q(status=JobStatus.QUEUED, expires_at__isnull=False),
                 name="modalkit_job_deadline_idx",
             ),
-            # The sweep's re-wake: failed wake-ups (NULL) first, then the oldest.
-            models.Index(fields=["enqueued_at"], condition=Q(status=JobStatus.QUEUED), name="modalkit_job_queued_idx"),
             # Expiry, oldest first.
             models.Index(fields=["queued_at"], condition=Q(status=JobStatus.QUEUED), name="modalkit_job_waiting_idx"),
             models.Index(
@@ -543,7 +579,7 @@ class Job(models.Model):
     def requeue(self, now: dt.datetime, error: dict[str, str], *, delay: float) -> None:
         self.status = JobStatus.QUEUED
         self.error = error
-        self.run_after = now + dt.timedelta(seconds=delay) if delay else None
-        # No wake-up is in flight: the sweep sends one once run_after has passed.
-        self.enqueued_at = None
+        # Due again after the backoff: the claim takes it from then on.
+        self.retry_delay = delay
+        self.queued_at = self.run_after = now + dt.timedelta(seconds=delay)
         self.lease_token = self.lease_expires_at = None

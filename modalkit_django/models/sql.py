@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections, models
+from django.db.models.expressions import DatabaseDefault
 
 from .states import JobStatus
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from .deliveries import QueueDelivery
     from .jobs import Job, ProgressReport
 
-__all__ = ["attach_calls", "claim", "finish", "insert_jobs", "record", "report_progress"]
+__all__ = ["RUNNABLE", "attach_calls", "claim", "finish", "insert_jobs", "record", "renew_leases", "report_progress"]
 
 DELIVERY_FIELDS = (
     "id", "job_id", "route", "queue_name", "backend", "message_id", "payload", "status", "attempts",
@@ -35,57 +36,69 @@ DELIVERY_FIELDS = (
 )  # fmt: skip
 
 
+# A queued job is runnable once due (``queued_at``: its submit, its ``run_after``, or a
+# retry's backoff; a ``run_after`` is never passed over either) and before its own
+# deadline, by the database's clock: hosts' clocks may disagree, the database's is the one
+# every worker compares with. The statement's time, as Django's Now(): the same as now()
+# outside a transaction, and inside one (a test's) it moves on as Now() does.
+RUNNABLE = (
+    "status = 'queued' AND queued_at <= statement_timestamp() "
+    "AND (run_after IS NULL OR run_after <= statement_timestamp()) "
+    "AND (expires_at IS NULL OR expires_at > statement_timestamp())"
+)
+
+
 @functools.cache
-def _claim_sql(job_model: type[models.Model]) -> str:
+def _claim_sql(job_model: type[models.Model], *, among_ids: bool) -> str:
     job = job_model._meta.db_table
     # Every column: a field left out would be fetched again, one query per job, when read.
     columns = ", ".join(f'"{field.column}"' for field in job_model._meta.concrete_fields)
-    runnable = (
-        "status = %(queued)s AND (run_after IS NULL OR run_after <= %(now)s) "
-        "AND (expires_at IS NULL OR expires_at > %(now)s)"
-    )
+    # ``ARRAY(SELECT unnest(…))``, a value the planner cannot count: with the array itself it
+    # weighed a hundred ids against a table of a few thousand rows and scanned the table.
+    among = "AND id = ANY(ARRAY(SELECT unnest(%(ids)b::uuid[]))) " if among_ids else ""
     return (
-        # ``ARRAY(SELECT unnest(…))``, a value the planner cannot count: with the array itself it
-        # weighed a hundred ids against a table of a few thousand rows and scanned the table.
-        f'WITH woken AS (SELECT id, priority FROM "{job}" WHERE id = ANY(ARRAY(SELECT unnest(%(ids)b::uuid[]))) '
-        f"AND {runnable} FOR UPDATE SKIP LOCKED), "
-        # Queued jobs of a higher priority than the lowest woken for, whose own wake-ups
-        # wait behind these in the broker: highest and oldest first, through the partial
-        # priority index (modalkit_job_priority_idx), which the usual case (all one
-        # priority) leaves at its first entry.
-        f'ahead AS (SELECT id FROM "{job}" WHERE priority > (SELECT min(priority) FROM woken) AND {runnable} '
-        "AND NOT id = ANY(%(ids)b::uuid[]) ORDER BY priority DESC, queued_at LIMIT %(extra)s FOR UPDATE SKIP LOCKED) "
-        f'UPDATE "{job}" SET status = %(running)s, started_at = %(now)s, attempts = attempts + 1, '
-        "lease_token = %(token)s, lease_expires_at = %(expires)s "
+        # The highest priority, then the longest due, through the partial index on queued
+        # jobs in that order (modalkit_job_priority_idx): the scan stops after ``limit``
+        # rows, and jobs due later sit past the end of the range it reads.
+        f'WITH picked AS (SELECT id FROM "{job}" WHERE {RUNNABLE} {among}'
+        "ORDER BY priority DESC, queued_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+        f"UPDATE \"{job}\" SET status = 'running', started_at = statement_timestamp(), attempts = attempts + 1, "
+        "lease_token = %(token)s, lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s) "
         # By primary key: ``id IN (SELECT …)`` was planned as a scan of the whole table.
-        f"WHERE id = ANY(ARRAY(SELECT id FROM woken UNION ALL SELECT id FROM ahead)) RETURNING {columns}"
+        f"WHERE id = ANY(ARRAY(SELECT id FROM picked)) RETURNING {columns}"
     )
 
 
 def claim(
     job_model: type[Job],
-    job_ids: Sequence[str],
     *,
+    limit: int,
     token: uuid.UUID,
-    now: dt.datetime,
-    expires: dt.datetime,
-    extra: int,
+    lease_seconds: float,
+    ids: Sequence[str] | None,
     using: str,
 ) -> list[Job]:
-    """Claim the runnable jobs among ``job_ids`` and up to ``extra`` runnable jobs of a higher priority."""
-    params = {
-        "ids": list(job_ids),
-        "queued": JobStatus.QUEUED,
-        "running": JobStatus.RUNNING,
-        "now": now,
-        "token": token,
-        "expires": expires,
-        "extra": extra,
-    }
+    """Claim up to ``limit`` runnable jobs (among ``ids`` if given) under lease ``token``."""
+    params = {"limit": limit, "token": token, "lease": lease_seconds, "ids": ids}
     with _server_side_cursor(using) as cursor:
-        cursor.execute(_claim_sql(job_model), params)
+        cursor.execute(_claim_sql(job_model, among_ids=ids is not None), params)
         rows = cursor.fetchall()
     return _instances(job_model, rows, using)
+
+
+def renew_leases(
+    job_model: type[Job], tokens: Sequence[uuid.UUID], *, lease_seconds: float, using: str
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Push back the leases ``tokens`` by ``lease_seconds`` from now; the (token, job id)
+    pairs still held."""
+    table = job_model._meta.db_table
+    statement = (
+        f'UPDATE "{table}" SET lease_expires_at = statement_timestamp() + make_interval(secs => %s) '
+        "WHERE status = 'running' AND lease_token = ANY(%b::uuid[]) RETURNING lease_token, id"
+    )
+    with _server_side_cursor(using) as cursor:
+        cursor.execute(statement, [lease_seconds, list(tokens)])
+        return [(token, job_id) for token, job_id in cursor.fetchall()]
 
 
 @functools.cache
@@ -151,22 +164,35 @@ def _finish_sql(job_model: type[models.Model]) -> str:
     assert delivery_model is not None
     delivery = delivery_model._meta.db_table
     columns = ", ".join(DELIVERY_FIELDS)
+    # A delivery's times are the database's too: made now, its age budget from now, and
+    # due when its maker's window to send it first (next_attempt_at - created_at) ends.
+    times = {
+        "created_at": "statement_timestamp()",
+        "attempts_since": "statement_timestamp()",
+        "next_attempt_at": "statement_timestamp() + (d.next_attempt_at - d.created_at)",
+    }
+    values = ", ".join(times.get(field, f"d.{field}") for field in DELIVERY_FIELDS)
+    # A job sent back to the queue is due again after its backoff (``delay``), by the
+    # database's clock, as is the time a finished one finished.
+    due = "statement_timestamp() + make_interval(secs => outcome.delay)"
     return (
         "WITH outcome AS (SELECT * FROM UNNEST(%b::uuid[], %b::uuid[], %b::text[], %b::jsonb[], %b::jsonb[], "
-        "%b::timestamptz[], %b::timestamptz[], %b::timestamptz[]) "
-        "AS o (id, token, status, result, error, finished_at, run_after, enqueued_at)), "
+        "%b::float8[]) AS o (id, token, status, result, error, delay)), "
         f'done AS (UPDATE "{job}" AS job SET status = outcome.status, result = outcome.result, '
-        "error = outcome.error, finished_at = outcome.finished_at, run_after = outcome.run_after, "
-        "enqueued_at = outcome.enqueued_at, lease_token = NULL, lease_expires_at = NULL, "
+        "error = outcome.error, lease_token = NULL, lease_expires_at = NULL, "
+        "finished_at = CASE WHEN outcome.status = 'queued' THEN NULL ELSE statement_timestamp() END, "
+        f"queued_at = CASE WHEN outcome.status = 'queued' THEN {due} ELSE job.queued_at END, "
+        f"run_after = CASE WHEN outcome.status = 'queued' THEN {due} ELSE job.run_after END, "
         # A job sent back to the queue after an error forgets its ended Modal call.
         "modal_call_id = CASE WHEN outcome.status = 'queued' THEN NULL ELSE job.modal_call_id END FROM outcome "
         "WHERE job.id = outcome.id AND job.id = ANY(ARRAY(SELECT id FROM outcome)) "
-        "AND job.status = %s AND job.lease_token = outcome.token RETURNING job.id), "
-        f'sent AS (INSERT INTO "{delivery}" ({columns}) SELECT d.* FROM UNNEST(%b::uuid[], %b::uuid[], '
+        "AND job.status = 'running' AND job.lease_token = outcome.token RETURNING job.id), "
+        f'sent AS (INSERT INTO "{delivery}" ({columns}) SELECT {values} FROM UNNEST(%b::uuid[], %b::uuid[], '
         "%b::text[], %b::text[], %b::text[], %b::text[], %b::jsonb[], %b::text[], %b::integer[], "
         "%b::timestamptz[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::timestamptz[]) "
-        f"AS d ({columns}) WHERE d.job_id IN (SELECT id FROM done) RETURNING id) "
-        "SELECT array_agg(id) FROM done"
+        f"AS d ({columns}) WHERE d.job_id IN (SELECT id FROM done) RETURNING id, attempts_since) "
+        "SELECT (SELECT array_agg(id) FROM done), (SELECT array_agg(id) FROM sent), "
+        "(SELECT array_agg(attempts_since) FROM sent)"
     )
 
 
@@ -182,54 +208,80 @@ def finish(
     lease it was claimed under (``tokens``) still holds, and insert the deliveries of those
     jobs; returns their ids."""
     outcomes = [
-        (job.id, token, job.status, _json(job.result), _json(job.error), job.finished_at, job.run_after,
-         job.enqueued_at)
+        (job.id, token, job.status, _json(job.result), _json(job.error), job.retry_delay)
         for job, token in zip(jobs, tokens, strict=True)
-    ]  # fmt: skip
+    ]
     rows = [
         (delivery.id, delivery.job_id, delivery.route, delivery.queue_name, delivery.backend, delivery.message_id,
          _json(delivery.payload), delivery.status, delivery.attempts, delivery.attempts_since, delivery.last_error,
          delivery.next_attempt_at, delivery.sent_at, delivery.external_id, delivery.created_at)
         for delivery in deliveries
     ]  # fmt: skip
-    params = [*_columns(outcomes, 8), JobStatus.RUNNING, *_columns(rows, len(DELIVERY_FIELDS))]
+    params = [*_columns(outcomes, 6), *_columns(rows, len(DELIVERY_FIELDS))]
     with _server_side_cursor(using) as cursor:
         cursor.execute(_finish_sql(job_model), params)
-        (held,) = cursor.fetchone()
+        held, sent, since = cursor.fetchone()
+    # Each delivery's budget start, as stored (the database's time): what recording an
+    # attempt compares with.
+    started = dict(zip(sent or (), since or (), strict=True))
+    for delivery in deliveries:
+        if delivery.id in started:
+            delivery.attempts_since = started[delivery.id]
     return set(held or ())
 
 
 @functools.cache
 def _record_sql(delivery_model: type[models.Model]) -> str:
     table = delivery_model._meta.db_table
+    # A retry due past the delivery's age budget (``attempts_since`` + MAX_AGE_SECONDS) is
+    # not made: the delivery is dead. By the database's clock, as every due time here.
+    too_old = (
+        "(v.status = 'retrying' AND statement_timestamp() + make_interval(secs => v.delay) "
+        "> delivery.attempts_since + make_interval(secs => %(max_age)s))"
+    )
     return (
-        "WITH v AS (SELECT * FROM UNNEST(%b::uuid[], %b::integer[], %b::text[], %b::integer[], %b::timestamptz[], "
-        "%b::text[], %b::timestamptz[], %b::text[]) AS v (id, previous, status, attempts, sent_at, external_id, "
-        f'next_attempt_at, last_error)) UPDATE "{table}" AS delivery SET status = v.status, attempts = v.attempts, '
-        "sent_at = v.sent_at, external_id = v.external_id, next_attempt_at = v.next_attempt_at, "
-        "last_error = v.last_error FROM v WHERE delivery.id = v.id AND delivery.id = ANY(ARRAY(SELECT id FROM v)) "
-        "AND delivery.attempts = v.previous AND delivery.status IN ('pending', 'retrying') RETURNING delivery.id"
+        "WITH v AS (SELECT * FROM UNNEST(%(ids)b::uuid[], %(previous)b::integer[], %(since)b::timestamptz[], "
+        "%(status)b::text[], %(attempts)b::integer[], %(external)b::text[], %(delay)b::float8[], %(error)b::text[]) "
+        "AS v (id, previous, since, status, attempts, external_id, delay, last_error)) "
+        f'UPDATE "{table}" AS delivery SET attempts = v.attempts, external_id = v.external_id, '
+        f"last_error = v.last_error, status = CASE WHEN {too_old} THEN 'dead' ELSE v.status END, "
+        "sent_at = CASE WHEN v.status = 'sent' THEN statement_timestamp() ELSE delivery.sent_at END, "
+        f"next_attempt_at = CASE WHEN v.status = 'retrying' AND NOT {too_old} "
+        "THEN statement_timestamp() + make_interval(secs => v.delay) END "
+        "FROM v WHERE delivery.id = v.id AND delivery.id = ANY(ARRAY(SELECT id FROM v)) "
+        # Compare-and-set on what only grows: the attempts of this budget, and when the
+        # budget began (a redelivery starts a new one), so an attempt that ends late never
+        # overwrites what another recorded, or an operator's redelivery, meanwhile.
+        "AND delivery.attempts = v.previous AND delivery.attempts_since = v.since "
+        "AND delivery.status IN ('pending', 'retrying') RETURNING delivery.id, delivery.status"
     )
 
 
 def record(
     delivery_model: type[QueueDelivery],
     deliveries: Sequence[QueueDelivery],
-    previous_attempts: Sequence[int],
+    previous: Sequence[tuple[int, dt.datetime]],
     *,
+    max_age_seconds: float,
     using: str,
-) -> set[uuid.UUID]:
+) -> dict[uuid.UUID, str]:
     """Write each attempt's result (already applied to the delivery) where nobody else
-    recorded one since: its attempt count is still what it was when it was sent. Returns
-    the ids written."""
-    rows = [
-        (delivery.id, previous, delivery.status, delivery.attempts, delivery.sent_at, delivery.external_id,
-         delivery.next_attempt_at, delivery.last_error)
-        for delivery, previous in zip(deliveries, previous_attempts, strict=True)
-    ]  # fmt: skip
+    recorded one, or redelivered it, since it was sent: its attempt count and budget start
+    are still ``previous``. Returns the ids written, with the status each now has."""
+    params = {
+        "ids": [delivery.id for delivery in deliveries],
+        "previous": [attempts for attempts, _ in previous],
+        "since": [since for _, since in previous],
+        "status": [delivery.status for delivery in deliveries],
+        "attempts": [delivery.attempts for delivery in deliveries],
+        "external": [delivery.external_id for delivery in deliveries],
+        "delay": [delivery.retry_delay for delivery in deliveries],
+        "error": [delivery.last_error for delivery in deliveries],
+        "max_age": max_age_seconds,
+    }
     with _server_side_cursor(using) as cursor:
-        cursor.execute(_record_sql(delivery_model), _columns(rows, 8))
-        return {row[0] for row in cursor.fetchall()}
+        cursor.execute(_record_sql(delivery_model), params)
+        return dict(cursor.fetchall())
 
 
 @functools.cache
@@ -285,20 +337,40 @@ def insert_jobs(job_model: type[Job], jobs: Sequence[Job], *, using: str) -> Non
     """New jobs in one ``INSERT … SELECT FROM UNNEST``, each column one array parameter.
 
     ``bulk_create`` prepares every field of every row through the ORM, a parameter each
-    (thirty a job): for 1,000 jobs it measured about 1.7 times as long as this.
+    (thirty a job): for 1,000 jobs it measured about 1.7 times as long as this. A field
+    left to the database's default (``db_default``) is NULL in its array and the default
+    in the row, read back onto the job as ``bulk_create`` would.
     """
     connection = connections[using]
     fields = job_model._meta.concrete_fields
     columns = ", ".join(connection.ops.quote_name(str(field.column)) for field in fields)
     arrays = ", ".join(f"%b::{field.db_type(connection)}[]" for field in fields)
+    names = [connection.ops.quote_name(str(field.column)) for field in fields]
+    # The only database default of a job is Now(): Django's, the statement's time.
+    values = ", ".join(
+        f"COALESCE(v.{name}, statement_timestamp())" if field.has_db_default() else f"v.{name}"
+        for name, field in zip(names, fields, strict=True)
+    )
+    returned = [field for field in fields if field.has_db_default()]
     table = connection.ops.quote_name(job_model._meta.db_table)
     params = [[_column_value(field, job) for job in jobs] for field in fields]
+    statement = (
+        f"INSERT INTO {table} ({columns}) SELECT {values} FROM UNNEST({arrays}) AS v ({columns}) "
+        f"RETURNING {', '.join(connection.ops.quote_name(str(field.column)) for field in returned) or 'id'}"
+    )
     with _server_side_cursor(using) as cursor:
-        cursor.execute(f"INSERT INTO {table} ({columns}) SELECT * FROM UNNEST({arrays})", params)
+        cursor.execute(statement, params)
+        rows = cursor.fetchall()
+    # RETURNING gives the rows in the order of the SELECT, which UNNEST keeps.
+    for job, row in zip(jobs, rows, strict=True):
+        for field, value in zip(returned, row, strict=False):
+            setattr(job, field.attname, value)
 
 
 def _column_value(field: Any, job: Job) -> Any:
     value = getattr(job, field.attname)
+    if isinstance(value, DatabaseDefault):
+        return None
     if isinstance(field, models.JSONField):
         # None is SQL NULL, as Django stores it.
         return None if value is None else json.dumps(value, cls=field.encoder)

@@ -58,7 +58,7 @@ UNSENT_DELIVERY_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
 
 # What finishing, requeueing or cancelling a job writes.
 OUTCOME_FIELDS = [
-    "status", "result", "error", "finished_at", "run_after", "enqueued_at", "lease_token", "lease_expires_at",
+    "status", "result", "error", "finished_at", "queued_at", "run_after", "lease_token", "lease_expires_at",
     "modal_call_id",
 ]  # fmt: skip
 

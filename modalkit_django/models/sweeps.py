@@ -5,35 +5,55 @@ from __future__ import annotations
 import datetime as dt
 
 from django.db import models
-from django.db.models import F, Q
-from django.utils import timezone
+from django.db.models import Case, F, Q, When
+from django.db.models.functions import Now
 
 __all__ = ["SweepState"]
 
 
 class SweepStateQuerySet(models.QuerySet["SweepState"]):
-    def begin(self, *, worker: str, period: float, stale_after: float) -> SweepState | None:
+    def begin(
+        self, *, worker: str, period: float, stale_after: float, stopped_after: float, quiet_for: float
+    ) -> SweepState | None:
         """Take this period's sweep for ``worker``; ``None`` if another has it.
 
-        A compare-and-set on the one row: it succeeds when no sweep started in the last
-        ``period`` seconds and the last one finished, or has run for ``stale_after``
-        seconds (its worker died mid-sweep), so however many worker processes try, one
-        sweeps per period.
+        A compare-and-set on the one row, by the database's clock: it succeeds when no
+        sweep started in the last ``period`` seconds and the last one finished, or has run
+        for ``stale_after`` seconds (its worker died mid-sweep), so however many worker
+        processes try, one sweeps per period, whatever their hosts' clocks say.
+
+        When the last sweep started more than ``stopped_after`` seconds ago, the sweeps
+        had stopped (the database was away or paused, or no worker ran): this sweep and
+        those of the next ``quiet_for`` seconds are quiet (``SweepState.quiet``), so that
+        renewals held up by the same outage land before a lease is judged expired.
         """
-        now = timezone.now()
         taken = self.filter(
-            Q(finished_at__gte=F("started_at")) | Q(started_at__lt=now - dt.timedelta(seconds=stale_after)),
+            Q(finished_at__gte=F("started_at")) | Q(started_at__lt=Now() - dt.timedelta(seconds=stale_after)),
             pk=SweepState.SINGLETON,
-            started_at__lte=now - dt.timedelta(seconds=period),
-        ).update(started_at=now, worker=worker, sweeps=F("sweeps") + 1)
+            started_at__lte=Now() - dt.timedelta(seconds=period),
+        ).update(
+            # Every SET sees the row as it was: started_at here is the last sweep's start.
+            quiet_until=Case(
+                When(
+                    started_at__lt=Now() - dt.timedelta(seconds=stopped_after),
+                    then=Now() + dt.timedelta(seconds=quiet_for),
+                ),
+                default=F("quiet_until"),
+            ),
+            started_at=Now(),
+            worker=worker,
+            sweeps=F("sweeps") + 1,
+        )
         if not taken:
             # The first sweep ever (or after a flush): whoever creates the row sweeps.
             _, created = self.get_or_create(
-                pk=SweepState.SINGLETON, defaults={"started_at": now, "worker": worker, "sweeps": 1}
+                pk=SweepState.SINGLETON, defaults={"started_at": Now(), "worker": worker, "sweeps": 1}
             )
             if not created:
                 return None
-        return self.get(pk=SweepState.SINGLETON)
+        state = self.get(pk=SweepState.SINGLETON)
+        state.quiet = self.filter(pk=SweepState.SINGLETON, quiet_until__gt=Now()).exists()
+        return state
 
 
 class SweepState(models.Model):
@@ -44,13 +64,15 @@ class SweepState(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True, help_text="The worker process that swept last.")
     sweeps = models.PositiveBigIntegerField(default=0, help_text="Sweeps run so far, by all workers.")
-    # Changes when the broker lost its messages (e.g. Redis restarted empty); every job
-    # queued before broker_epoch_since is woken again.
-    broker_epoch = models.CharField(max_length=64, blank=True)
-    broker_epoch_since = models.DateTimeField(null=True, blank=True)
+    # Until then, sweeps reclaim no lease: the sweeps had stopped (an outage), and live
+    # workers' renewals held up by it are given time to land (SweepStateQuerySet.begin).
+    quiet_until = models.DateTimeField(null=True, blank=True)
     last_result = models.JSONField(default=dict, blank=True)
 
     objects = SweepStateQuerySet.as_manager()
+
+    # Not stored, set by ``begin``: whether this sweep leaves expired leases alone.
+    quiet = False
 
     class Meta:
         verbose_name = "sweep"

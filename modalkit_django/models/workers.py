@@ -3,38 +3,50 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.db import models
+from django.db.models import Case, Value, When
+from django.db.models.functions import Now
 from django.utils import timezone
 
 __all__ = ["DEFAULT_STALE_AFTER_SECONDS", "WorkerHeartbeat", "WorkerHeartbeatQuerySet"]
 
 # A worker that has not beaten for this long is dead: three beats missed at the shipped
-# WORKER["HEARTBEAT_SECONDS"] of 10. Callers with other timers pass their own (see
-# ``modalkit_django.heartbeats.stale_after``): models do not read settings.
+# WORKER["HEARTBEAT_SECONDS"] of 10. Callers with other timers pass their own
+# (``get_settings().worker.stale_after_seconds``): models do not read settings.
 DEFAULT_STALE_AFTER_SECONDS = 30.0
 
 
-def _beat_cutoff(now: dt.datetime | None, stale_after: float) -> dt.datetime:
-    return (now or timezone.now()) - dt.timedelta(seconds=stale_after)
+def _beat_cutoff(stale_after: float) -> Any:
+    # The database's clock: the one that wrote every beat, whatever the reader's host says.
+    return Now() - dt.timedelta(seconds=stale_after)
 
 
 class WorkerHeartbeatQuerySet(models.QuerySet["WorkerHeartbeat"]):
-    def live(
-        self, now: dt.datetime | None = None, *, stale_after: float = DEFAULT_STALE_AFTER_SECONDS
-    ) -> WorkerHeartbeatQuerySet:
+    def live(self, *, stale_after: float = DEFAULT_STALE_AFTER_SECONDS) -> WorkerHeartbeatQuerySet:
         """Workers running now: not stopped, and beaten within ``stale_after`` seconds."""
-        return self.filter(stopped_at__isnull=True, last_beat_at__gte=_beat_cutoff(now, stale_after))
+        return self.filter(stopped_at__isnull=True, last_beat_at__gte=_beat_cutoff(stale_after))
 
-    def dead(
-        self, now: dt.datetime | None = None, *, stale_after: float = DEFAULT_STALE_AFTER_SECONDS
-    ) -> WorkerHeartbeatQuerySet:
+    def dead(self, *, stale_after: float = DEFAULT_STALE_AFTER_SECONDS) -> WorkerHeartbeatQuerySet:
         """Workers that stopped beating without a clean shutdown (killed, crashed, lost)."""
-        return self.filter(stopped_at__isnull=True, last_beat_at__lt=_beat_cutoff(now, stale_after))
+        return self.filter(stopped_at__isnull=True, last_beat_at__lt=_beat_cutoff(stale_after))
 
-    def prune(self, *, older_than: float, now: dt.datetime | None = None) -> int:
+    def with_liveness(self, *, stale_after: float = DEFAULT_STALE_AFTER_SECONDS) -> WorkerHeartbeatQuerySet:
+        """Each row annotated with its ``liveness`` (``live``, ``stopped``, ``dead``) by the
+        database's clock, for pages that show it (:meth:`WorkerHeartbeat.state`)."""
+        return self.annotate(
+            liveness=Case(
+                When(stopped_at__isnull=False, then=Value("stopped")),
+                When(last_beat_at__gte=_beat_cutoff(stale_after), then=Value("live")),
+                default=Value("dead"),
+                output_field=models.CharField(),
+            )
+        )
+
+    def prune(self, *, older_than: float) -> int:
         """Delete the rows of workers gone (dead or stopped) for more than ``older_than`` seconds."""
-        deleted, _ = self.filter(last_beat_at__lt=_beat_cutoff(now, older_than)).delete()
+        deleted, _ = self.filter(last_beat_at__lt=_beat_cutoff(older_than)).delete()
         return deleted
 
 
@@ -63,12 +75,9 @@ class WorkerHeartbeat(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    def state(self, now: dt.datetime | None = None, *, stale_after: float = DEFAULT_STALE_AFTER_SECONDS) -> str:
-        """``"live"``, ``"stopped"`` (clean shutdown) or ``"dead"`` (stopped beating): for the admin."""
-        if self.stopped_at is not None:
-            return "stopped"
-        return "live" if self.is_live(now, stale_after=stale_after) else "dead"
-
-    def is_live(self, now: dt.datetime | None = None, *, stale_after: float = DEFAULT_STALE_AFTER_SECONDS) -> bool:
-        """Running now: not stopped, and its last beat is at most ``stale_after`` seconds old."""
-        return self.stopped_at is None and self.last_beat_at >= _beat_cutoff(now, stale_after)
+    def state(self) -> str:
+        """``"live"``, ``"stopped"`` (clean shutdown) or ``"dead"`` (stopped beating), as
+        annotated by ``WorkerHeartbeat.objects.with_liveness()``: the database's clock
+        judges, never the reader's."""
+        liveness: str = self.liveness  # type: ignore[attr-defined]
+        return liveness

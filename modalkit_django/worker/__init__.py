@@ -1,8 +1,8 @@
 """The worker process's asyncio runtime: what ``manage.py taskiq worker`` runs.
 
-- :mod:`.tasks`: the TaskIQ tasks (wake-ups) and the waker that sends them;
-- :mod:`.engine`: a batch's flow, claim → inference → finish → first send, and its leases;
-- :mod:`.batcher`: gathers the job ids a worker receives into batches;
+- :mod:`.tasks`: the TaskIQ tasks (wake-ups, nudges for the engine) and the waker that sends them;
+- :mod:`.engine`: claims runnable jobs in batches, runs them (inference → finish → first
+  send), keeps their leases, and sends due deliveries;
 - :mod:`.detached` and :mod:`.streaming`: inference as Modal calls that outlive the
   worker, and as streams of progress;
 - :mod:`.sweeper`: the periodic repair of lost messages, dead workers and due deliveries;

@@ -1,27 +1,36 @@
-"""The worker's side of the job service: a batch's flow, from claim to first send.
+"""The worker's engine: it claims the runnable jobs, runs them in batches, keeps their
+leases, and sends their results.
 
 ::
 
-    run_job(s)(ids) ─▶ JobBatcher ─▶ process_batch(ids)
-                                  claim ─▶ predict ─▶ finish (+ deliveries, one transaction)
-                                  │ lease renewed every HEARTBEAT_SECONDS meanwhile
-                                  └─▶ first send of each delivery, in the background
+    fetch loop ─▶ claim up to BATCH_SIZE: the highest priority, the longest due, whoever woke it
+       ▲            │ at most BATCHES_IN_FLIGHT batches at once
+       │            └▶ predict ─▶ finish (+ deliveries, one transaction) ─▶ first sends, in the background
+       │                 leases renewed every HEARTBEAT_SECONDS on a connection of their own;
+       │                 a lease lost meanwhile (reclaimed, canceled) stops the batch's work
+       └ a wake-up nudges it; idle, it looks again every POLL_INTERVAL_SECONDS
 
-One :class:`Engine` per event loop (a TaskIQ worker's, or the embedded broker's). Its
-database work runs on Django's sync thread, so each worker process keeps one persistent
-connection; when the database goes away, each step waits for it (with backoff, up to
-``WORKER["DATABASE_RETRY_SECONDS"]``) instead of abandoning the batch.
+    delivery loop ─▶ claim due deliveries (retries, redeliveries, notices, first sends not
+                     made inline) ─▶ send ─▶ record; the same nudge and poll
+
+A wake-up message is only a nudge: whatever it names, a worker with room takes what is
+runnable now, so lost messages, scheduled jobs coming due and bulk retries all drain at
+the workers' speed, not the sweep's. One :class:`Engine` per event loop (a TaskIQ
+worker's, or the embedded broker's); its statements run on the threads of
+:mod:`.database`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 import weakref
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.utils import timezone
@@ -36,8 +45,7 @@ from ..jobs.messages import deliveries_for, message_for
 from ..models import Job, QueueDelivery, SendResult
 from ..models.jobs import ProgressReport, Settled
 from ..queues import queues
-from .batcher import JobBatcher
-from .database import run_db
+from .database import LEASES, run_db
 from .detached import predict_detached
 from .streaming import predict_streaming, streams
 
@@ -45,19 +53,34 @@ __all__ = ["Engine", "forget_engines", "get_engine"]
 
 logger = logging.getLogger(__name__)
 
+# Batches of first sends in flight at once per worker; past it, a batch's deliveries are
+# left due for the delivery loop, so a slow receiver never piles up sockets or tasks.
+SENDS_IN_FLIGHT = 8
 
-def _claim(job_ids: Sequence[str]) -> list[Job]:
-    return Job.objects.claim(job_ids, lease_seconds=get_settings().worker.lease_seconds)
+
+# --- The statements, run on the database threads ----------------------------------------
 
 
-def _settle(results: list[tuple[Job, Prediction]]) -> tuple[Settled, list[QueueDelivery]]:
+def _claim(limit: int, token: uuid.UUID, only: Sequence[str] | None = None) -> list[Job]:
+    return Job.objects.claim(limit=limit, lease_seconds=get_settings().worker.lease_seconds, token=token, only=only)
+
+
+def _claimed(limit: int, token: uuid.UUID, only: Sequence[str] | None = None) -> list[Job]:
+    """A claim tried again after its connection broke: the first try may have claimed
+    already, its reply lost. Those jobs, if any; else a claim."""
+    held = list(Job.objects.filter(status=Job.Status.RUNNING, lease_token=token))
+    return held or _claim(limit, token, only)
+
+
+def _settle(results: list[tuple[Job, Prediction]], *, sending: bool) -> tuple[Settled, list[QueueDelivery]]:
     """The outcomes and deliveries of a batch, made without a query: on the event loop,
-    so the database thread, a worker's bottleneck, only runs statements."""
+    so the database thread, a worker's bottleneck, only runs statements. ``sending``: this
+    worker makes the first attempts (else they are due at once, for the delivery loops)."""
     worker = get_settings().worker
     settled = Job.objects.settle(
         results, max_attempts=worker.max_attempts, retry_backoff_seconds=worker.retry_backoff_seconds
     )
-    return settled, deliveries_for(settled.finished, timezone.now(), sent_by_caller=True)
+    return settled, deliveries_for(settled.finished, timezone.now(), sent_by_caller=sending)
 
 
 def _store(settled: Settled, deliveries: list[QueueDelivery]) -> list[QueueDelivery]:
@@ -65,6 +88,15 @@ def _store(settled: Settled, deliveries: list[QueueDelivery]) -> list[QueueDeliv
     # Once the finish committed, a batch whose last job this was is complete (the sweep
     # completes those that two workers, each finishing one of its last jobs, left to the other).
     return stored + complete_batches({job.batch_id for job in settled.jobs if job.batch_id and job.is_finished})
+
+
+def _stored(settled: Settled, deliveries: list[QueueDelivery]) -> list[QueueDelivery]:
+    """A finish tried again after its connection broke: if the first try committed (its
+    reply lost), its deliveries are there, and nothing is to be done again."""
+    existing = set(QueueDelivery.objects.filter(id__in=[d.id for d in deliveries]).values_list("id", flat=True))
+    if existing:
+        return [delivery for delivery in deliveries if delivery.id in existing]
+    return _store(settled, deliveries)
 
 
 async def _store_calls(jobs: list[Job]) -> set[uuid.UUID]:
@@ -79,50 +111,147 @@ def _record(results: list[SendResult]) -> None:
     QueueDelivery.objects.record(results, policy=get_settings().delivery)
 
 
-def _unsent(delivery_id: str) -> QueueDelivery | None:
-    return QueueDelivery.objects.unsent().filter(id=delivery_id).first()
+def _claim_deliveries(limit: int) -> list[QueueDelivery]:
+    return QueueDelivery.objects.claim_due(claim_seconds=get_settings().delivery.claim_seconds, limit=limit)
+
+
+@dataclass
+class _Lease:
+    """A batch this engine runs: its jobs, and the task doing its work (stopped if lost)."""
+
+    job_ids: set[uuid.UUID]
+    work: asyncio.Task[Any] | None = None
+    lost: set[uuid.UUID] = field(default_factory=set)
 
 
 class Engine:
-    """Runs this event loop's batches, keeps their leases, and tracks their first sends."""
+    """Claims and runs this event loop's batches, keeps their leases, sends their results."""
 
     def __init__(self) -> None:
         worker = get_settings().worker
-        self.batcher = JobBatcher(self.process_batch, batch_size=worker.batch_size, in_flight=worker.batches_in_flight)
-        self._leases: set[uuid.UUID] = set()
+        self.batch_size = worker.batch_size
+        self._slots = asyncio.Semaphore(worker.batches_in_flight)
+        self._nudged = asyncio.Event()
+        self._deliveries_nudged = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._batches: set[asyncio.Task[None]] = set()
+        self._leases: dict[uuid.UUID, _Lease] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
         # What this loop has done, for its worker's heartbeat row (see heartbeats.py).
         self.jobs_done = self.deliveries_sent = self.in_flight = 0
 
-    async def run_jobs(self, job_ids: Sequence[str]) -> None:
-        """Run these jobs, batched with whatever else this event loop is running now."""
-        await self.batcher.run(job_ids)
+    # --- Running ------------------------------------------------------------------------
 
-    async def process_batch(self, job_ids: Sequence[str]) -> None:
-        """Claim, infer and finish a batch; its deliveries' first attempts go on in the background."""
-        jobs = await run_db(_claim, job_ids)
-        if not jobs:
-            return
+    def start(self) -> None:
+        """Start looking for work (the fetch and delivery loops), on the running loop. Idempotent."""
+        if not self._loops:
+            self._loops = [asyncio.create_task(self._fetch()), asyncio.create_task(self._deliver())]
+
+    async def stop(self, timeout: float) -> None:
+        """Stop looking for work; give running batches and first sends ``timeout`` seconds to
+        end, then give back the jobs of those that did not (queued again at once, not after
+        their lease)."""
+        loops, self._loops = self._loops, []
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        if pending := self._batches | self._sends:
+            await asyncio.wait(pending, timeout=timeout)
+        if unfinished := list(self._leases):
+            for task in self._batches:
+                task.cancel()
+            await asyncio.gather(*self._batches, return_exceptions=True)
+            released = await run_db(Job.objects.release, unfinished)
+            logger.warning("Stopped with %d jobs unfinished; they are queued again", released)
+
+    def nudge(self) -> None:
+        """A wake-up came: look for runnable jobs now rather than at the next poll."""
+        self._nudged.set()
+
+    def nudge_deliveries(self) -> None:
+        """Deliveries were made due (a redelivery, a notice): look for them now."""
+        self._deliveries_nudged.set()
+
+    async def _fetch(self) -> None:
+        poll = get_settings().worker.poll_interval_seconds
+        while True:
+            await self._slots.acquire()
+            self._nudged.clear()
+            try:
+                jobs = await self.claim(self.batch_size)
+            except Exception:
+                self._slots.release()
+                logger.exception("Claiming jobs failed; trying again in %ss", poll)
+                await _wait(self._nudged, poll)
+                continue
+            if not jobs:
+                self._slots.release()
+                await _wait(self._nudged, poll)
+                continue
+            self._spawn(self._run_in_slot(jobs))
+            if len(jobs) < self.batch_size:
+                # The queue ran dry: what comes next comes with a wake-up, or the next poll.
+                await _wait(self._nudged, poll)
+
+    async def _run_in_slot(self, jobs: list[Job]) -> None:
+        try:
+            await self.run_batch(jobs)
+        finally:
+            self._slots.release()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def claim(self, limit: int, *, only: Sequence[str] | None = None) -> list[Job]:
+        """Claim up to ``limit`` runnable jobs (among ``only``, if given) under a new lease."""
+        token = uuid.uuid4()
+        return await run_db(_claim, limit, token, only, retry_with=_claimed)
+
+    async def process_batch(self, limit: int, *, only: Sequence[str] | None = None) -> list[Job]:
+        """Claim a batch and run it (as the fetch loop does, once); returns the jobs it ran."""
+        jobs = await self.claim(limit, only=only)
+        if jobs:
+            await self.run_batch(jobs)
+        return jobs
+
+    async def run_batch(self, jobs: list[Job]) -> None:
+        """Infer and finish claimed jobs; their deliveries' first attempts go on in the background."""
         token = jobs[0].lease_token
         assert token is not None
-        self._hold(token)
+        lease = self._hold(token, jobs)
         self.in_flight += len(jobs)
         try:
             started = time.monotonic()
-            predictions = await self.predict(jobs)
+            lease.work = asyncio.create_task(self.predict(jobs))
+            try:
+                predictions = await lease.work
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if (current is not None and current.cancelling()) or lease.job_ids - lease.lost:
+                    raise  # not the lease's doing: the worker is stopping
+                logger.warning("The lease of %d jobs was lost while they ran; their work is dropped", len(jobs))
+                return
             inference_seconds = time.monotonic() - started
-            deliveries = await run_db(_store, *_settle(list(zip(jobs, predictions, strict=True))))
+            sending = len(self._sends) < SENDS_IN_FLIGHT
+            settled, deliveries = _settle(list(zip(jobs, predictions, strict=True)), sending=sending)
+            stored = await run_db(_store, settled, deliveries, retry_with=_stored)
         finally:
-            self._leases.discard(token)
+            self._leases.pop(token, None)
+            if not self._leases and self._heartbeat is not None:
+                self._heartbeat.cancel()  # nothing left to renew until the next batch
             self.in_flight -= len(jobs)
         self.jobs_done += sum(job.is_finished for job in jobs)
         metrics.jobs_finished(jobs, inference_seconds=inference_seconds)
-        if deliveries:
+        if stored and sending:
             # Off the batch slot: a slow queue must not hold up the next batch's inference.
-            task = asyncio.create_task(self.send(deliveries, timeout=get_settings().delivery.inline_timeout_seconds))
+            task = asyncio.create_task(self.send(stored, timeout=get_settings().delivery.inline_timeout_seconds))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
+        elif stored:
+            self.nudge_deliveries()
 
     async def predict(self, jobs: Sequence[Job]) -> list[Prediction]:
         """One prediction per job, in order: one model call per model name, all under one deadline.
@@ -194,11 +323,20 @@ class Engine:
         self.deliveries_sent += sum(result.error is None for result in results)
         metrics.deliveries_attempted(results)
 
-    async def deliver(self, delivery_id: str) -> None:
-        """Send one delivery that is due again (a retry, a redelivery, a cancellation notice)."""
-        delivery = await run_db(_unsent, delivery_id)
-        if delivery is not None:
-            await self.send([delivery])
+    async def _deliver(self) -> None:
+        """Send deliveries that are due: retries, redeliveries, notices, first sends not made inline."""
+        poll = get_settings().worker.poll_interval_seconds
+        while True:
+            self._deliveries_nudged.clear()
+            try:
+                due = await run_db(_claim_deliveries, self.batch_size)
+                if due:
+                    await self.send(due, timeout=get_settings().delivery.inline_timeout_seconds)
+            except Exception:
+                logger.exception("Sending due deliveries failed; trying again in %ss", poll)
+                due = []
+            if len(due) < self.batch_size:
+                await _wait(self._deliveries_nudged, poll)
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout``) for the first sends still in flight: at shutdown, so a
@@ -208,20 +346,48 @@ class Engine:
 
     # --- Leases ------------------------------------------------------------------------
 
-    def _hold(self, token: uuid.UUID) -> None:
-        self._leases.add(token)
+    def _hold(self, token: uuid.UUID, jobs: Sequence[Job]) -> _Lease:
+        lease = self._leases[token] = _Lease({job.id for job in jobs})
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.create_task(self._beat())
+        return lease
 
     async def _beat(self) -> None:
-        """While batches run, renew their leases: a live worker's jobs are never reclaimed."""
+        """While batches run, renew their leases: a live worker's jobs are never reclaimed.
+
+        On a connection of its own (:data:`.database.LEASES`), so a renewal never waits
+        behind this worker's other statements. A lease renewed for fewer jobs than it held
+        lost them (reclaimed after an outage, or canceled): their work is not this
+        worker's any more, and a batch that lost every job stops.
+        """
         worker = get_settings().worker
         while self._leases:
             await asyncio.sleep(worker.heartbeat_seconds)
             try:
-                await run_db(Job.objects.renew_leases, set(self._leases), lease_seconds=worker.lease_seconds)
+                renewed = await run_db(
+                    Job.objects.renew_leases, list(self._leases), lease_seconds=worker.lease_seconds, thread=LEASES
+                )
             except Exception:
                 logger.exception("Renewing the leases of %d batches failed", len(self._leases))
+                continue
+            for token, held in renewed.items():
+                if (lease := self._leases.get(token)) is not None:
+                    self._lost(lease, lease.job_ids - held)
+
+    def _lost(self, lease: _Lease, job_ids: set[uuid.UUID]) -> None:
+        if not job_ids - lease.lost:
+            return
+        lease.lost |= job_ids
+        logger.warning("%d running jobs are no longer held by this worker (reclaimed or canceled)", len(job_ids))
+        if lease.lost >= lease.job_ids and lease.work is not None:
+            lease.work.cancel()
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Until ``event`` is set or ``timeout`` seconds passed."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 _engines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Engine] = weakref.WeakKeyDictionary()

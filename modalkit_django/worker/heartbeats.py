@@ -25,7 +25,7 @@ import secrets
 import socket
 from typing import Any
 
-from django.utils import timezone
+from django.db.models.functions import Now
 
 from .. import __version__
 from ..conf import get_settings
@@ -60,7 +60,6 @@ class Heartbeat:
         self.pid = os.getpid()
         # The random part tells apart two workers that reused a pid (containers, restarts).
         self.name = f"{self.hostname}:{self.pid}:{secrets.token_hex(4)}"
-        self.started_at = timezone.now()
         self.engine = engine
         self.beats = 0
         self._task: asyncio.Task[None] | None = None
@@ -108,10 +107,10 @@ class Heartbeat:
         return {"jobs_done": engine.jobs_done, "deliveries_sent": engine.deliveries_sent, "in_flight": engine.in_flight}
 
     def _write(self, *, stopped: bool) -> None:
-        now = timezone.now()
-        fields: dict[str, Any] = {"last_beat_at": now, **self.counts()}
+        # The database's clock: liveness is judged by it, whatever this host's says.
+        fields: dict[str, Any] = {"last_beat_at": Now(), **self.counts()}
         if stopped:
-            fields["stopped_at"] = now
+            fields["stopped_at"] = Now()
         if WorkerHeartbeat.objects.filter(name=self.name).update(**fields):
             return
         # The first beat, or the row was pruned while this worker was unreachable.
@@ -122,7 +121,7 @@ class Heartbeat:
                 **fields,
                 "hostname": self.hostname[:255],
                 "pid": self.pid,
-                "started_at": self.started_at,
+                "started_at": Now(),
                 "version": _version()[:32],
             },
         )
