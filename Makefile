@@ -113,7 +113,7 @@ fuzz: $(VENV)/.installed-dev
 	scripts/ensure-services
 	$(PY) bench/fuzz.py --cases $(FUZZ_CASES)
 
-# The README's admin screenshots (docs/screenshots/), taken by the browser tests in Chromium.
+# The admin screenshots the docs show (docs/screenshots/), taken by the browser tests in Chromium.
 .PHONY: screenshots
 screenshots: $(VENV)/.installed-dev
 	scripts/ensure-services
