@@ -75,8 +75,9 @@ def on_files(files: Any, *, config: Any) -> Any:
 
 
 def on_serve(server: Any, *, config: Any, builder: Any) -> Any:
-    # `mkdocs serve` rebuilds when the code the pages are generated from changes.
-    for path in ("modalkit_django", "project", "CHANGELOG.md"):
+    # `mkdocs serve` rebuilds when the files read at each build change. The code is imported
+    # once per process, so a change to it shows after a restart of `make docs-serve`.
+    for path in ("README.md", "CHANGELOG.md"):
         server.watch(str(ROOT / path))
     return server
 
