@@ -157,11 +157,14 @@ def rst_to_markdown(text: str) -> str:
     return text.replace("``", "`")
 
 
-# --- Settings ----------------------------------------------------------------------------
+# --- Settings and modalkit.yaml ---------------------------------------------------------
 
 
 def settings_page() -> str:
     from modalkit_django.conf import BackendSpec, ModalkitSettings
+
+    def key(path: list[str]) -> str:
+        return "MODALKIT" + "".join(f'["{name.upper()}"]' for name in path)
 
     sections = [
         "# Settings",
@@ -173,67 +176,17 @@ def settings_page() -> str:
         "[E001](checks.md). The models are in `modalkit_django/conf.py`; `modalkit.yaml` is described "
         "in [modalkit.yaml](modalkit-yaml.md).",
         "## Top-level keys {#modalkit}",
-        *model_sections(ModalkitSettings, 'MODALKIT["{}"]', "modalkit"),
+        *model_sections(ModalkitSettings, [], key=key, title=key, value=python_value, anchor="modalkit"),
         "## Backends {#backends}",
         '`MODALKIT["INFERENCE"]` and each entry of `MODALKIT["QUEUES"]` name a backend class and '
         "its options, as Django's `CACHES` do:",
-        fields_table(BackendSpec, "{}"),
+        *model_sections(BackendSpec, [], key=lambda path: path[-1].upper(), title=key, value=python_value),
     ]
     return "\n\n".join(sections) + "\n"
 
 
-def model_sections(model: Any, key_format: str, anchor: str) -> list[str]:
-    """A table of ``model``'s fields, then a section per nested model field."""
-    from pydantic import BaseModel
-
-    sections = [fields_table(model, key_format, anchor)]
-    for name, field in model.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            if field.annotation.__name__ == "BackendSpec":
-                continue
-            key = key_format.format(name.upper())
-            nested_anchor = f"{anchor}-{name.replace('_', '-')}"
-            sections.append(f"## {code(key)} {{#{nested_anchor}}}")
-            if field.annotation.__doc__:
-                sections.append(rst_to_markdown(inspect.cleandoc(field.annotation.__doc__)))
-            sections += model_sections(field.annotation, key + '["{}"]', nested_anchor)
-    return sections
-
-
-def fields_table(model: Any, key_format: str, anchor: str = "") -> str:
-    from pydantic import BaseModel
-
-    rows = []
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if field.is_required():
-            default = "required"
-        elif (
-            isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation.__name__ != "BackendSpec"
-        ):
-            default = f"[below](#{anchor}-{name.replace('_', '-')})"
-        else:
-            default = code(python_value(field.get_default(call_default_factory=True)))
-        kind = code(type_name(annotation))
-        if limits := bounds(field):
-            kind += f" ({limits})"
-        rows.append((code(key_format.format(name.upper())), kind, default, field.description or ""))
-    return table(["key", "type", "default", "description"], rows)
-
-
 def modalkit_yaml_page() -> str:
-    from modalkit_django.inference.config import (
-        AppSettings,
-        AsyncConfig,
-        AuthConfig,
-        BatchConfig,
-        BuildConfig,
-        CloudBucketMount,
-        DeploymentConfig,
-        ModelSettings,
-        Mount,
-        QueueConfig,
-    )
+    from modalkit_django.inference.config import ModalkitConfig
 
     sections = [
         "# modalkit.yaml",
@@ -246,40 +199,68 @@ def modalkit_yaml_page() -> str:
         "Unknown keys are an error at the top level (E002) and a warning inside a section (W003); "
         "see [the checks](checks.md) for the ModalKit keys that are refused. The models are in "
         "`modalkit_django/inference/config.py`.",
+        *model_sections(ModalkitConfig, [], key=lambda path: path[-1], title=".".join, value=yaml_value, anchor="yaml"),
     ]
-    for path, model in (
-        ("app_settings", AppSettings),
-        ("app_settings.build_config", BuildConfig),
-        ("app_settings.deployment_config", DeploymentConfig),
-        ("app_settings.deployment_config.mounts[]", Mount),
-        ("app_settings.deployment_config.cloud_bucket_mounts[]", CloudBucketMount),
-        ("app_settings.batch_config", BatchConfig),
-        ("app_settings.queue_config", QueueConfig),
-        ("app_settings.async_config", AsyncConfig),
-        ("app_settings.auth_config", AuthConfig),
-        ("model_settings", ModelSettings),
-    ):
-        sections.append(f"## `{path}`")
-        sections.append(rst_to_markdown(inspect.cleandoc(model.__doc__ or "")))
-        rows = []
-        for name, field in model.model_fields.items():
-            default = "required" if field.is_required() else yaml_value(field.get_default(call_default_factory=True))
-            kind = code(type_name(field.annotation))
-            if limits := bounds(field):
-                kind += f" ({limits})"
-            rows.append((code(name), kind, default, field.description or ""))
-        sections.append(table(["key", "type", "default", "description"], rows))
     return "\n\n".join(sections) + "\n"
 
 
-def yaml_value(value: Any) -> str:
+def section_model(annotation: Any) -> Any:
+    """The model of a nested section a field holds (itself or a list of them), else None.
+    ``BackendSpec`` is a value here: its keys are listed once, under Backends."""
     from pydantic import BaseModel
 
-    if isinstance(value, BaseModel):
-        return "the section below"
+    inner = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else annotation
+    if isinstance(inner, type) and issubclass(inner, BaseModel) and inner.__name__ != "BackendSpec":
+        return inner
+    return None
+
+
+def model_sections(
+    model: Any,
+    path: list[str],
+    *,
+    key: Callable[[list[str]], str],
+    title: Callable[[list[str]], str],
+    value: Callable[[Any], str],
+    anchor: str = "",
+) -> list[str]:
+    """A table of ``model``'s fields (key, type, default, description), then a section for
+    each nested model, depth first. ``key`` and ``title`` show a field's path as the reader
+    writes it; ``value`` a default."""
+    rows, nested = [], []
+    for name, field in model.model_fields.items():
+        field_path = [*path, f"{name}[]" if typing.get_origin(field.annotation) is list else name]
+        if section := section_model(field.annotation):
+            nested.append((field_path, section))
+            default = f"[below](#{slug(anchor, field_path)})"
+            if field_path[-1].endswith("[]"):
+                default = f"{code(value(field.get_default(call_default_factory=True)))}, items {default}"
+        elif field.is_required():
+            default = "required"
+        else:
+            default = code(value(field.get_default(call_default_factory=True)))
+        kind = code(type_name(field.annotation))
+        if limits := bounds(field):
+            kind += f" ({limits})"
+        rows.append((code(key([*path, name])), kind, default, field.description or ""))
+    sections = [table(["key", "type", "default", "description"], rows)]
+    for field_path, section in nested:
+        sections.append(f"## {code(title(field_path))} {{#{slug(anchor, field_path)}}}")
+        sections.append(rst_to_markdown(inspect.cleandoc(section.__doc__ or "")))
+        sections += model_sections(section, field_path, key=key, title=title, value=value, anchor=anchor)
+    return sections
+
+
+def slug(anchor: str, path: list[str]) -> str:
+    """``modalkit-worker``, ``yaml-app-settings-deployment-config-mounts``."""
+    return "-".join([anchor, *path]).replace("_", "-").replace("[]", "").lower()
+
+
+def yaml_value(value: Any) -> str:
+    """A default as it is written in YAML (JSON's spelling of it)."""
     if isinstance(value, enum.Enum):
         value = value.value
-    return code(json.dumps(str(value) if isinstance(value, Path) else value))
+    return json.dumps(str(value) if isinstance(value, Path) else value)
 
 
 # --- System checks -----------------------------------------------------------------------
@@ -294,7 +275,7 @@ def checks_page() -> str:
         (
             f"`{check_id}`",
             "Error" if check.level >= checks.ERROR else "Warning",
-            rst_to_markdown(check.summary),
+            check.summary,
             check.hint,
         )
         for check_id, check in CHECKS.items()
@@ -358,13 +339,12 @@ def cli_page() -> str:
 
 
 def taskiq_options() -> str:
-    """The options section of TaskIQ's own worker help (its usage names arguments we fill in)."""
+    """The options section of TaskIQ's own worker help (its usage names the arguments we fill in)."""
     from taskiq.cli.worker.args import WorkerArgs
 
     out = io.StringIO()
     with (
         mock.patch.dict(os.environ, {"COLUMNS": "80"}),
-        mock.patch.object(sys, "argv", ["manage.py taskiq worker"]),
         contextlib.redirect_stdout(out),
         contextlib.suppress(SystemExit),
     ):
@@ -377,7 +357,6 @@ def taskiq_options() -> str:
 
 
 def http_api_page() -> str:
-    setup_django()
     from project.urls import api
 
     schema = api.get_openapi_schema()
