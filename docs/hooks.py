@@ -504,8 +504,8 @@ MESSAGE_FIELDS = {
     "job_id": "The job's id.",
     "model_name": "The model that ran.",
     "timestamp": "When the message was made (ISO 8601, UTC).",
-    "submitted_by": "Who asked: the API key owner's user id and the key's non-secret prefix (`null` and `\"\"` "
-    "for ModalKit's static key or the admin).",
+    "submitted_by": "Who asked: the owner's user id (`null` for ModalKit's static key) and the API key's "
+    'non-secret prefix (`""` for the static key or the admin).',
     "sentiment": "The demo pipeline's output field; your `output_model`'s fields take its place.",
     "confidence": "The demo pipeline's output field; your `output_model`'s fields take its place.",
 }
