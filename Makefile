@@ -84,9 +84,25 @@ lint: $(VENV)/.installed-dev
 	DJANGO_DEBUG=1 $(VENV)/bin/mypy modalkit_django project
 	$(VENV)/bin/lint-imports --no-cache
 	DJANGO_DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(DOCS_CHECK_DIR)
+	rm -rf $(DOCS_CHECK_DIR)
+
+# The documentation site (mkdocs.yml, docs/): its reference pages are generated from the
+# code by docs/hooks.py. `make lint` builds it with warnings as errors, in a directory of
+# its own so that a check never overwrites a site being served. Not with --quiet: it hides
+# the warnings from --strict too, and a broken link would pass. NO_MKDOCS_2_WARNING
+# silences Material's banner about MkDocs 2.
+DOCS_CHECK_DIR := .site-check
+DOCS_PORT ?= 8001
+.PHONY: docs docs-serve
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 clean:
-	rm -rf $(VENV) $(OLDEST) db.sqlite3* .coverage htmlcov .pytest_cache .mypy_cache .ruff_cache dist
+	rm -rf $(VENV) $(OLDEST) db.sqlite3* .coverage htmlcov .pytest_cache .mypy_cache .ruff_cache dist site $(DOCS_CHECK_DIR)
 
 # The API fuzzed at length (minutes): at least FUZZ_CASES schemathesis cases against uvicorn,
 # on a database of its own; prints every failure with a curl command that reproduces it.
@@ -97,7 +113,7 @@ fuzz: $(VENV)/.installed-dev
 	scripts/ensure-services
 	$(PY) bench/fuzz.py --cases $(FUZZ_CASES)
 
-# The README's admin screenshots (docs/screenshots/), taken by the browser tests in Chromium.
+# The admin screenshots the docs show (docs/screenshots/), taken by the browser tests in Chromium.
 .PHONY: screenshots
 screenshots: $(VENV)/.installed-dev
 	scripts/ensure-services

@@ -1,26 +1,7 @@
 """System checks: every configuration mistake we can see before the first request.
 
-=====================  ===============================================================
-``modalkit_django.E001``  ``settings.MODALKIT`` does not match its schema
-``modalkit_django.E002``  ``modalkit.yaml`` is missing, unreadable or invalid
-``modalkit_django.E003``  ``MODALKIT["PIPELINE"]`` is unset, unimportable or not a pipeline
-``modalkit_django.E004``  the default model is not one of ``model_entries``
-``modalkit_django.E005``  a backend class (queue or inference) cannot be imported
-``modalkit_django.E006``  a queue alias used by routing is not in ``MODALKIT["QUEUES"]``
-``modalkit_django.E007``  the broker URL is not usable
-``modalkit_django.E008``  a backend refuses its ``OPTIONS``
-``modalkit_django.E009``  a module in ``MODALKIT["TASK_MODULES"]`` cannot be found
-``modalkit_django.E010``  the worker's timers contradict each other (heartbeat vs lease)
-``modalkit_django.E011``  a backend needs an optional dependency that is not installed
-``modalkit_django.E012``  ``deployment_config.secure: true``: no Modal web endpoint here to protect
-``modalkit_django.E013``  ``deployment_config.allow_concurrent_inputs_handler``: no Modal web handler here
-``modalkit_django.E014``  ``queue_config.broker_url``: the queue backends take their URLs in ``MODALKIT``
-``modalkit_django.E015``  ``auth_config.ssm_key``: the static key is not read from AWS SSM
-``modalkit_django.E016``  a negative ``volume_reload_interval_seconds`` (ModalKit: every batch; here: never)
-``modalkit_django.W001``  a backend is named by a path that moved (it still works until 1.0)
-``modalkit_django.W002``  the broker's stream has a name other deployments would share
-``modalkit_django.W003``  ``modalkit.yaml`` has keys no section knows (ModalKit ignores them too)
-=====================  ===============================================================
+Each check has a stable id, listed once in :data:`CHECKS` with what it means and its
+hint; the documentation's table of checks is generated from it.
 
 Checks have no side effects: they validate backend classes and their options by
 building a backend and closing it again (constructors connect nowhere), and look task
@@ -30,6 +11,7 @@ modules up without importing them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Any
 
@@ -42,7 +24,7 @@ from .exceptions import ModalkitImproperlyConfigured
 from .inference.config import DEFAULT_APP_PREFIX, ModalkitConfig, unknown_keys
 from .metrics.checks import check_metrics
 
-__all__ = ["EXTRAS", "check_modalkit", "register"]
+__all__ = ["CHECKS", "EXTRAS", "Check", "check_modalkit", "register"]
 
 # The optional dependencies, by the module that is missing, and the extra that brings them.
 EXTRAS = {
@@ -57,6 +39,111 @@ EXTRAS = {
 MINIMAL_CONFIG = "model_settings:\n  model_entries:\n    my_model: {}"
 
 
+@dataclass(frozen=True)
+class Check:
+    """One check id: its level, what it means, and the hint it reports."""
+
+    level: int
+    summary: str
+    # Where the hint depends on the mistake, <angle brackets> stand for what it fills in.
+    hint: str
+
+
+def _error(summary: str, hint: str) -> Check:
+    return Check(checks.ERROR, summary, hint)
+
+
+def _warning(summary: str, hint: str) -> Check:
+    return Check(checks.WARNING, summary, hint)
+
+
+# Every id this app reports (metrics/checks.py reports E011 too); tests/test_checks.py
+# holds this to the ids the code emits, both ways.
+CHECKS = {
+    "modalkit_django.E001": _error(
+        "`settings.MODALKIT` does not match its schema.", "See the MODALKIT settings reference in the documentation."
+    ),
+    "modalkit_django.E002": _error(
+        "`modalkit.yaml` is missing, unreadable or invalid.",
+        "Set MODALKIT['CONFIG'] or MODALKIT_CONFIG; the smallest modalkit.yaml is: <the smallest modalkit.yaml>",
+    ),
+    "modalkit_django.E003": _error(
+        '`MODALKIT["PIPELINE"]` is unset, cannot be imported or is not an `InferencePipeline`.',
+        "Set MODALKIT['PIPELINE'] to the dotted path of your InferencePipeline subclass.",
+    ),
+    "modalkit_django.E004": _error(
+        "The default model is not one of `model_entries`, or there is none to default to.",
+        "Set MODALKIT['DEFAULT_MODEL'] to one of: <the model entries>.",
+    ),
+    "modalkit_django.E005": _error(
+        "A backend class (queue or inference) cannot be imported.", "Check the dotted path."
+    ),
+    "modalkit_django.E006": _error(
+        'A queue alias used by routing is not in `MODALKIT["QUEUES"]`.',
+        "Define it in MODALKIT['QUEUES'], or fix modalkit.yaml queue_config.backend / QUEUE_ROUTES.",
+    ),
+    "modalkit_django.E007": _error(
+        "The broker URL is not a Redis URL.",
+        "Use redis://host:port/db or redis+sentinel://sentinel:26379/service, or None (in-process).",
+    ),
+    "modalkit_django.E008": _error(
+        "A backend refuses its `OPTIONS`.", "Fix OPTIONS: see the backend's page in the documentation."
+    ),
+    "modalkit_django.E009": _error(
+        'A module in `MODALKIT["TASK_MODULES"]` cannot be found.',
+        "List the dotted paths of the modules that define your TaskIQ consumers.",
+    ),
+    "modalkit_django.E010": _error(
+        "The worker's timers contradict each other: the heartbeat is more than half the lease.",
+        "The defaults are a 30 s lease renewed every 10 s.",
+    ),
+    "modalkit_django.E011": _error(
+        "A backend (or the metrics) needs an optional dependency that is not installed.",
+        'Install it: pip install "modalkit-django[<extra>]"',
+    ),
+    "modalkit_django.E012": _error(
+        "`deployment_config.secure: true`: there is no Modal web endpoint here to protect.",
+        "Remove it, or put your own proxy authentication in front of Django.",
+    ),
+    "modalkit_django.E013": _error(
+        "`deployment_config.allow_concurrent_inputs_handler` is set: there is no Modal web handler here.",
+        "Remove it; size the API with your ASGI server and MODALKIT['API']['DATABASE_THREADS'].",
+    ),
+    "modalkit_django.E014": _error(
+        "`queue_config.broker_url` is set: the queue backends take their URLs in `MODALKIT`.",
+        "Remove it; give the URL to that backend's OPTIONS (or MODALKIT['BROKER']['URL'] for TaskIQ).",
+    ),
+    "modalkit_django.E015": _error(
+        "`auth_config.ssm_key` is set: the static key is not read from AWS SSM.",
+        "Create per-client keys (manage.py modalkit_api_key), or set auth_config.api_key, e.g. through "
+        "MODALKIT_APP_SETTINGS__AUTH_CONFIG__API_KEY.",
+    ),
+    "modalkit_django.E016": _error(
+        "A negative `volume_reload_interval_seconds` (ModalKit: reload before every batch; here: never).",
+        "Say what you mean: 0 reloads before every batch (ModalKit's default), null never.",
+    ),
+    "modalkit_django.W001": _warning(
+        "A backend is named by a path that moved; it still works until 1.0.",
+        "Use the new path; the old one goes away in 1.0.",
+    ),
+    "modalkit_django.W002": _warning(
+        "The broker's stream is named after ModalKit's default `app_prefix`, which other deployments would share.",
+        "Set app_settings.app_prefix in modalkit.yaml, or MODALKIT['BROKER']['QUEUE_NAME'].",
+    ),
+    "modalkit_django.W003": _warning(
+        "`modalkit.yaml` has keys no section knows (ModalKit ignores them too).",
+        "Check their spelling against ModalKit's schema; ModalKit ignores them too.",
+    ),
+}
+
+
+def _report(check_id: str, message: str, hint: str | None = None) -> checks.CheckMessage:
+    """The message for ``check_id``, with its registered hint unless the mistake gives a better one."""
+    check = CHECKS[check_id]
+    kind = checks.Error if check.level >= checks.ERROR else checks.Warning
+    return kind(message, hint=hint or check.hint, id=check_id)
+
+
 def register() -> None:
     checks.register(check_modalkit, "modalkit")
     checks.register(check_metrics, "modalkit")
@@ -66,24 +153,20 @@ def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     try:
         settings = conf.get_settings()
     except ModalkitImproperlyConfigured as exc:
-        return [checks.Error(str(exc), hint="See the MODALKIT section of the README.", id="modalkit_django.E001")]
+        return [_report("modalkit_django.E001", str(exc))]
     errors = _check_pipeline()
     try:
         config = conf.get_config()
     except ModalkitImproperlyConfigured as exc:
         hint = f"Set MODALKIT['CONFIG'] or MODALKIT_CONFIG; the smallest modalkit.yaml is:\n{MINIMAL_CONFIG}"
-        return [*errors, checks.Error(str(exc), hint=hint, id="modalkit_django.E002")]
+        return [*errors, _report("modalkit_django.E002", str(exc), hint)]
     errors += _check_default_model(config.model_settings.model_entries)
     errors += _check_modalkit_keys(config)
     errors += _check_backends(settings)
     errors += _check_task_modules(settings)
     aliases = {config.app_settings.queue_config.backend, *(alias for _, alias in settings.queue_routes)}
     errors += [
-        checks.Error(
-            f"Queue backend alias {alias!r} is used but not defined in MODALKIT['QUEUES'].",
-            hint="Define it in MODALKIT['QUEUES'], or fix modalkit.yaml queue_config.backend / QUEUE_ROUTES.",
-            id="modalkit_django.E006",
-        )
+        _report("modalkit_django.E006", f"Queue backend alias {alias!r} is used but not defined in MODALKIT['QUEUES'].")
         for alias in sorted(aliases - set(settings.queues))
     ]
     errors += _check_timers(settings.worker)
@@ -98,52 +181,40 @@ def _check_modalkit_keys(config: ModalkitConfig) -> list[checks.CheckMessage]:
     interval = deployment.volume_reload_interval_seconds
     refused = [
         (
-            "E012",
+            "modalkit_django.E012",
             deployment.secure,
             "deployment_config.secure: true asks for Modal proxy auth on ModalKit's "
             "web endpoints; here Django serves the API, authenticated by API keys.",
-            "Remove it, or put your own proxy authentication in front of Django.",
         ),
         (
-            "E013",
+            "modalkit_django.E013",
             deployment.allow_concurrent_inputs_handler != 10,
             "deployment_config."
             "allow_concurrent_inputs_handler sizes ModalKit's web handler; here Django serves the API.",
-            "Remove it; size the API with your ASGI server and MODALKIT['API']['DATABASE_THREADS'].",
         ),
         (
-            "E014",
+            "modalkit_django.E014",
             app.queue_config.broker_url != "memory://",
             "queue_config.broker_url is not read: results "
             "go to the backend aliased by queue_config.backend in MODALKIT['QUEUES'].",
-            "Remove it; give the URL to that backend's OPTIONS (or MODALKIT['BROKER']['URL'] for TaskIQ).",
         ),
         (
-            "E015",
+            "modalkit_django.E015",
             app.auth_config.ssm_key is not None,
             "auth_config.ssm_key is not read: the static key "
             "is not fetched from AWS SSM, so no request would be accepted with it.",
-            "Create per-client keys (manage.py modalkit_api_key), or set auth_config.api_key, e.g. through "
-            "MODALKIT_APP_SETTINGS__AUTH_CONFIG__API_KEY.",
         ),
         (
-            "E016",
+            "modalkit_django.E016",
             interval is not None and interval < 0,
             f"volume_reload_interval_seconds: {interval} reloads "
             "the volumes before every batch in ModalKit but never in the Modal service here.",
-            "Say what you mean: 0 reloads before every batch (ModalKit's default), null never.",
         ),
     ]
-    errors: list[checks.CheckMessage] = [
-        checks.Error(message, hint=hint, id=f"modalkit_django.{code}") for code, bad, message, hint in refused if bad
-    ]
+    errors = [_report(check_id, message) for check_id, bad, message in refused if bad]
     if unknown := unknown_keys(config):
         errors.append(
-            checks.Warning(
-                f"modalkit.yaml has keys that are not read: {', '.join(unknown)}.",
-                hint="Check their spelling against ModalKit's schema; ModalKit ignores them too.",
-                id="modalkit_django.W003",
-            )
+            _report("modalkit_django.W003", f"modalkit.yaml has keys that are not read: {', '.join(unknown)}.")
         )
     return errors
 
@@ -152,13 +223,7 @@ def _check_pipeline() -> list[checks.CheckMessage]:
     try:
         conf.get_pipeline_class()
     except ModalkitImproperlyConfigured as exc:
-        return [
-            checks.Error(
-                str(exc),
-                hint="Set MODALKIT['PIPELINE'] to the dotted path of your InferencePipeline subclass.",
-                id="modalkit_django.E003",
-            )
-        ]
+        return [_report("modalkit_django.E003", str(exc))]
     return []
 
 
@@ -171,20 +236,15 @@ def _check_default_model(entries: dict[str, Any]) -> list[checks.CheckMessage]:
         if name in entries:
             return []
         message = f"The default model {name!r} is not in model_settings.model_entries."
-    return [
-        checks.Error(
-            message,
-            hint=f"Set MODALKIT['DEFAULT_MODEL'] to one of: {', '.join(entries) or '(no entries)'}.",
-            id="modalkit_django.E004",
-        )
-    ]
+    hint = f"Set MODALKIT['DEFAULT_MODEL'] to one of: {', '.join(entries) or '(no entries)'}."
+    return [_report("modalkit_django.E004", message, hint)]
 
 
 def _missing_extra(module: str, where: str) -> checks.CheckMessage:
     extra = EXTRAS.get(module.partition(".")[0])
     install = f'pip install "modalkit-django[{extra}]"' if extra else f"pip install {module}"
-    return checks.Error(
-        f"{where} needs {module!r}, which is not installed.", hint=f"Install it: {install}", id="modalkit_django.E011"
+    return _report(
+        "modalkit_django.E011", f"{where} needs {module!r}, which is not installed.", f"Install it: {install}"
     )
 
 
@@ -197,13 +257,8 @@ def _check_backends(settings: conf.ModalkitSettings) -> list[checks.CheckMessage
     errors: list[checks.CheckMessage] = []
     for where, spec, args in specs:
         if spec.backend != spec.backend_path:
-            errors.append(
-                checks.Warning(
-                    f"{where} names {spec.backend!r}, which moved to {spec.backend_path!r}.",
-                    hint="Use the new path; the old one goes away in 1.0.",
-                    id="modalkit_django.W001",
-                )
-            )
+            moved = f"{where} names {spec.backend!r}, which moved to {spec.backend_path!r}."
+            errors.append(_report("modalkit_django.W001", moved))
         try:
             backend_class = import_string(spec.backend_path)
         except ModuleNotFoundError as exc:
@@ -222,20 +277,12 @@ def _check_backends(settings: conf.ModalkitSettings) -> list[checks.CheckMessage
         try:
             spec.build(*args, what=where).close()
         except ModalkitImproperlyConfigured as exc:
-            errors.append(
-                checks.Error(
-                    str(exc), hint="Fix OPTIONS: see the backend's section in the README.", id="modalkit_django.E008"
-                )
-            )
+            errors.append(_report("modalkit_django.E008", str(exc)))
     return errors
 
 
 def _unimportable(where: str, spec: conf.BackendSpec, exc: ImportError) -> checks.CheckMessage:
-    return checks.Error(
-        f"{where} names {spec.backend!r}, which cannot be imported: {exc}",
-        hint="Check the dotted path.",
-        id="modalkit_django.E005",
-    )
+    return _report("modalkit_django.E005", f"{where} names {spec.backend!r}, which cannot be imported: {exc}")
 
 
 def _check_task_modules(settings: conf.ModalkitSettings) -> list[checks.CheckMessage]:
@@ -247,11 +294,7 @@ def _check_task_modules(settings: conf.ModalkitSettings) -> list[checks.CheckMes
             found = False
         if not found:
             errors.append(
-                checks.Error(
-                    f"MODALKIT['TASK_MODULES'] names {module!r}, which cannot be found",
-                    hint="List the dotted paths of the modules that define your TaskIQ consumers.",
-                    id="modalkit_django.E009",
-                )
+                _report("modalkit_django.E009", f"MODALKIT['TASK_MODULES'] names {module!r}, which cannot be found")
             )
     return errors
 
@@ -259,35 +302,23 @@ def _check_task_modules(settings: conf.ModalkitSettings) -> list[checks.CheckMes
 def _check_timers(worker: conf.WorkerSettings) -> list[checks.CheckMessage]:
     if worker.heartbeat_seconds * 2 <= worker.lease_seconds:
         return []
-    return [
-        checks.Error(
-            f"WORKER['HEARTBEAT_SECONDS'] ({worker.heartbeat_seconds:g}) must be at most half of "
-            f"WORKER['LEASE_SECONDS'] ({worker.lease_seconds:g}): a live worker's jobs would be reclaimed.",
-            hint="The defaults are a 30 s lease renewed every 10 s.",
-            id="modalkit_django.E010",
-        )
-    ]
+    message = (
+        f"WORKER['HEARTBEAT_SECONDS'] ({worker.heartbeat_seconds:g}) must be at most half of "
+        f"WORKER['LEASE_SECONDS'] ({worker.lease_seconds:g}): a live worker's jobs would be reclaimed."
+    )
+    return [_report("modalkit_django.E010", message)]
 
 
 def _check_broker(broker: conf.BrokerSettings, app_prefix: str) -> list[checks.CheckMessage]:
     if broker.url is None:
         return []
     if not broker.url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
-        return [
-            checks.Error(
-                f"MODALKIT['BROKER']['URL'] {broker.url!r} is not a Redis URL.",
-                hint="Use redis://host:port/db or redis+sentinel://sentinel:26379/service, or None (in-process).",
-                id="modalkit_django.E007",
-            )
-        ]
+        return [_report("modalkit_django.E007", f"MODALKIT['BROKER']['URL'] {broker.url!r} is not a Redis URL.")]
     errors = [_missing_extra(module, "MODALKIT['BROKER']") for module in ("taskiq_redis",) if find_spec(module) is None]
     if broker.queue_name is None and app_prefix == DEFAULT_APP_PREFIX:
-        errors.append(
-            checks.Warning(
-                f"The broker's stream is named after app_settings.app_prefix, still ModalKit's default "
-                f"{DEFAULT_APP_PREFIX!r}: another deployment on the same Redis would take this one's wake-ups.",
-                hint="Set app_settings.app_prefix in modalkit.yaml, or MODALKIT['BROKER']['QUEUE_NAME'].",
-                id="modalkit_django.W002",
-            )
+        shared = (
+            f"The broker's stream is named after app_settings.app_prefix, still ModalKit's default "
+            f"{DEFAULT_APP_PREFIX!r}: another deployment on the same Redis would take this one's wake-ups."
         )
+        errors.append(_report("modalkit_django.W002", shared))
     return errors

@@ -77,8 +77,12 @@ MOVED_BACKENDS = {
 
 
 class BackendSpec(_Setting):
-    backend: str
-    options: dict[str, Any] = Field(default_factory=dict)
+    """A backend named by dotted path, with the keyword arguments it is built with."""
+
+    backend: str = Field(description="The dotted path of the backend class.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the class, as documented with each backend."
+    )
 
     @property
     def backend_path(self) -> str:
@@ -101,29 +105,66 @@ class BackendSpec(_Setting):
 
 
 class BrokerSettings(_Setting):
-    # redis://… selects TaskIQ's acknowledged RedisStreamBroker; None runs tasks in-process.
-    url: str | None = None
-    # The Redis stream; None: named after the Modal app (app_prefix + MODALKIT_APP_POSTFIX),
-    # so that deployments sharing a Redis do not share a stream.
-    queue_name: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    """The TaskIQ broker that wakes workers."""
+
+    url: str | None = Field(
+        default=None,
+        description="`redis://…`, `rediss://…`, `unix://…` or `redis+sentinel://…` selects the acknowledged "
+        "Redis stream broker and workers of their own; `None` runs jobs inside the web process.",
+    )
+    # Named after the app by default so that deployments sharing a Redis do not share a stream.
+    queue_name: str | None = Field(
+        default=None,
+        description="The Redis stream. `None`: the Modal app's name (`app_prefix` + `MODALKIT_APP_POSTFIX`) "
+        "followed by `:jobs`.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the broker class: TaskIQ's `InMemoryBroker`, or the Redis stream "
+        "broker (e.g. `max_in_hand`, `merge`).",
+    )
 
     def stream_name(self) -> str:
         return self.queue_name or f"{get_config().app_name}:jobs"
 
 
 class DeliverySettings(_Setting):
-    # None: as many as MAX_AGE_SECONDS allows (the age is the budget).
-    max_attempts: int | None = Field(default=None, ge=1)
-    backoff_seconds: float = Field(default=2.0, gt=0)
-    max_backoff_seconds: float = Field(default=300.0, gt=0)
-    # A delivery still unsent this long after its job finished (or its last redelivery) is dead.
-    max_age_seconds: float = Field(default=86400.0, gt=0)
-    # How long the delivery loops leave a delivery to the worker sending it before taking over.
-    claim_seconds: float = Field(default=60.0, gt=0)
-    # The first attempt, made by the worker right after the job finished, gives up after
-    # this long (then it is retried with backoff): a slow queue never holds a worker back.
-    inline_timeout_seconds: float = Field(default=5.0, gt=0)
+    """How results are sent to their queues and retried."""
+
+    max_attempts: int | None = Field(
+        default=None,
+        ge=1,
+        description="Send attempts before a delivery is dead. `None`: as many as `MAX_AGE_SECONDS` allows "
+        "(the age is the budget).",
+    )
+    backoff_seconds: float = Field(
+        default=2.0, gt=0, description="The first retry's delay; each retry doubles it, with jitter."
+    )
+    max_backoff_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="The longest delay between two attempts: a receiver back from an outage gets every result "
+        "within about this long.",
+    )
+    max_age_seconds: float = Field(
+        default=86400.0,
+        gt=0,
+        description="A delivery still unsent this long after its job finished (or its last redelivery) is dead: "
+        "no retry is made past it.",
+    )
+    claim_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long other workers' delivery loops leave a delivery to the worker sending it before "
+        "taking it over.",
+    )
+    # A slow queue must never hold a worker back: the inline attempt is bounded, the rest retried.
+    inline_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="The first attempt, made by the worker right after the job finished, gives up after this "
+        "long; the delivery is then retried with backoff.",
+    )
 
 
 # Heartbeats a live worker may miss before the admin and the metrics call it dead.
@@ -131,34 +172,68 @@ MISSED_BEATS = 3
 
 
 class WorkerSettings(_Setting):
-    # Jobs claimed, inferred and finished together.
-    batch_size: int = Field(default=100, ge=1)
-    # Batches one worker process runs at once; more keeps more model calls in flight.
-    batches_in_flight: int = Field(default=2, ge=1)
-    # A running job's lease; its worker renews it every HEARTBEAT_SECONDS while the batch
-    # runs, so only a dead worker's jobs are reclaimed, about this long after it died.
-    lease_seconds: float = Field(default=30.0, gt=0)
-    heartbeat_seconds: float = Field(default=10.0, gt=0)
-    # Keep this process's WorkerHeartbeat row (beaten every HEARTBEAT_SECONDS) for the admin.
-    record_heartbeats: bool = True
-    # How long one batch's inference may take; None: deployment_config.timeout of modalkit.yaml.
-    inference_timeout_seconds: float | None = Field(default=None, gt=0)
-    sweep_interval_seconds: float = Field(default=5.0, gt=0)
-    # An idle worker looks for runnable jobs and due deliveries this often, whether or not a
-    # wake-up came: a lost wake-up, a job whose run_after came, a retry's backoff ended.
-    poll_interval_seconds: float = Field(default=0.5, gt=0)
-    # No longer used (workers claim runnable jobs themselves, see POLL_INTERVAL_SECONDS);
-    # accepted so that settings written for 0.1 still load (check W004 says so).
-    requeue_after_seconds: float | None = Field(default=None, gt=0)
-    # Runs per job, counting retries after transient errors and reclaimed leases.
-    max_attempts: int = Field(default=3, ge=1)
-    retry_backoff_seconds: float = Field(default=5.0, gt=0)
-    # Rows the sweep handles per kind per pass.
-    sweep_limit: int = Field(default=500, ge=1)
-    # How long a batch waits for the database to come back before it gives up.
-    database_retry_seconds: float = Field(default=60.0, ge=0)
-    # Partial outputs a generator pipeline's job keeps; later ones are not stored.
-    max_partial_outputs: int = Field(default=1000, ge=0)
+    """Batching, leases, the sweep and retries of the worker processes."""
+
+    batch_size: int = Field(default=100, ge=1, description="Jobs claimed, inferred and finished together.")
+    batches_in_flight: int = Field(
+        default=2, ge=1, description="Batches one worker process runs at once; more keeps more model calls in flight."
+    )
+    # Renewed while the batch runs, so only a dead worker's jobs are reclaimed.
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running job's lease. Its worker renews it every `HEARTBEAT_SECONDS` while the batch "
+        "runs, so a dead worker's jobs are reclaimed about this long after it died.",
+    )
+    heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often a worker renews its leases and beats its heartbeat row; at most half of "
+        "`LEASE_SECONDS` (check E010).",
+    )
+    record_heartbeats: bool = Field(
+        default=True, description="Keep this process's `WorkerHeartbeat` row, which the admin lists."
+    )
+    inference_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long one batch's inference may take. `None`: `deployment_config.timeout` of `modalkit.yaml`.",
+    )
+    sweep_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a worker offers to run the sweep (jittered by ±20 %); one sweep runs per period "
+        "across all workers.",
+    )
+    poll_interval_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often an idle worker looks for runnable jobs and due deliveries, whether or not a "
+        "wake-up came: a lost wake-up, a job whose `run_after` came, a retry whose backoff ended.",
+    )
+    # Accepted so that settings written for 0.1 still load (check W004 says so).
+    requeue_after_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="No longer used: workers claim runnable jobs themselves (see `POLL_INTERVAL_SECONDS`).",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Runs per job, counting retries after transient errors and reclaimed leases."
+    )
+    retry_backoff_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="The delay before a job runs again after a transient error; it doubles with each attempt.",
+    )
+    sweep_limit: int = Field(default=500, ge=1, description="Rows the sweep handles per kind per pass.")
+    database_retry_seconds: float = Field(
+        default=60.0, ge=0, description="How long a batch waits for the database to come back before it gives up."
+    )
+    max_partial_outputs: int = Field(
+        default=1000,
+        ge=0,
+        description="Partial outputs a generator pipeline's job keeps; later ones are not stored.",
+    )
 
     @property
     def stale_after_seconds(self) -> float:
@@ -174,51 +249,109 @@ class WorkerSettings(_Setting):
 
 
 class ApiSettings(_Setting):
-    # How long an API key's lookup is kept in the process: a revoked key works this long at most.
-    key_cache_seconds: float = Field(default=5.0, ge=0)
-    # Threads (so database connections at most) for the API's synchronous database work,
-    # per server process; keep it within the database pool's size.
-    database_threads: int = Field(default=4, ge=1)
-    # Queue names (fnmatch patterns) a new API key may send results to; [] : none until granted.
-    default_allowed_queues: list[str] = Field(default_factory=list)
-    # Per key, unless the key sets its own; None: no limit. Counted in RATE_LIMIT_CACHE
-    # (a Django cache alias: make it a shared one, e.g. Redis, when several processes serve).
-    rate_limit_per_minute: int | None = Field(default=None, ge=1)
-    max_queued_jobs: int | None = Field(default=None, ge=1)
-    rate_limit_cache: str = "default"
-    # Items per POST /async/predict/batch at most; the body must also fit in
-    # DATA_UPLOAD_MAX_MEMORY_SIZE (Django's default, 2.5 MB, holds 1,000 short messages).
-    max_batch_items: int = Field(default=1000, ge=1, le=100_000)
-    # How long GET /jobs/{id}/events streams before it ends (the client reconnects).
-    events_max_seconds: float = Field(default=3600.0, gt=0)
+    """The HTTP API: keys, limits and the database threads it uses."""
+
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long an API key's lookup is kept in the process: a revoked key works this long at most.",
+    )
+    database_threads: int = Field(
+        default=4,
+        ge=1,
+        description="Threads (so database connections at most) for the API's synchronous database work, per "
+        "server process; keep it within the database pool's size.",
+    )
+    default_allowed_queues: list[str] = Field(
+        default_factory=list,
+        description="Queue names or patterns (`acme-*`) a new API key may send results to; `[]`: none until granted.",
+    )
+    rate_limit_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Submits a minute per key, unless the key sets its own; `None`: no limit. Counted in "
+        "`RATE_LIMIT_CACHE`.",
+    )
+    max_queued_jobs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Jobs a key may have waiting at once, unless the key sets its own; `None`: no limit.",
+    )
+    # Several web processes must share it, or each counts alone.
+    rate_limit_cache: str = Field(
+        default="default",
+        description="The Django cache alias the per-key limits are counted in; make it a shared one (e.g. "
+        "Redis) when several processes serve.",
+    )
+    # Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) holds 1,000 short messages.
+    max_batch_items: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Items per `POST /async/predict/batch` at most; the body must also fit in "
+        "`DATA_UPLOAD_MAX_MEMORY_SIZE`.",
+    )
+    events_max_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long `GET /jobs/{job_id}/events` streams before it ends (the client reconnects).",
+    )
 
 
 class MetricsSettings(_Setting):
-    # Off by default: the endpoint 404s and recording costs one cached settings lookup.
-    enabled: bool = False
-    # None: anyone who can reach the URL may scrape; else "Authorization: Bearer <TOKEN>".
-    token: str | None = Field(default=None, min_length=16)
+    """The Prometheus endpoint."""
+
+    # Off, recording costs one cached settings lookup.
+    enabled: bool = Field(default=False, description="Serve and record metrics; off, the endpoint is a 404.")
+    token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="`None`: anyone who can reach the URL may scrape. Otherwise a scrape needs "
+        "`Authorization: Bearer <TOKEN>`.",
+    )
 
 
 class ModalkitSettings(_Setting):
-    config: Path | list[Path] = Path("modalkit.yaml")
-    pipeline: str = ""
-    default_model: str | None = None
-    inference: BackendSpec = BackendSpec(backend="modalkit_django.clients.local.LocalBackend")
-    broker: BrokerSettings = BrokerSettings()
-    queues: dict[str, BackendSpec] = Field(
-        default_factory=lambda: {"memory": BackendSpec(backend="modalkit_django.queues.memory.MemoryBackend")}
+    """The ``MODALKIT`` Django setting."""
+
+    config: Path | list[Path] = Field(
+        default=Path("modalkit.yaml"),
+        description="The `modalkit.yaml` file, or several (later ones win); the `MODALKIT_CONFIG` environment "
+        "variable overrides it.",
     )
-    queue_routes: list[tuple[str, str]] = Field(default_factory=list)
-    # Modules whose TaskIQ tasks (e.g. queue consumers) every worker imports.
-    task_modules: list[str] = Field(default_factory=list)
-    delivery: DeliverySettings = DeliverySettings()
-    worker: WorkerSettings = WorkerSettings()
-    api: ApiSettings = ApiSettings()
-    metrics: MetricsSettings = MetricsSettings()
-    # What lands on the queues: ModalKit's messages plus job_id, model_name, timestamp…
-    # ("extended"), or exactly ModalKit's, for consumers that forbid extra fields.
-    message_format: Literal["extended", "modalkit"] = "extended"
+    pipeline: str = Field(default="", description="The dotted path of your `InferencePipeline` subclass.")
+    default_model: str | None = Field(
+        default=None,
+        description="The model used when a request names none (`?model_name=`); `None`: the only entry of "
+        "`model_entries`.",
+    )
+    inference: BackendSpec = Field(
+        default=BackendSpec(backend="modalkit_django.clients.local.LocalBackend"),
+        description="Where the model runs: in the process (`LocalBackend`) or on Modal (`ModalBackend`).",
+    )
+    broker: BrokerSettings = Field(default=BrokerSettings(), description="The broker that wakes workers.")
+    queues: dict[str, BackendSpec] = Field(
+        default_factory=lambda: {"memory": BackendSpec(backend="modalkit_django.queues.memory.MemoryBackend")},
+        description="Queue backends by alias, as Django's `CACHES`.",
+    )
+    queue_routes: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="`(pattern, alias)` pairs: a queue name goes through the alias of the first shell-style "
+        "pattern it matches, else through `queue_config.backend` of `modalkit.yaml`.",
+    )
+    task_modules: list[str] = Field(
+        default_factory=list,
+        description="Modules whose TaskIQ tasks (e.g. queue consumers) every worker imports.",
+    )
+    delivery: DeliverySettings = Field(default=DeliverySettings(), description="Sending results and retrying.")
+    worker: WorkerSettings = Field(default=WorkerSettings(), description="The worker processes.")
+    api: ApiSettings = Field(default=ApiSettings(), description="The HTTP API.")
+    metrics: MetricsSettings = Field(default=MetricsSettings(), description="The Prometheus endpoint.")
+    message_format: Literal["extended", "modalkit"] = Field(
+        default="extended",
+        description="What lands on the queues: ModalKit's messages plus `job_id`, `model_name`, `timestamp` and "
+        'more (`"extended"`), or exactly ModalKit\'s (`"modalkit"`), for consumers that forbid extra fields.',
+    )
 
 
 logger = logging.getLogger(__name__)

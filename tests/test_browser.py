@@ -127,7 +127,7 @@ def seed() -> dict[str, Any]:
 
 @pytest.fixture
 def shots(tmp_path: Path) -> Path:
-    """Where screenshots go: a temporary folder, or the README's (``make screenshots``)."""
+    """Where screenshots go: a temporary folder, or the docs' (``make screenshots``)."""
     folder = Path(os.environ.get("MODALKIT_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder

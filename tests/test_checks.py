@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,7 @@ from django.conf import settings
 from django.core import checks
 from django.test import override_settings
 
-from modalkit_django.checks import check_modalkit
+from modalkit_django.checks import CHECKS, check_modalkit
 
 TWO_MODELS = "model_settings:\n  model_entries:\n    a: {}\n    b: {}\n"
 
@@ -258,3 +261,51 @@ def test_refused_modalkit_keys_fail_manage_py_check(tmp_path: Path) -> None:
         pytest.raises(SystemCheckError, match=r"modalkit_django\.E012"),
     ):
         call_command("check")
+
+
+CHECK_ID = re.compile(r"modalkit_django\.[EW]\d{3}")
+PACKAGE = Path(__file__).resolve().parent.parent / "modalkit_django"
+
+
+def ids_in_code() -> set[str]:
+    """Every check id the package's code names as a string of its own, outside the registry.
+
+    A check id only reaches Django as such a literal (``_report("modalkit_django.E004", …)``,
+    ``id="modalkit_django.E011"``); docstrings and comments that mention one do not count.
+    """
+    found: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        registry_keys: set[int] = set()
+        for node in ast.walk(tree):
+            is_registry = isinstance(node, ast.Assign) and any(
+                isinstance(target, ast.Name) and target.id == "CHECKS" for target in node.targets
+            )
+            if is_registry and isinstance(node.value, ast.Dict):
+                registry_keys |= {id(key) for key in node.value.keys}
+        found |= {
+            node.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and CHECK_ID.fullmatch(node.value)
+            and id(node) not in registry_keys
+        }
+    return found
+
+
+def test_the_registry_lists_every_id_the_code_reports_and_no_other() -> None:
+    emitted = ids_in_code()
+    assert emitted - set(CHECKS) == set(), "reported but not in checks.CHECKS"
+    assert set(CHECKS) - emitted == set(), "in checks.CHECKS but never reported"
+    for check_id, check in CHECKS.items():
+        expected = checks.ERROR if check_id.split(".")[1].startswith("E") else checks.WARNING
+        assert check.level == expected, check_id
+        assert check.summary and check.hint, check_id
+
+
+def test_each_registered_id_has_a_test_of_its_own() -> None:
+    names = {name for name in vars(sys.modules[__name__]) if name.startswith("test_")}
+    for check_id in CHECKS:
+        code = check_id.rpartition(".")[2].lower()
+        assert any(name.startswith(f"test_{code}_") for name in names), f"no test_{code}_… for {check_id}"

@@ -1,4 +1,4 @@
-"""The multi-process shape the README documents: several web processes and several worker
+"""The multi-process shape docs/how-to/deploy.md describes: several web processes and several worker
 processes against one PostgreSQL and one Redis. Nothing may assume a single process: every
 accepted job runs once and its result reaches its queue once."""
 

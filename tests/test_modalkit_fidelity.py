@@ -241,7 +241,7 @@ def test_the_sample_loads_to_modalkits_values(sample: Path, monkeypatch: pytest.
     theirs = modalkits_settings(sample, monkeypatch).model_dump(mode="json")
     monkeypatch.delenv("MODALKIT_CONFIG")
     ours = load_config([sample]).model_dump(mode="json")
-    # ModalKit's defaults that differ here, each on purpose (see the README).
+    # ModalKit's defaults that differ here, each on purpose (see docs/how-to/from-modalkit.md).
     assert theirs["app_settings"]["deployment_config"].pop("volume_reload_interval_seconds") == -1
     assert ours["app_settings"]["deployment_config"].pop("volume_reload_interval_seconds") == 0
     assert theirs["app_settings"]["queue_config"].pop("backend") == "sqs"

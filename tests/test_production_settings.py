@@ -19,7 +19,7 @@ from django.core.management.utils import get_random_secret_key
 
 from .conftest import ROOT
 
-# The production environment the README's checklist documents (the host names are examples).
+# The production checklist of docs/how-to/deploy.md, as an environment (the host names are examples).
 PRODUCTION = {
     "DJANGO_ALLOWED_HOSTS": "jobs.example.com",
     "DJANGO_CSRF_TRUSTED_ORIGINS": "https://jobs.example.com",

@@ -59,93 +59,147 @@ class MountType(StrEnum):
 
 
 class Mount(_Section):
-    local_path: str
-    remote_path: str
-    type: MountType = MountType.FILE
+    """A local file or folder added to the image (``deployment_config.mounts``)."""
+
+    local_path: str = Field(description="The file or folder on the machine that deploys.")
+    remote_path: str = Field(description="Where it lands in the container.")
+    type: MountType = Field(default=MountType.FILE, description="`file` or `dir`.")
 
 
 class CloudBucketMount(_Section):
-    mount_point: str
-    bucket_name: str
-    bucket_endpoint_url: str | None = None
-    key_prefix: str | None = None
-    secret: str | None = None
-    oidc_auth_role_arn: str | None = None
-    read_only: bool = False
-    requester_pays: bool = False
+    """A cloud storage bucket mounted in the container, as Modal's ``CloudBucketMount``."""
+
+    mount_point: str = Field(description="Where the bucket is mounted in the container.")
+    bucket_name: str = Field(description="The bucket.")
+    bucket_endpoint_url: str | None = Field(default=None, description="For S3-compatible stores other than AWS.")
+    key_prefix: str | None = Field(default=None, description="Mount only the keys under this prefix.")
+    secret: str | None = Field(default=None, description="The name of the Modal secret holding the credentials.")
+    oidc_auth_role_arn: str | None = Field(default=None, description="An AWS role to assume through OIDC.")
+    read_only: bool = Field(default=False, description="Mount read-only.")
+    requester_pays: bool = Field(default=False, description="The requester pays for access.")
 
 
 class BuildConfig(_Section):
-    image: str = "python:3.12-slim"
-    tag: str = "latest"
-    workdir: str = "/root"
-    env: dict[str, str] = Field(default_factory=dict)
-    extra_run_commands: str | list[str] = Field(default_factory=list)
+    """The container image."""
+
+    image: str = Field(
+        default="python:3.12-slim",
+        description="A name with a `/` is pulled from its registry as `image:tag`; any other name (ModalKit's "
+        "rule) builds Modal's `debian_slim` image.",
+    )
+    tag: str = Field(default="latest", description="The registry image's tag.")
+    workdir: str = Field(default="/root", description="The container's working directory.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables of the image.")
+    extra_run_commands: str | list[str] = Field(
+        default_factory=list, description="Shell commands run while building the image: one, or a list."
+    )
 
 
 class DeploymentConfig(_Section):
-    region: str | list[str] | None = None
-    gpu: str | list[str] | None = None
-    # mount point -> Modal volume name, as in ModalKit
-    volumes: dict[str, str] | None = None
-    # None: never. ModalKit's default (-1) reloads before every batch, which 0 does here;
-    # a negative value disables reloading here, so system check E016 refuses it.
-    volume_reload_interval_seconds: int | None = 0
-    concurrency_limit: int | None = None
-    retries: int = 1
-    secrets: list[str] = Field(default_factory=list)
-    mounts: list[Mount] = Field(default_factory=list)
-    container_idle_timeout: int = 180
-    timeout: int = 300
-    startup_timeout: int | None = None
-    allow_concurrent_inputs: int = 1
-    # ModalKit's web handler; there is none here (Django serves the API): E013 and E012
-    # refuse values other than these defaults.
-    allow_concurrent_inputs_handler: int = 10
-    secure: bool = False
-    cloud_bucket_mounts: list[CloudBucketMount] = Field(default_factory=list)
+    """The options of the Modal class (``@app.cls``)."""
+
+    region: str | list[str] | None = Field(default=None, description="Modal region(s) to run in.")
+    gpu: str | list[str] | None = Field(default=None, description="The GPU type(s), as Modal names them.")
+    volumes: dict[str, str] | None = Field(default=None, description="Mount point → Modal volume name.")
+    # ModalKit's default (-1) reloads before every batch, which 0 does here; a negative
+    # value would disable reloading here, so system check E016 refuses it.
+    volume_reload_interval_seconds: int | None = Field(
+        default=0,
+        description="`0`: reload the volumes before every batch; `N`: before a batch once N seconds have passed since "
+        "the last reload; `null`: never. Negative values are refused (E016).",
+    )
+    concurrency_limit: int | None = Field(default=None, description="Modal's `max_containers`.")
+    retries: int = Field(default=1, description="Modal's retries of a failed input.")
+    secrets: list[str] = Field(default_factory=list, description="Names of Modal secrets to attach.")
+    mounts: list[Mount] = Field(default_factory=list, description="Local files and folders added to the image.")
+    container_idle_timeout: int = Field(default=180, description="Modal's `scaledown_window`, in seconds.")
+    timeout: int = Field(
+        default=300,
+        description="Modal's function timeout, in seconds; also bounds a batch's inference unless "
+        '`MODALKIT["WORKER"]["INFERENCE_TIMEOUT_SECONDS"]` is set.',
+    )
+    startup_timeout: int | None = Field(default=None, description="Modal's container startup timeout, in seconds.")
+    allow_concurrent_inputs: int = Field(
+        default=1, description="Inputs one container takes at once (`@modal.concurrent(max_inputs=…)`)."
+    )
+    # ModalKit's web handler; there is none here (Django serves the API).
+    allow_concurrent_inputs_handler: int = Field(
+        default=10, description="ModalKit's web handler; any value other than 10 is refused (E013)."
+    )
+    secure: bool = Field(default=False, description="ModalKit's proxy auth; `true` is refused (E012).")
+    cloud_bucket_mounts: list[CloudBucketMount] = Field(
+        default_factory=list, description="Cloud storage buckets mounted in the container."
+    )
 
 
 class BatchConfig(_Section):
-    max_batch_size: int = Field(default=1, ge=1, le=1000)
-    wait_ms: int = Field(default=0, ge=0, le=600_000)
+    """Modal's dynamic batching (``@modal.batched``)."""
+
+    max_batch_size: int = Field(default=1, ge=1, le=1000, description="Inputs per batch at most.")
+    wait_ms: int = Field(
+        default=0, ge=0, le=600_000, description="How long a batch waits for more inputs, in milliseconds."
+    )
 
 
 class QueueConfig(_Section):
-    # The alias in ``MODALKIT["QUEUES"]`` used when no route matches.
-    backend: str = "memory"
-    # ModalKit's TaskIQ broker for results; not read here (E014 refuses another value).
-    broker_url: str = "memory://"
+    """Where results go."""
+
+    backend: str = Field(
+        default="memory",
+        description='The alias in `MODALKIT["QUEUES"]` used when no `QUEUE_ROUTES` pattern matches.',
+    )
+    broker_url: str = Field(
+        default="memory://",
+        description="ModalKit's TaskIQ broker for results; not read here, any other value is refused (E014).",
+    )
 
 
 class AsyncConfig(_Section):
-    # Seconds a job may wait in the queue before it is expired; None: no limit.
-    timeout: int | None = Field(default=3600, ge=1)
-    # Seconds a finished job is kept; None: forever.
-    result_ttl: int | None = Field(default=86400, ge=1)
+    """How long jobs wait and are kept."""
+
+    timeout: int | None = Field(
+        default=3600, ge=1, description="Seconds a job may wait in the queue before it expires; `null`: no limit."
+    )
+    result_ttl: int | None = Field(default=86400, ge=1, description="Seconds a finished job is kept; `null`: forever.")
 
 
 class AuthConfig(_Section):
-    api_key: str | None = None
-    # ModalKit reads the key from AWS SSM; not read here (E015 refuses it).
-    ssm_key: str | None = None
-    auth_header: str = "x-api-key"
+    """A static API key shared by operators, beside the per-user keys."""
+
+    api_key: str | None = Field(default=None, description="The shared key.")
+    ssm_key: str | None = Field(
+        default=None, description="ModalKit reads the key from AWS SSM; not read here, so refused (E015)."
+    )
+    auth_header: str = Field(default="x-api-key", description="The header that carries the shared key.")
 
 
 class AppSettings(_Section):
-    app_prefix: str = DEFAULT_APP_PREFIX
-    build_config: BuildConfig = BuildConfig()
-    deployment_config: DeploymentConfig = DeploymentConfig()
-    batch_config: BatchConfig = BatchConfig()
-    queue_config: QueueConfig = QueueConfig()
-    async_config: AsyncConfig = AsyncConfig()
-    auth_config: AuthConfig = AuthConfig()
+    """``app_settings``: the Modal app, and how jobs are run and kept."""
+
+    app_prefix: str = Field(
+        default=DEFAULT_APP_PREFIX,
+        description="Names the Modal app (with `MODALKIT_APP_POSTFIX`) and the broker's stream; keeping "
+        "ModalKit's default warns (W002).",
+    )
+    build_config: BuildConfig = Field(default=BuildConfig(), description="The container image.")
+    deployment_config: DeploymentConfig = Field(default=DeploymentConfig(), description="The Modal class's options.")
+    batch_config: BatchConfig = Field(default=BatchConfig(), description="Modal's dynamic batching.")
+    queue_config: QueueConfig = Field(default=QueueConfig(), description="Where results go.")
+    async_config: AsyncConfig = Field(default=AsyncConfig(), description="How long jobs wait and are kept.")
+    auth_config: AuthConfig = Field(default=AuthConfig(), description="A shared static API key.")
 
 
 class ModelSettings(_Section):
-    local_model_repository_folder: Path = Path("/root/models")
-    common: dict[str, Any] = Field(default_factory=dict)
-    model_entries: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """``model_settings``: the models, passed to your pipeline."""
+
+    local_model_repository_folder: Path = Field(
+        default=Path("/root/models"),
+        description="Passed to the pipeline as `all_model_data_folder`: where it finds its weights.",
+    )
+    common: dict[str, Any] = Field(default_factory=dict, description="Passed to every pipeline as `common_settings`.")
+    model_entries: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="The models by name; each entry is passed to the pipeline's constructor."
+    )
 
 
 class ModalkitConfig(BaseSettings):
@@ -160,8 +214,8 @@ class ModalkitConfig(BaseSettings):
         frozen=True,
     )
 
-    app_settings: AppSettings = AppSettings()
-    model_settings: ModelSettings = ModelSettings()
+    app_settings: AppSettings = Field(default=AppSettings(), description="The Modal app and the job service.")
+    model_settings: ModelSettings = Field(default=ModelSettings(), description="The models.")
 
     @classmethod
     def settings_customise_sources(
