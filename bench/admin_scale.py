@@ -166,7 +166,7 @@ def pages(client: Any, job_id: str, delivery_id: str, batch_id: str) -> dict[str
             jobs, {"status__exact": "failed", "model_name": "translation"}
         ),
         "jobs: search job id": lambda: client.get(jobs, {"q": job_id}),
-        "jobs: sorted oldest first": lambda: client.get(jobs, {"o": "-5"}),
+        "jobs: sorted oldest first": lambda: client.get(jobs, {"o": _column(jobs, "created")}),
         "jobs: page 50": lambda: client.get(jobs, {"p": "50"}),
         "job detail": lambda: client.get(f"{jobs}{job_id}/change/"),
         "jobs: cancel confirmation (all queued)": lambda: client.post(f"{jobs}?status__exact=queued", confirm),
@@ -181,6 +181,14 @@ def pages(client: Any, job_id: str, delivery_id: str, batch_id: str) -> dict[str
         "deliveries: search message id": lambda: client.get(deliveries, {"q": f"{job_id}:success"}),
         "delivery detail": lambda: client.get(f"{deliveries}{delivery_id}/change/"),
     }
+
+
+def _column(url: str, name: str) -> str:
+    """The changelist's ``o`` for ``name``, ascending: its index in list_display (0 is the checkbox)."""
+    from django.urls import resolve
+
+    model_admin = resolve(url).func.model_admin
+    return str(["action_checkbox", *model_admin.list_display].index(name))
 
 
 def _today() -> str:

@@ -296,10 +296,11 @@ def test_errors_are_shown_with_url_secrets_redacted(staff: Client) -> None:
 
 def test_revoke_action(staff: Client, user: Any) -> None:
     api_key, raw_key = modalkit_django.create_api_key(owner=user, name="k")
-    staff.post(
-        reverse("admin:modalkit_django_apikey_changelist"), {"action": "revoke", "_selected_action": [api_key.pk]}
-    )
+    changelist = reverse("admin:modalkit_django_apikey_changelist")
+    assert '<b class="mk-status mk-status-active">active</b>' in staff.get(changelist).content.decode()
+    staff.post(changelist, {"action": "revoke", "_selected_action": [api_key.pk]})
     assert authenticate_api_key(raw_key=raw_key) is None
+    assert '<b class="mk-status mk-status-revoked" title="revoked 20' in staff.get(changelist).content.decode()
 
 
 def test_actions_need_their_own_permissions(client: Client, django_user_model: Any) -> None:

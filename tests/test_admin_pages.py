@@ -45,7 +45,7 @@ def test_workers_are_live_stopped_or_dead(admin_client: Client) -> None:
     page = admin_client.get(reverse("admin:modalkit_django_workerheartbeat_changelist")).content.decode()
     rows = page.split("<tr")
     for worker, state in ((live, "live"), (dead, "dead"), (stopped, "stopped")):
-        [row] = [row for row in rows if f">{worker.name}</a>" in row]
+        [row] = [row for row in rows if f">{worker.name}</span></a>" in row]
         assert f">{state}</b>" in row
     assert admin_client.get(reverse("admin:modalkit_django_workerheartbeat_add")).status_code == 403
     beats.create(name="other:1:a", hostname="other", pid=1)
@@ -58,7 +58,8 @@ def test_job_progress_bar_and_partial_outputs(admin_client: Client) -> None:
     [job] = make_jobs(1, status="running", priority=Job.Priority.HIGH, progress=0.42, progress_message="tokens <b>")
     Job.objects.filter(pk=job.pk).update(partial_outputs=[{"text": "<i>Once</i>"}, {"text": "upon"}])
     page = admin_client.get(reverse("admin:modalkit_django_job_changelist")).content.decode()
-    assert '<progress class="modalkit-progress" value="42" max="100" title="tokens &lt;b&gt;">' in page
+    # In the run column: how far it got, with its message (escaped) and how long it has run.
+    assert '<progress class="modalkit-progress" value="42" max="100" title="tokens &lt;b&gt;; running for ' in page
     assert "High" in page  # the priority column
     page = admin_client.get(reverse("admin:modalkit_django_job_change", args=[job.id])).content.decode()
     assert "partial outputs" in page.lower() and "&lt;i&gt;Once&lt;/i&gt;" in page and "<i>Once" not in page

@@ -226,3 +226,12 @@ def test_an_unknown_window_is_a_400_and_viewing_needs_the_job_permission(admin_c
     assert client.get(reverse("admin:modalkit_django_dashboard")).status_code == 403
     staff.user_permissions.add(Permission.objects.get(codename="view_job"))
     assert client.get(reverse("admin:modalkit_django_dashboard")).status_code == 200
+
+
+def test_dead_deliveries_are_shown_redacted_with_short_ids(admin_client: Client) -> None:
+    done = finished(at=timezone.now() - dt.timedelta(minutes=1), wait=1, run=1)
+    dead = delivery(done, Status.DEAD, last_error="POST https://h.example/r?token=s3cr3t answered 503 " + "word " * 30)
+    html = admin_client.get(reverse("admin:modalkit_django_dashboard")).content.decode()
+    assert "s3cr3t" not in html and "token=***" in html
+    assert f'<span class="mk-id" title="{dead.id}">{str(dead.id)[:8]}</span>' in html
+    assert "word word …" in html  # cut after a word

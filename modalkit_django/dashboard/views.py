@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ..models import Job, QueueDelivery
+from ..redaction import redact_text
 from .charts import WIDTH, Series, bar_chart, human_seconds, series_chart
 from .queries import WINDOWS, Dashboard, Latency, dashboard_numbers
 
@@ -75,6 +76,10 @@ def _status_links(site: AdminSite, numbers: Dashboard) -> list[dict[str, Any]]:
 def _dead_row(site: AdminSite, dead: Any) -> dict[str, Any]:
     return {
         "delivery": dead,
+        # As everywhere in the admin: errors quote URLs, and URLs often hold a token.
+        "error": redact_text(dead.last_error),
+        "short_id": str(dead.id)[:8],
+        "short_job_id": str(dead.job_id)[:8],
         "url": _url(site, "queuedelivery_change", dead.id),
         "job_url": _url(site, "job_change", dead.job_id),
     }
