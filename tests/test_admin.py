@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -11,6 +12,7 @@ from django.contrib.messages import get_messages
 from django.contrib.sessions.models import Session
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 import modalkit_django
 from modalkit_django.exceptions import PermanentDeliveryError
@@ -324,3 +326,20 @@ def test_actions_need_their_own_permissions(client: Client, django_user_model: A
     assert job.status == "queued"
     deliveries = client.get(reverse("admin:modalkit_django_queuedelivery_changelist")).content.decode()
     assert "redeliver" not in deliveries
+
+
+def test_queued_and_scheduled_jobs_are_listed_apart(staff: Client) -> None:
+    due = modalkit_django.submit_job(message={"text": "now"})
+    in_two_hours = modalkit_django.Schedule(run_after=timezone.now() + dt.timedelta(hours=2, seconds=30))
+    later = modalkit_django.submit_job(message={"text": "later"}, schedule=in_two_hours)
+    url = reverse("admin:modalkit_django_job_changelist")
+    page = staff.get(url).content.decode()
+    [row] = [row for row in page.split("<tr") if str(later.id) in row]
+    assert '<b class="mk-status mk-status-scheduled"' in row and ">in 2 h</time>" in row
+    [row] = [row for row in page.split("<tr") if str(due.id) in row]
+    assert '<b class="mk-status mk-status-queued">queued</b>' in row
+    page = staff.get(url, {"status__exact": "queued"}).content.decode()
+    assert str(due.id) in page and str(later.id) not in page
+    page = staff.get(url, {"status__exact": "scheduled"}).content.decode()
+    assert str(later.id) in page and str(due.id) not in page
+    assert "?status__exact=scheduled" in page  # a choice of the status filter

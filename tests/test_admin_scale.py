@@ -4,6 +4,7 @@ that does not grow with the rows shown. (Timings: bench/admin_scale.py.)"""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -197,3 +198,27 @@ def test_the_fast_row_checkbox_is_djangos_own_markup() -> None:
     [job] = make_jobs(1)
     model_admin = admin.site._registry[Job]
     assert model_admin.action_checkbox(job) == admin.ModelAdmin.action_checkbox(model_admin, job)
+
+
+@pytest.mark.parametrize("status", ["queued", "scheduled"])
+def test_queued_and_scheduled_are_found_through_an_index(admin_client: Client, status: str) -> None:
+    """``status = 'queued'`` first (the status index, or a partial index on queued jobs),
+    then ``run_after`` on those rows only: never a scan of the table."""
+    later = timezone.now() + timezone.timedelta(hours=1)
+    make_jobs(3000)
+    make_jobs(50, status="queued")
+    make_jobs(10, status="queued", run_after=later, queued_at=later)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE modalkit_django_job")
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get(JOBS, {"status__exact": status})
+    assert response.context["cl"].result_count == (50 if status == "queued" else 10)
+    selects = [q["sql"] for q in captured.captured_queries if 'FROM "modalkit_django_job"' in q["sql"]]
+    assert len(selects) == 2  # the capped count, then the page
+    with connection.cursor() as cursor:
+        for select in selects:
+            cursor.execute("EXPLAIN " + select)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "Seq Scan on modalkit_django_job" not in plan, plan
+            assert re.search(r"Index (Only )?Scan|Bitmap Index Scan", plan), plan
+            assert "modalkit_job_" in plan, plan

@@ -15,10 +15,12 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import BadRequest
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 
 from ..conf import get_config, get_settings
+from ..models import JobStatus
 
 __all__ = [
     "BackendFilter",
@@ -28,6 +30,7 @@ __all__ = [
     "ModelNameFilter",
     "OwnerFilter",
     "QueueNameFilter",
+    "StatusFilter",
 ]
 
 
@@ -44,6 +47,39 @@ class ModelNameFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
         return queryset.filter(model_name=self.value()) if self.value() else queryset
+
+
+SCHEDULED = "scheduled"
+
+
+def is_due(now: Any) -> Q:
+    return Q(run_after__isnull=True) | Q(run_after__lte=now)
+
+
+class StatusFilter(admin.SimpleListFilter):
+    """A job's status, with the queued jobs not yet due (``run_after`` ahead) apart as
+    "scheduled": "queued" lists only the jobs waiting for a worker now.
+
+    Its parameter is the one Django's own status filter had (``status__exact``), so every
+    link to the list by status (the dashboard's, a batch's) keeps working. Each choice is
+    ``status = …`` first, so the status index (and, for queued jobs, the partial indexes on
+    them) serves it; ``run_after`` is checked on those rows only.
+    """
+
+    title = "status"
+    parameter_name = "status__exact"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        choices = [(status.value, str(status.label)) for status in JobStatus]
+        return [*choices[:1], (SCHEDULED, "Scheduled"), *choices[1:]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
+        value, now = self.value(), timezone.now()
+        if value == JobStatus.QUEUED:
+            return queryset.filter(is_due(now), status=JobStatus.QUEUED)
+        if value == SCHEDULED:
+            return queryset.filter(status=JobStatus.QUEUED, run_after__gt=now)
+        return queryset.filter(status=value) if value else queryset
 
 
 class BackendFilter(admin.SimpleListFilter):

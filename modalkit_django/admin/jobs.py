@@ -21,8 +21,8 @@ from ..models import FINISHED_JOB_STATUSES, Job, JobQuerySet, JobStatus, QueueDe
 from ..redaction import redact_json
 from .actions import by_status, confirm_first, count_by_status, report
 from .common import DeliveryError, ReadOnly, ScalableAdmin, pretty_json, status_badge
-from .display import EMPTY, clipped, duration, id_cell, timestamp_field
-from .filters import BatchFilter, ModelNameFilter, OwnerFilter
+from .display import EMPTY, clipped, duration, id_cell, relative, timestamp_field
+from .filters import BatchFilter, ModelNameFilter, OwnerFilter, StatusFilter
 
 __all__ = ["DeliveryInline", "JobAdmin"]
 
@@ -59,8 +59,9 @@ class JobAdmin(ReadOnly, ScalableAdmin):
     # button beside), times to the second, wait and run as durations; queues, owner and
     # finish time are on the job's page.
     list_display = ["short_id", "model_cell", "status_cell", "priority", "created", "wait", "run"]
-    # Each filter is served by an index: (status | model_name | owner, created_at), batch_id, created_at.
-    list_filter = ["status", ModelNameFilter, "priority", OwnerFilter, BatchFilter, "created_at"]
+    # Each filter is served by an index: (status | model_name | owner, created_at), batch_id, created_at;
+    # a queued or scheduled job is status = 'queued' first, then run_after on those rows.
+    list_filter = [StatusFilter, ModelNameFilter, "priority", OwnerFilter, BatchFilter, "created_at"]
     search_fields = ["=id"]  # see get_search_results: a job or batch id, through the primary key
     search_help_text = "A job id, or a batch id for all its jobs."
     sortable_by = ["created"]
@@ -121,13 +122,24 @@ class JobAdmin(ReadOnly, ScalableAdmin):
 
     @admin.display(description="status")
     def status_cell(self, job: Job) -> str:
+        # Queued but not yet due (run_after ahead, as submitted or backing off): "scheduled",
+        # with when it is due; its wait has not begun.
+        if job.status == JobStatus.QUEUED and job.run_after and job.run_after > timezone.now():
+            return format_html(
+                "{} {}",
+                status_badge("scheduled", title="queued, not run before its run_after"),
+                format_html('<span class="mk-quiet">{}</span>', relative(job.run_after)),
+            )
         return status_badge(job.status)
 
     @admin.display(description="wait")
     def wait(self, job: Job) -> str:
         """started - queued; for a job still queued, how long so far."""
+        now = timezone.now()
         if job.status == JobStatus.QUEUED:
-            so_far = duration(job.queued_at, timezone.now())
+            if job.run_after and job.run_after > now:
+                return EMPTY
+            so_far = duration(job.queued_at, now)
             return format_html('<span class="mk-quiet mk-duration" title="waiting so far">{}</span>', so_far)
         return format_html('<span class="mk-duration">{}</span>', duration(job.queued_at, job.started_at))
 
