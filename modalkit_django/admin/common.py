@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.core.exceptions import BadRequest, ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext
@@ -16,6 +16,7 @@ from django.utils.translation import gettext
 from ..models import QueueDelivery
 from ..models.validation import text_problem
 from ..redaction import redact_text
+from .actions import next_url
 from .paging import ScalableChangeList, ScalablePaginator
 
 __all__ = ["QueryCheckingAdmin", "ReadOnly", "ScalableAdmin", "pretty_json", "status_badge"]
@@ -59,7 +60,11 @@ class QueryCheckingAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 self.opts.pk.to_python(pk)
         except ValidationError as exc:
             raise BadRequest("A selected row's id is not valid.") from exc
-        return super().changelist_view(request, extra_context)
+        response = super().changelist_view(request, extra_context)
+        if request.method == "POST" and isinstance(response, HttpResponseRedirect) and (back := next_url(request)):
+            # An action started from a row's own page (its buttons) returns there, not to the list.
+            return HttpResponseRedirect(back)
+        return response
 
 
 class ScalableAdmin(QueryCheckingAdmin):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.contrib import admin
 from django.db.models import Q, QuerySet
@@ -13,7 +14,7 @@ from django.utils.html import format_html
 
 from ..jobs.control import redeliver_deliveries
 from ..models import DeliveryQuerySet, QueueDelivery
-from .actions import by_status, confirm_first, count_by_status, report
+from .actions import RowAction, by_status, confirm_first, count_by_status, report, row_summary
 from .common import DeliveryError, ReadOnly, ScalableAdmin, pretty_json, status_badge
 from .display import id_cell, timestamp_field, timestamp_text, words
 from .filters import BackendFilter, QueueNameFilter
@@ -99,6 +100,25 @@ class QueueDeliveryAdmin(ReadOnly, DeliveryError, ScalableAdmin):
     @admin.display(description="payload")
     def payload_json(self, delivery: QueueDelivery) -> str:
         return pretty_json(delivery.payload)
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: QueueDelivery | None = None,
+    ) -> Any:
+        if obj is not None:
+            buttons = []
+            if "redeliver" in self.get_actions(request):  # filtered by permission, as the list's menu is
+                url = reverse(f"{self.admin_site.name}:modalkit_django_queuedelivery_changelist")
+                buttons.append(RowAction("redeliver", "Redeliver", url, [str(obj.pk)]))
+            error = self.redacted_error(obj)
+            summary = {"type": f"Delivery {obj.status}", "message": error} if error else None
+            context.update(row_summary(summary, buttons, request.get_full_path()))
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def has_redeliver_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("modalkit_django.redeliver_queuedelivery")

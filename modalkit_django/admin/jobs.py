@@ -19,7 +19,7 @@ from django.utils.html import format_html
 from ..jobs.control import BulkResult, cancel_jobs, rerun_jobs
 from ..models import FINISHED_JOB_STATUSES, Job, JobQuerySet, JobStatus, QueueDelivery
 from ..redaction import redact_json
-from .actions import by_status, confirm_first, count_by_status, report
+from .actions import RowAction, by_status, confirm_first, count_by_status, report, row_summary
 from .common import DeliveryError, ReadOnly, ScalableAdmin, pretty_json, status_badge
 from .display import EMPTY, clipped, duration, id_cell, relative, timestamp_field
 from .filters import BatchFilter, ModelNameFilter, OwnerFilter, StatusFilter
@@ -202,6 +202,37 @@ class JobAdmin(ReadOnly, ScalableAdmin):
         # No progress reported: no row of two dashes above the timing.
         no_progress = [line for line in self.fieldsets[0][1]["fields"] if line != ("progress_bar", "progress_message")]
         return [(None, {"fields": no_progress}), *self.fieldsets[1:]]
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Job | None = None,
+    ) -> Any:
+        if obj is not None:
+            context.update(row_summary(obj.error, self.row_actions(request, obj), request.get_full_path()))
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def row_actions(self, request: HttpRequest, job: Job) -> list[RowAction]:
+        """The changelist's actions that this user may take and that would change this job."""
+        allowed = self.get_actions(request)  # filtered by permission, as the changelist's menu is
+        jobs = reverse(f"{self.admin_site.name}:modalkit_django_job_changelist")
+        buttons = []
+        if "cancel_jobs" in allowed and _cancels(job.status, 1, int(job.modal_call_id is not None)):
+            buttons.append(RowAction("cancel_jobs", "Cancel this job", jobs, [str(job.pk)], danger=True))
+        if "rerun_jobs" in allowed and _reruns(job.status, 1, 0):
+            buttons.append(RowAction("rerun_jobs", "Re-run this job", jobs, [str(job.pk)]))
+        deliveries = self.admin_site._registry.get(QueueDelivery)
+        if deliveries is not None and "redeliver" in deliveries.get_actions(request):
+            ids = [str(pk) for pk in QueueDelivery.objects.filter(job_id=job.pk).values_list("pk", flat=True)]
+            if ids:
+                url = reverse(f"{self.admin_site.name}:modalkit_django_queuedelivery_changelist")
+                label = "Redeliver its delivery" if len(ids) == 1 else f"Redeliver its {len(ids)} deliveries"
+                buttons.append(RowAction("redeliver", label, url, ids))
+        return buttons
 
     def has_cancel_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("modalkit_django.cancel_job")
