@@ -40,7 +40,7 @@ INSERT INTO modalkit_django_job (
     id, model_name, status, priority, batch_id, message, meta, success_queue, failure_queue,
     result, error, attempts, reruns, owner_id, api_key_prefix, created_at, queued_at, started_at,
     finished_at, enqueued_at, progress, progress_message, partial_outputs, idempotency_key,
-    request_fingerprint
+    request_fingerprint, run_after
 )
 SELECT
     gen_random_uuid(),
@@ -63,7 +63,9 @@ SELECT
     NULL,
     CASE WHEN g %% 100 = 1 THEN (g %% 97) / 97.0 END,
     CASE WHEN g %% 100 = 1 THEN 'step ' || (g %% 97) ELSE '' END,
-    '[]'::jsonb, '', ''
+    '[]'::jsonb, '', '',
+    -- One queued job in 100 scheduled a day ahead: the "scheduled" filter finds them among the queued.
+    CASE WHEN g %% 5000 = 0 THEN now() + interval '1 day' END
 FROM generate_series(1, %(rows)s) AS g
 """
 
@@ -155,6 +157,7 @@ def pages(client: Any, job_id: str, delivery_id: str, batch_id: str) -> dict[str
     return {
         "jobs: unfiltered": lambda: client.get(jobs),
         "jobs: status=queued": lambda: client.get(jobs, {"status__exact": "queued"}),
+        "jobs: status=scheduled": lambda: client.get(jobs, {"status__exact": "scheduled"}),
         "jobs: status=expired (rare)": lambda: client.get(jobs, {"status__exact": "expired"}),
         "jobs: model=translation": lambda: client.get(jobs, {"model_name": "translation"}),
         "jobs: priority=high": lambda: client.get(jobs, {"priority__exact": "2"}),
@@ -166,7 +169,7 @@ def pages(client: Any, job_id: str, delivery_id: str, batch_id: str) -> dict[str
             jobs, {"status__exact": "failed", "model_name": "translation"}
         ),
         "jobs: search job id": lambda: client.get(jobs, {"q": job_id}),
-        "jobs: sorted oldest first": lambda: client.get(jobs, {"o": "-5"}),
+        "jobs: sorted oldest first": lambda: client.get(jobs, {"o": _column(jobs, "created")}),
         "jobs: page 50": lambda: client.get(jobs, {"p": "50"}),
         "job detail": lambda: client.get(f"{jobs}{job_id}/change/"),
         "jobs: cancel confirmation (all queued)": lambda: client.post(f"{jobs}?status__exact=queued", confirm),
@@ -181,6 +184,14 @@ def pages(client: Any, job_id: str, delivery_id: str, batch_id: str) -> dict[str
         "deliveries: search message id": lambda: client.get(deliveries, {"q": f"{job_id}:success"}),
         "delivery detail": lambda: client.get(f"{deliveries}{delivery_id}/change/"),
     }
+
+
+def _column(url: str, name: str) -> str:
+    """The changelist's ``o`` for ``name``, ascending: its index in list_display (0 is the checkbox)."""
+    from django.urls import resolve
+
+    model_admin = resolve(url).func.model_admin
+    return str(["action_checkbox", *model_admin.list_display].index(name))
 
 
 def _today() -> str:

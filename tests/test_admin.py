@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -11,6 +12,7 @@ from django.contrib.messages import get_messages
 from django.contrib.sessions.models import Session
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 import modalkit_django
 from modalkit_django.exceptions import PermanentDeliveryError
@@ -296,10 +298,11 @@ def test_errors_are_shown_with_url_secrets_redacted(staff: Client) -> None:
 
 def test_revoke_action(staff: Client, user: Any) -> None:
     api_key, raw_key = modalkit_django.create_api_key(owner=user, name="k")
-    staff.post(
-        reverse("admin:modalkit_django_apikey_changelist"), {"action": "revoke", "_selected_action": [api_key.pk]}
-    )
+    changelist = reverse("admin:modalkit_django_apikey_changelist")
+    assert '<b class="mk-status mk-status-active">active</b>' in staff.get(changelist).content.decode()
+    staff.post(changelist, {"action": "revoke", "_selected_action": [api_key.pk]})
     assert authenticate_api_key(raw_key=raw_key) is None
+    assert '<b class="mk-status mk-status-revoked" title="revoked 20' in staff.get(changelist).content.decode()
 
 
 def test_actions_need_their_own_permissions(client: Client, django_user_model: Any) -> None:
@@ -323,3 +326,133 @@ def test_actions_need_their_own_permissions(client: Client, django_user_model: A
     assert job.status == "queued"
     deliveries = client.get(reverse("admin:modalkit_django_queuedelivery_changelist")).content.decode()
     assert "redeliver" not in deliveries
+
+
+# --- A row's own page: the error first, then its actions as buttons -----------------------------
+
+
+def buttons(page: str) -> dict[str, dict[str, Any]]:
+    """The action buttons on a page: the action's name → the form it posts."""
+    found = {}
+    for form in re.findall(r'<form method="post" action="([^"]+)">(.*?)</form>', page, re.S):
+        url, body = form
+        fields = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', body)
+        action = dict(fields)["action"]
+        found[action] = {"url": url, "fields": fields, "label": re.search(r"<button[^>]*>([^<]+)</button>", body)[1]}
+    return found
+
+
+def post_fields(fields: list[tuple[str, str]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for name, value in fields:
+        data.setdefault(name, []).append(value)
+    return data
+
+
+def job_page(client: Client, job: Job) -> str:
+    return client.get(reverse("admin:modalkit_django_job_change", args=[job.id])).content.decode()
+
+
+def test_a_job_page_offers_what_applies_to_its_state(staff: Client) -> None:
+    queued = modalkit_django.submit_job(message={"text": "x"})
+    done, [delivery] = finished_job(success_queue="q")
+    running = modalkit_django.submit_job(message={"text": "y"})
+    [running] = flow.claim([running.id])
+    on_call = modalkit_django.submit_job(message={"text": "z"})
+    [on_call] = flow.claim([on_call.id])
+    Job.objects.filter(pk=on_call.pk).update(modal_call_id="fc-1")
+
+    assert list(buttons(job_page(staff, queued))) == ["cancel_jobs"]
+    assert list(buttons(job_page(staff, running))) == []  # no Modal call: it cannot be stopped
+    assert list(buttons(job_page(staff, on_call))) == ["cancel_jobs"]
+    offered = buttons(job_page(staff, done))
+    assert list(offered) == ["rerun_jobs", "redeliver"]
+    assert offered["rerun_jobs"]["url"] == reverse("admin:modalkit_django_job_changelist")
+    assert ("_selected_action", str(done.id)) in offered["rerun_jobs"]["fields"]
+    assert offered["redeliver"]["url"] == reverse("admin:modalkit_django_queuedelivery_changelist")
+    assert ("_selected_action", str(delivery.id)) in offered["redeliver"]["fields"]
+    assert offered["redeliver"]["label"] == "Redeliver its delivery"
+
+
+def test_a_failed_jobs_error_comes_first_redacted(staff: Client) -> None:
+    job, _ = finished_job(success_queue="q")
+    Job.objects.filter(pk=job.pk).update(
+        status="failed", error={"type": "Upstream", "message": "GET https://x.example/a?sig=s3cr3t failed"}
+    )
+    page = job_page(staff, job)
+    assert page.index('id="mk-row-error"') < page.index('id="mk-row-actions"') < page.index("<fieldset")
+    assert "<strong>Upstream</strong>" in page and "sig=***" in page and "s3cr3t" not in page
+
+
+def test_the_buttons_follow_the_users_permissions(client: Client, django_user_model: Any) -> None:
+    queued = modalkit_django.submit_job(message={"text": "x"})
+    done, _ = finished_job(success_queue="q")
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_job", "view_queuedelivery"]))
+    client.force_login(viewer)
+    assert buttons(job_page(client, queued)) == buttons(job_page(client, done)) == {}
+    assert 'id="mk-row-actions"' not in job_page(client, done)
+
+    viewer.user_permissions.add(Permission.objects.get(codename="cancel_job"))
+    client.force_login(django_user_model.objects.get(pk=viewer.pk))  # drop the permission cache
+    assert list(buttons(job_page(client, queued))) == ["cancel_jobs"]
+    assert buttons(job_page(client, done)) == {}  # re-running is a permission of its own
+
+
+def test_a_button_confirms_through_the_changelist_then_comes_back(staff: Client) -> None:
+    done, _ = finished_job(success_queue="q")
+    page = reverse("admin:modalkit_django_job_change", args=[done.id])
+    button = buttons(job_page(staff, done))["rerun_jobs"]
+    data = post_fields(button["fields"])
+    assert data["_next"] == [page]
+    confirm = staff.post(button["url"], data)
+    assert confirm.status_code == 200 and confirm.templates[0].name == "admin/modalkit_django/confirm_action.html"
+    html = confirm.content.decode()
+    assert f'<input type="hidden" name="_next" value="{page}">' in html
+    assert f'href="{page}" class="button cancel-link"' in html  # "No" goes back to the job
+    done.refresh_from_db()
+    assert done.status == "succeeded"  # nothing yet
+
+    response = staff.post(button["url"], {**data, "post": "yes", "index": []})
+    assert response.status_code == 302 and response.url == page
+    done.refresh_from_db()
+    assert (done.status, done.reruns) == ("queued", 1)
+    assert "Re-queued 1 job(s)." in [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def test_a_button_never_sends_the_operator_off_the_site(staff: Client) -> None:
+    done, _ = finished_job(success_queue="q")
+    url = reverse("admin:modalkit_django_job_changelist")
+    data = {"action": "rerun_jobs", "_selected_action": [str(done.id)], "post": "yes"}
+    response = staff.post(url, {**data, "_next": "https://evil.example/"})
+    assert response.status_code == 302 and response.url == url
+
+
+def test_a_delivery_page_shows_its_error_and_redeliver(staff: Client, client: Client, django_user_model: Any) -> None:
+    _, [delivery] = finished_job(success_queue="q")
+    flow.record([SendResult(delivery, error=PermanentDeliveryError("POST https://h.example/?token=abc: 410 Gone"))])
+    url = reverse("admin:modalkit_django_queuedelivery_change", args=[delivery.id])
+    page = staff.get(url).content.decode()
+    assert "<strong>Delivery dead</strong>" in page and "token=***" in page and "token=abc" not in page
+    assert list(buttons(page)) == ["redeliver"]
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_queuedelivery"))
+    client.force_login(viewer)
+    assert buttons(client.get(url).content.decode()) == {}
+
+
+def test_queued_and_scheduled_jobs_are_listed_apart(staff: Client) -> None:
+    due = modalkit_django.submit_job(message={"text": "now"})
+    in_two_hours = modalkit_django.Schedule(run_after=timezone.now() + dt.timedelta(hours=2, seconds=30))
+    later = modalkit_django.submit_job(message={"text": "later"}, schedule=in_two_hours)
+    url = reverse("admin:modalkit_django_job_changelist")
+    page = staff.get(url).content.decode()
+    [row] = [row for row in page.split("<tr") if str(later.id) in row]
+    assert '<b class="mk-status mk-status-scheduled"' in row and ">in 2 h</time>" in row
+    [row] = [row for row in page.split("<tr") if str(due.id) in row]
+    assert '<b class="mk-status mk-status-queued">queued</b>' in row
+    page = staff.get(url, {"status__exact": "queued"}).content.decode()
+    assert str(due.id) in page and str(later.id) not in page
+    page = staff.get(url, {"status__exact": "scheduled"}).content.decode()
+    assert str(later.id) in page and str(due.id) not in page
+    assert "?status__exact=scheduled" in page  # a choice of the status filter

@@ -4,6 +4,7 @@ a job's progress and partial outputs, and the way to the dashboard."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import pytest
@@ -44,7 +45,7 @@ def test_workers_are_live_stopped_or_dead(admin_client: Client) -> None:
     page = admin_client.get(reverse("admin:modalkit_django_workerheartbeat_changelist")).content.decode()
     rows = page.split("<tr")
     for worker, state in ((live, "live"), (dead, "dead"), (stopped, "stopped")):
-        [row] = [row for row in rows if f">{worker.name}</a>" in row]
+        [row] = [row for row in rows if f">{worker.name}</span></a>" in row]
         assert f">{state}</b>" in row
     assert admin_client.get(reverse("admin:modalkit_django_workerheartbeat_add")).status_code == 403
     beats.create(name="other:1:a", hostname="other", pid=1)
@@ -57,7 +58,8 @@ def test_job_progress_bar_and_partial_outputs(admin_client: Client) -> None:
     [job] = make_jobs(1, status="running", priority=Job.Priority.HIGH, progress=0.42, progress_message="tokens <b>")
     Job.objects.filter(pk=job.pk).update(partial_outputs=[{"text": "<i>Once</i>"}, {"text": "upon"}])
     page = admin_client.get(reverse("admin:modalkit_django_job_changelist")).content.decode()
-    assert '<progress class="modalkit-progress" value="42" max="100" title="tokens &lt;b&gt;">' in page
+    # In the run column: how far it got, with its message (escaped) and how long it has run.
+    assert '<progress class="modalkit-progress" value="42" max="100" title="tokens &lt;b&gt;; running for ' in page
     assert "High" in page  # the priority column
     page = admin_client.get(reverse("admin:modalkit_django_job_change", args=[job.id])).content.decode()
     assert "partial outputs" in page.lower() and "&lt;i&gt;Once&lt;/i&gt;" in page and "<i>Once" not in page
@@ -74,3 +76,33 @@ def test_the_jobs_list_links_to_the_dashboard(admin_client: Client) -> None:
 def test_the_dashboard_is_for_staff_only(client: Client, admin_client: Any) -> None:
     response = client.get(reverse("admin:modalkit_django_dashboard"))
     assert response.status_code == 302 and "/login/" in response.url
+
+
+def breadcrumbs(html: str) -> str:
+    """The opening tag of the page's breadcrumbs: ``ol`` on Django 6, ``div`` on 5.2."""
+    match = re.search(r'<nav aria-label="Breadcrumbs">\s*<(\w+) class="breadcrumbs">', html)
+    assert match, "no breadcrumbs in the admin's own place"
+    return match[1]
+
+
+def test_our_pages_draw_breadcrumbs_as_django_draws_its_own(admin_client: Client, admin_user: Any) -> None:
+    jobs = reverse("admin:modalkit_django_job_changelist")
+    django = breadcrumbs(admin_client.get(jobs).content.decode())  # Django's own template
+    [job] = make_jobs(1, status="queued")
+    pages = {
+        "dashboard": admin_client.get(reverse("admin:modalkit_django_dashboard")),
+        "new key": admin_client.post(
+            reverse("admin:modalkit_django_apikey_add"), {"name": "k", "owner": admin_user.pk}
+        ),
+        "confirmation": admin_client.post(jobs, {"action": "cancel_jobs", "index": "0", "_selected_action": [job.pk]}),
+    }
+    for name, response in pages.items():
+        html = response.content.decode()
+        assert breadcrumbs(html) == django, name
+        if django == "ol":
+            assert '<li aria-current="page">' in html, name
+        else:
+            assert "&rsaquo;" in html.split('class="breadcrumbs">')[1].split("</div>")[0], name
+    dashboard = pages["dashboard"].content.decode()
+    assert f'<a href="{jobs}">Jobs</a>' in dashboard
+    assert f'<a href="{reverse("admin:app_list", args=["modalkit_django"])}">ModalKit jobs</a>' in dashboard

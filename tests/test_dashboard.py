@@ -76,7 +76,7 @@ def test_counts_live_states_now_and_finished_ones_within_the_window() -> None:
     seed()
     numbers = dashboard_numbers(HOUR, now=NOW)
     assert numbers.jobs_by_status == {
-        "queued": 2, "running": 1, "succeeded": 10, "failed": 1, "canceled": 0, "expired": 0,
+        "queued": 2, "scheduled": 0, "running": 1, "succeeded": 10, "failed": 1, "canceled": 0, "expired": 0,
     }  # fmt: skip
     assert numbers.jobs == {
         "sentiment": {"queued": 1, "running": 1, "succeeded": 10},
@@ -226,3 +226,46 @@ def test_an_unknown_window_is_a_400_and_viewing_needs_the_job_permission(admin_c
     assert client.get(reverse("admin:modalkit_django_dashboard")).status_code == 403
     staff.user_permissions.add(Permission.objects.get(codename="view_job"))
     assert client.get(reverse("admin:modalkit_django_dashboard")).status_code == 200
+
+
+def test_scheduled_jobs_are_counted_apart_and_never_the_oldest_queued() -> None:
+    seed()
+    # Submitted to run in an hour (queued_at is its run_after), and one backing off for a minute.
+    job(JobStatus.QUEUED, queued_at=NOW + dt.timedelta(hours=1), run_after=NOW + dt.timedelta(hours=1))
+    job(JobStatus.QUEUED, queued_at=ago(minutes=50), run_after=NOW + dt.timedelta(minutes=1), model="vision")
+    # Backed off, and due again: it waits, and counts from when it was queued.
+    job(JobStatus.QUEUED, queued_at=ago(minutes=45), run_after=ago(seconds=5))
+    numbers = dashboard_numbers(HOUR, now=NOW)
+    assert numbers.jobs_by_status["queued"] == 3 and numbers.jobs_by_status["scheduled"] == 2
+    assert numbers.jobs["vision"] == {"queued": 1, "scheduled": 1, "failed": 1}
+    assert numbers.oldest_queued_seconds == 45 * 60
+    assert numbers.next_due_at == NOW + dt.timedelta(minutes=1)
+
+
+def test_only_scheduled_jobs_is_nothing_waiting() -> None:
+    job(JobStatus.QUEUED, queued_at=NOW + dt.timedelta(hours=1), run_after=NOW + dt.timedelta(hours=1))
+    numbers = dashboard_numbers(HOUR, now=NOW)
+    assert numbers.oldest_queued_at is None and numbers.oldest_queued_seconds is None
+    assert (numbers.jobs_by_status["queued"], numbers.jobs_by_status["scheduled"]) == (0, 1)
+
+
+def test_the_page_shows_scheduled_jobs_with_when_the_next_is_due(admin_client: Client) -> None:
+    now = timezone.now()
+    due = now + dt.timedelta(minutes=20)
+    job(JobStatus.QUEUED, queued_at=due, run_after=due)
+    html = admin_client.get(reverse("admin:modalkit_django_dashboard")).content.decode()
+    assert re.search(r'id="mk-status-scheduled">.*?<span class="mk-number">1</span>', html, re.S)
+    assert re.search(r"next due \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(in (19|20) min", html)
+    assert "?status__exact=scheduled" in html
+    # Not "0 ms", queued at a time still to come.
+    assert re.search(r'id="mk-oldest-queued">.*?<span class="mk-number">-</span>', html, re.S)
+    assert "nothing due; the scheduled jobs wait for their time" in html
+
+
+def test_dead_deliveries_are_shown_redacted_with_short_ids(admin_client: Client) -> None:
+    done = finished(at=timezone.now() - dt.timedelta(minutes=1), wait=1, run=1)
+    dead = delivery(done, Status.DEAD, last_error="POST https://h.example/r?token=s3cr3t answered 503 " + "word " * 30)
+    html = admin_client.get(reverse("admin:modalkit_django_dashboard")).content.decode()
+    assert "s3cr3t" not in html and "token=***" in html
+    assert f'<span class="mk-id" title="{dead.id}">{str(dead.id)[:8]}</span>' in html
+    assert "word word …" in html  # cut after a word

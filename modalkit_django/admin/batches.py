@@ -12,22 +12,34 @@ from django.utils.html import format_html, format_html_join
 
 from ..models import Batch, Job
 from .common import ReadOnly, ScalableAdmin, pretty_json, status_badge
+from .display import clipped, id_cell, timestamp_field
 
 __all__ = ["BatchAdmin"]
 
 
 @admin.register(Batch)
 class BatchAdmin(ReadOnly, ScalableAdmin):
-    list_display = ["id", "model_name", "size", "created_at", "completed_at"]
+    list_display = ["short_id", "model_cell", "size", "created", "completed"]
     list_filter = ["created_at", "completed_at"]
     search_fields = ["=id"]  # see get_search_results
     search_help_text = "A batch id."
-    sortable_by = ["created_at"]
+    sortable_by = ["created"]
     list_defer = ("meta",)
     fields = readonly_fields = (
         "id", "model_name", "size", "jobs_by_status", "owner", "api_key_prefix", "completion_queue",
-        "idempotency_key", "created_at", "completed_at", "meta_json",
+        "idempotency_key", "created", "completed", "meta_json",
     )  # fmt: skip
+
+    created = timestamp_field("created_at", "created", sortable=True)
+    completed = timestamp_field("completed_at", "completed")
+
+    @admin.display(description="id")
+    def short_id(self, batch: Batch) -> str:
+        return id_cell(batch.pk)
+
+    @admin.display(description="model")
+    def model_cell(self, batch: Batch) -> str:
+        return clipped(batch.model_name)
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Batch], search_term: str

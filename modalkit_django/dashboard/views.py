@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import PermissionDenied
@@ -11,8 +12,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ..models import Job, QueueDelivery
+from ..redaction import redact_text
 from .charts import WIDTH, Series, bar_chart, human_seconds, series_chart
-from .queries import WINDOWS, Dashboard, Latency, dashboard_numbers
+from .queries import SCHEDULED, WINDOWS, Dashboard, Latency, dashboard_numbers
 
 if TYPE_CHECKING:
     from django.contrib.admin import AdminSite
@@ -66,15 +68,27 @@ def _latency_row(name: str, measured: str, latency: Latency) -> dict[str, str]:
 
 def _status_links(site: AdminSite, numbers: Dashboard) -> list[dict[str, Any]]:
     jobs = _url(site, "job_changelist")
-    return [
-        {"status": status, "count": count, "url": f"{jobs}?status__exact={status}"}
-        for status, count in numbers.jobs_by_status.items()
-    ]
+    links = []
+    for status, count in numbers.jobs_by_status.items():
+        note = ""
+        if status == SCHEDULED:
+            note = f"next due {_due(numbers.next_due_at, numbers.now)}" if numbers.next_due_at else "none"
+        links.append({"status": status, "count": count, "url": f"{jobs}?status__exact={status}", "note": note})
+    return links
+
+
+def _due(at: dt.datetime, now: dt.datetime) -> str:
+    local = timezone.localtime(at)
+    return f"{local:%Y-%m-%d %H:%M:%S} (in {human_seconds((at - now).total_seconds())})"
 
 
 def _dead_row(site: AdminSite, dead: Any) -> dict[str, Any]:
     return {
         "delivery": dead,
+        # As everywhere in the admin: errors quote URLs, and URLs often hold a token.
+        "error": redact_text(dead.last_error),
+        "short_id": str(dead.id)[:8],
+        "short_job_id": str(dead.job_id)[:8],
         "url": _url(site, "queuedelivery_change", dead.id),
         "job_url": _url(site, "job_change", dead.job_id),
     }
