@@ -33,7 +33,7 @@ MODALKIT = {
     "QUEUE_ROUTES": [("*", "redis")],
     # BENCH_SWEEP=1: the shipped sweep timers, to measure a drain with the sweep running.
     "WORKER": {
-        **({} if os.environ.get("BENCH_SWEEP") else {"SWEEP_INTERVAL_SECONDS": 3600, "REQUEUE_AFTER_SECONDS": 3600}),
+        **({} if os.environ.get("BENCH_SWEEP") else {"SWEEP_INTERVAL_SECONDS": 3600}),
         "BATCHES_IN_FLIGHT": int(os.environ.get("BENCH_BATCHES_IN_FLIGHT", "2")),
     },
 }

@@ -134,6 +134,10 @@ CHECKS = {
         "`modalkit.yaml` has keys no section knows (ModalKit ignores them too).",
         "Check their spelling against ModalKit's schema; ModalKit ignores them too.",
     ),
+    "modalkit_django.W004": _warning(
+        '`MODALKIT["WORKER"]["REQUEUE_AFTER_SECONDS"]` is set, but no longer used.',
+        "Remove it: workers claim runnable jobs themselves (WORKER['POLL_INTERVAL_SECONDS']).",
+    ),
 }
 
 
@@ -171,6 +175,8 @@ def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     ]
     errors += _check_timers(settings.worker)
     errors += _check_broker(settings.broker, config.app_settings.app_prefix)
+    if settings.worker.requeue_after_seconds is not None:
+        errors.append(_report("modalkit_django.W004", "MODALKIT['WORKER']['REQUEUE_AFTER_SECONDS'] has no effect."))
     return errors
 
 

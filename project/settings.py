@@ -193,9 +193,9 @@ MODALKIT = {
     "PIPELINE": "project.sentiment.SentimentPipeline",
     "DEFAULT_MODEL": "sentiment",
     "BROKER": {"URL": os.environ.get("BROKER_URL") or None},
-    # The in-process broker loses its messages when the server restarts (runserver
-    # reloads on every code change): have the sweep resume such jobs within a minute.
-    "WORKER": {} if os.environ.get("BROKER_URL") else {"REQUEUE_AFTER_SECONDS": 30, "LEASE_SECONDS": 60},
+    # The in-process broker's worker runs in this process: a job it held when the server
+    # restarted (runserver reloads on every code change) is reclaimed after its lease.
+    "WORKER": {} if os.environ.get("BROKER_URL") else {"LEASE_SECONDS": 60},
     "QUEUES": {
         "memory": {"BACKEND": "modalkit_django.queues.memory.MemoryBackend"},
     },

@@ -94,6 +94,14 @@ def test_e010_a_heartbeat_slower_than_half_the_lease() -> None:
     assert ids_with(WORKER={"LEASE_SECONDS": 10, "HEARTBEAT_SECONDS": 5}) == []
 
 
+def test_w004_requeue_after_seconds_is_accepted_and_said_to_do_nothing() -> None:
+    worker = {**settings.MODALKIT["WORKER"], "REQUEUE_AFTER_SECONDS": 120}
+    with override_settings(MODALKIT={**settings.MODALKIT, "WORKER": worker}):
+        messages = check_modalkit()
+    assert [(message.id, message.level) for message in messages] == [("modalkit_django.W004", checks.WARNING)]
+    assert "POLL_INTERVAL_SECONDS" in (messages[0].hint or "")
+
+
 def test_w001_a_backend_named_by_a_path_that_moved_still_works() -> None:
     old = {"BACKEND": "modalkit_django.inference.local.LocalBackend"}
     with override_settings(MODALKIT={**settings.MODALKIT, "INFERENCE": old}):

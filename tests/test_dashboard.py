@@ -230,20 +230,23 @@ def test_an_unknown_window_is_a_400_and_viewing_needs_the_job_permission(admin_c
 
 def test_scheduled_jobs_are_counted_apart_and_never_the_oldest_queued() -> None:
     seed()
-    # Submitted to run in an hour (queued_at is its run_after), and one backing off for a minute.
-    job(JobStatus.QUEUED, queued_at=NOW + dt.timedelta(hours=1), run_after=NOW + dt.timedelta(hours=1))
-    job(JobStatus.QUEUED, queued_at=ago(minutes=50), run_after=NOW + dt.timedelta(minutes=1), model="vision")
-    # Backed off, and due again: it waits, and counts from when it was queued.
-    job(JobStatus.QUEUED, queued_at=ago(minutes=45), run_after=ago(seconds=5))
+    # Due later by the database's clock (the one workers claim by): submitted to run in an
+    # hour, and one backing off for a minute (its queued_at is when it is due again).
+    later, soon = timezone.now() + dt.timedelta(hours=1), timezone.now() + dt.timedelta(minutes=1)
+    job(JobStatus.QUEUED, queued_at=later, run_after=later)
+    job(JobStatus.QUEUED, queued_at=soon, run_after=soon, model="vision")
+    # Backed off, and due again: it waits, and counts from when it became due.
+    job(JobStatus.QUEUED, queued_at=ago(minutes=45), run_after=ago(minutes=45))
     numbers = dashboard_numbers(HOUR, now=NOW)
     assert numbers.jobs_by_status["queued"] == 3 and numbers.jobs_by_status["scheduled"] == 2
     assert numbers.jobs["vision"] == {"queued": 1, "scheduled": 1, "failed": 1}
     assert numbers.oldest_queued_seconds == 45 * 60
-    assert numbers.next_due_at == NOW + dt.timedelta(minutes=1)
+    assert numbers.next_due_at == soon
 
 
 def test_only_scheduled_jobs_is_nothing_waiting() -> None:
-    job(JobStatus.QUEUED, queued_at=NOW + dt.timedelta(hours=1), run_after=NOW + dt.timedelta(hours=1))
+    later = timezone.now() + dt.timedelta(hours=1)
+    job(JobStatus.QUEUED, queued_at=later, run_after=later)
     numbers = dashboard_numbers(HOUR, now=NOW)
     assert numbers.oldest_queued_at is None and numbers.oldest_queued_seconds is None
     assert (numbers.jobs_by_status["queued"], numbers.jobs_by_status["scheduled"]) == (0, 1)
