@@ -10,7 +10,7 @@ from django.test import override_settings
 
 import modalkit_django
 from modalkit_django.conf import get_settings
-from modalkit_django.models import Job, QueueDelivery, SendResult, SweepState
+from modalkit_django.models import Job, JobOutput, QueueDelivery, SendResult, SweepState
 from modalkit_django.worker import engine, sweeper
 
 OUTPUT = {"status": "success", "sentiment": "positive", "confidence": 0.9}
@@ -41,6 +41,14 @@ def claim_one(job: Job) -> Job:
 def finish(results: Sequence[tuple[Job, Any]]) -> list[QueueDelivery]:
     """Finish claimed jobs and insert their deliveries, as a worker does after inference."""
     return engine._store(*engine._settle(list(results), sending=True))
+
+
+def give_outputs(job: Job, outputs: list[dict[str, Any]], *, using: str = "default") -> None:
+    """As a streaming pipeline's reports would: these partial outputs in the job's current run."""
+    runs = Job.objects.using(using).values_list("runs", flat=True).get(id=job.id)
+    rows = (JobOutput(job_id=job.id, run=runs, seq=n, output=output) for n, output in enumerate(outputs))
+    JobOutput.objects.using(using).bulk_create(rows)
+    Job.objects.using(using).filter(id=job.id).update(output_count=len(outputs))
 
 
 def record(results: Sequence[SendResult]) -> None:

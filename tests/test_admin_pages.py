@@ -15,6 +15,7 @@ from django.utils import timezone
 from modalkit_django.conf import get_settings
 from modalkit_django.models import Batch, Job, WorkerHeartbeat
 
+from . import flow
 from .test_admin_scale import make_jobs
 
 pytestmark = pytest.mark.django_db
@@ -56,7 +57,7 @@ def test_workers_are_live_stopped_or_dead(admin_client: Client) -> None:
 
 def test_job_progress_bar_and_partial_outputs(admin_client: Client) -> None:
     [job] = make_jobs(1, status="running", priority=Job.Priority.HIGH, progress=0.42, progress_message="tokens <b>")
-    Job.objects.filter(pk=job.pk).update(partial_outputs=[{"text": "<i>Once</i>"}, {"text": "upon"}])
+    flow.give_outputs(job, [{"text": "<i>Once</i>"}, {"text": "upon"}])
     page = admin_client.get(reverse("admin:modalkit_django_job_changelist")).content.decode()
     # In the run column: how far it got, with its message (escaped) and how long it has run.
     assert '<progress class="modalkit-progress" value="42" max="100" title="tokens &lt;b&gt;; running for ' in page

@@ -59,7 +59,8 @@ async def _stream(client: AsyncClient, path: str, **headers: str) -> tuple[int, 
 @pytest.mark.django_db(transaction=True)
 def test_a_finished_jobs_stream_replays_its_outputs_then_ends(run_async: Any, api_key: str, user: Any) -> None:
     job = flow.claim_one(modalkit_django.submit_job(message={"text": "good"}, owner=user))
-    Job.objects.filter(id=job.id).update(progress=1.0, progress_message="done", partial_outputs=[{"n": 0}, {"n": 1}])
+    Job.objects.filter(id=job.id).update(progress=1.0, progress_message="done")
+    flow.give_outputs(job, [{"n": 0}, {"n": 1}])
     flow.finish([(job, flow.OUTPUT)])
     client = AsyncClient()
     client.auth = {"Authorization": f"Bearer {api_key}"}  # type: ignore[attr-defined]
@@ -68,20 +69,28 @@ def test_a_finished_jobs_stream_replays_its_outputs_then_ends(run_async: Any, ap
     assert (status, response["Content-Type"]) == (200, "text/event-stream")
     assert [event["event"] for event in events] == ["status", "progress", "output", "output", "end"]
     assert events[1]["data"] == {"progress": 1.0, "message": "done"}
+    attempt = job.runs
     assert [(event["id"], event["data"]) for event in events[2:4]] == [
-        ("0", {"index": 0, "output": {"n": 0}}),
-        ("1", {"index": 1, "output": {"n": 1}}),
+        (f"{attempt}:0", {"attempt": attempt, "index": 0, "output": {"n": 0}}),
+        (f"{attempt}:1", {"attempt": attempt, "index": 1, "output": {"n": 1}}),
     ]
-    assert events[-1]["data"] == {"status": "succeeded", "result": flow.OUTPUT, "error": None}
+    assert events[-1]["data"] == {"status": "succeeded", "attempt": attempt, "result": flow.OUTPUT, "error": None}
 
     # Reconnecting after output 0: the rest only, never output 0 again.
-    _, resumed, _ = run_async(_stream, client, f"/api/jobs/{job.id}/events", **{"Last-Event-ID": "0"})
-    assert [event.get("id") for event in resumed if event["event"] == "output"] == ["1"]
+    _, resumed, _ = run_async(_stream, client, f"/api/jobs/{job.id}/events", **{"Last-Event-ID": f"{attempt}:0"})
+    assert [event.get("id") for event in resumed if event["event"] == "output"] == [f"{attempt}:1"]
     assert resumed[-1]["event"] == "end"
+    # Reconnecting with an id of another attempt (or a bare index, from an earlier version):
+    # a reset, then this attempt's outputs from the first.
+    for last_seen in (f"{attempt - 1}:5", "5"):
+        _, other, _ = run_async(_stream, client, f"/api/jobs/{job.id}/events", **{"Last-Event-ID": last_seen})
+        kinds = [event["event"] for event in other]
+        assert kinds == ["reset", "status", "progress", "output", "output", "end"]
+        assert other[0]["data"] == {"attempt": attempt}
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_stream_is_the_owners_and_takes_a_numeric_last_event_id(
+def test_the_stream_is_the_owners_and_takes_an_attempt_and_index_as_last_event_id(
     run_async: Any, api_key: str, other_user: Any
 ) -> None:
     theirs = modalkit_django.submit_job(message={"text": "good"}, owner=other_user)
@@ -99,13 +108,18 @@ def test_watchers_of_a_job_share_one_poll_and_leave_it_when_they_end(run_async: 
     job = modalkit_django.submit_job(message={"text": "good"}, owner=user)
 
     async def watch_three() -> tuple[list[int], list[bytes], int]:
-        streams = [events._events(job.id, 0) for _ in range(3)]
-        firsts = [await anext(stream) + await anext(stream) for stream in streams]  # retry:, then status
+        streams = [events._events(job.id, None, 0) for _ in range(3)]
+        firsts = [await anext(stream) for stream in streams]  # retry: and status, read at once
+
+        async def rest(stream: Any) -> bytes:
+            return b"".join([chunk async for chunk in stream])
+
+        ends = [asyncio.ensure_future(rest(stream)) for stream in streams]  # watching, from now on
+        await asyncio.sleep(0.2)
         poller = watch._pollers[asyncio.get_running_loop()]
         shared = [watched.watchers for watched in poller.jobs.values()]
         await asyncio.to_thread(cancel_in_own_thread, str(job.id))
-        ends = [b"".join([chunk async for chunk in stream]) for stream in streams]
-        return shared, firsts + ends, len(poller.jobs)
+        return shared, firsts + list(await asyncio.gather(*ends)), len(poller.jobs)
 
     shared, frames, left = run_async(watch_three)
     assert shared == [3]  # one watched job, three watchers: one query per poll for all of them
@@ -118,29 +132,29 @@ def test_watchers_of_a_job_share_one_poll_and_leave_it_when_they_end(run_async: 
 def test_under_wsgi_the_answer_is_the_jobs_events_now_and_the_client_reconnects(api: Any, user: Any) -> None:
     """Django's WSGI handler would buffer a stream whole: one snapshot instead, then EventSource retries."""
     job = flow.claim_one(modalkit_django.submit_job(message={"text": "good"}, owner=user))
-    Job.objects.filter(id=job.id).update(progress=0.5, progress_message="half", partial_outputs=[{"n": 0}, {"n": 1}])
+    Job.objects.filter(id=job.id).update(progress=0.5, progress_message="half")
+    flow.give_outputs(job, [{"n": 0}, {"n": 1}])
 
-    response = api.get(f"/api/jobs/{job.id}/events", headers={"Last-Event-ID": "0"})
+    response = api.get(f"/api/jobs/{job.id}/events", headers={"Last-Event-ID": f"{job.runs}:0"})
     assert (response.status_code, response["Content-Type"]) == (200, "text/event-stream")
     text = response.content.decode()
-    assert text.startswith("retry: 1000")
+    assert text.startswith("retry: 1000\nevent: status")  # in the first event's block, not one of its own
     events = list(parse(text.split("\n")))
     assert [(event["event"], event["data"]) for event in events] == [
-        ("status", {"status": "running"}),
+        ("status", {"status": "running", "attempt": job.runs}),
         ("progress", {"progress": 0.5, "message": "half"}),
-        ("output", {"index": 1, "output": {"n": 1}}),
+        ("output", {"attempt": job.runs, "index": 1, "output": {"n": 1}}),
     ]
 
 
 @pytest.mark.django_db(databases=["default", "embedded"])
 def test_the_poll_and_the_outputs_read_the_embedded_defaults_sqlite_too() -> None:
     # make run's database: found by trying the events stream on a fresh clone (a 503 then).
-    job = Job.objects.db_manager("embedded").create(
-        model_name="sentiment", message={"text": "good"}, progress=0.5, partial_outputs=[{"n": 0}, {"n": 1}]
-    )
+    job = Job.objects.db_manager("embedded").create(model_name="sentiment", message={"text": "good"}, progress=0.5)
+    flow.give_outputs(job, [{"n": 0}, {"n": 1}], using="embedded")
     [row] = watch.read_jobs([job.id], using="embedded").values()
     assert (row["status"], row["progress"], row["output_count"]) == ("queued", 0.5, 2)
-    assert events._outputs(job.id, 1, using="embedded") == [{"n": 1}]
+    assert events._outputs(job.id, 0, 1, using="embedded") == [{"n": 1}]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -185,7 +199,7 @@ def test_the_openapi_schema_declares_the_stream_and_the_progress_fields(api: Any
     operation = schema["paths"]["/api/jobs/{job_id}/events"]["get"]
     stream = operation["responses"]["200"]["content"]["text/event-stream"]
     kinds = [item["properties"]["event"]["const"] for item in stream["itemSchema"]["oneOf"]]
-    assert kinds == ["status", "progress", "output", "end"]
+    assert kinds == ["status", "progress", "output", "reset", "end"]
     assert "Last-Event-ID" in [parameter["name"] for parameter in operation["parameters"]]
     job = schema["components"]["schemas"]["Job"]["properties"]
     assert {"progress", "progress_message", "partial_outputs"} <= set(job)

@@ -78,7 +78,8 @@ def test_a_running_jobs_progress_streams_in_order_and_shows_in_get_job(
                 if event["event"] == "end":
                     break
         # Reconnecting with the last output's id: no output again, straight to the end.
-        with client.stream("GET", f"/api/jobs/{job_id}/events", headers={"Last-Event-ID": "2"}) as response:
+        last_id = [event["id"] for event in events if event["event"] == "output"][-1]
+        with client.stream("GET", f"/api/jobs/{job_id}/events", headers={"Last-Event-ID": last_id}) as response:
             resumed = list(parse(response.iter_lines()))
 
     assert (while_running["status"], while_running["progress"]) == ("running", 1.0)
@@ -88,7 +89,7 @@ def test_a_running_jobs_progress_streams_in_order_and_shows_in_get_job(
     assert statuses == ["queued", "running", "succeeded"]
     outputs = [event for event in events if event["event"] == "output"]
     assert [(event["id"], event["data"]["output"]) for event in outputs] == [
-        ("0", {"step": 1}), ("1", {"step": 2}), ("2", {"step": 3}),
+        ("1:0", {"step": 1}), ("1:1", {"step": 2}), ("1:2", {"step": 3}),
     ]  # fmt: skip
     progress = [event["data"]["progress"] for event in events if event["event"] == "progress"]
     assert progress == sorted(progress) and progress[-1] == 1.0

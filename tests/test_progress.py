@@ -10,12 +10,13 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import OperationalError
+from django.db.models import F
 from django.test import override_settings
 
 import modalkit_django
 from modalkit_django.clients import get_inference_backend
 from modalkit_django.inference.progress import Progress, is_streaming, run_stream
-from modalkit_django.models import Job
+from modalkit_django.models import Job, JobOutput
 from modalkit_django.models.jobs import ProgressReport
 from modalkit_django.worker import streaming
 from project.sentiment import SentimentPipeline
@@ -96,13 +97,17 @@ def test_reports_append_partial_outputs_and_keep_the_latest_progress() -> None:
     assert token is not None
     first = ProgressReport(job.id, progress=0.25, message="a", outputs=[{"n": 1}], reset=True)
     assert Job.objects.report_progress([first], token=token) == {job.id}
-    Job.objects.report_progress([ProgressReport(job.id, outputs=[{"n": 2}, {"n": 3}])], token=token)
+    Job.objects.report_progress([ProgressReport(job.id, outputs=[{"n": 2}, {"n": 3}], start=1)], token=token)
     job.refresh_from_db()
     assert (job.progress, job.progress_message, job.partial_outputs) == (0.25, "a", [{"n": 1}, {"n": 2}, {"n": 3}])
-    # A retry's first write starts again.
+    assert job.output_count == 3
+    # The job runs again (a retry: claimed anew): its first write starts again, and the
+    # earlier run's outputs are gone, not spliced before the new ones.
+    Job.objects.filter(id=job.id).update(runs=F("runs") + 1)
     Job.objects.report_progress([ProgressReport(job.id, outputs=[{"n": 9}], reset=True)], token=token)
     job.refresh_from_db()
-    assert (job.progress, job.progress_message, job.partial_outputs) == (None, "", [{"n": 9}])
+    assert (job.progress, job.progress_message, job.partial_outputs, job.output_count) == (None, "", [{"n": 9}], 1)
+    assert JobOutput.objects.filter(job=job).count() == 1  # each output one row, written once
 
 
 def test_reports_are_written_only_under_the_jobs_own_lease_while_it_runs() -> None:
@@ -128,7 +133,7 @@ def test_the_same_reports_on_sqlite() -> None:
     assert embedded.report_progress([], token=token) == set()
     first = ProgressReport(job.id, progress=0.25, message="a", outputs=[{"n": 1}], reset=True)
     assert embedded.report_progress([first, ProgressReport(other.id, progress=0.5)], token=token) == {job.id}
-    embedded.report_progress([ProgressReport(job.id, outputs=[{"n": 2}])], token=token)
+    embedded.report_progress([ProgressReport(job.id, outputs=[{"n": 2}], start=1)], token=token)
     assert embedded.report_progress([ProgressReport(job.id, progress=0.9)], token=uuid.uuid4()) == set()
     job.refresh_from_db()
     assert (job.progress, job.progress_message, job.partial_outputs) == (0.25, "a", [{"n": 1}, {"n": 2}])
@@ -253,7 +258,8 @@ def test_news_a_failed_write_carried_is_written_with_the_next(run_async: Any, st
     """The database away past run_db's retries for one write: nothing reported is lost."""
     job = flow.claim_one(modalkit_django.submit_job(message={"text": "steps 3 good"}))
     # What an earlier attempt left: the failed first write was to clear it.
-    Job.objects.filter(id=job.id).update(progress=0.3, partial_outputs=[{"stale": True}])
+    Job.objects.filter(id=job.id).update(progress=0.3)
+    JobOutput.objects.create(job=job, run=job.runs - 1, seq=0, output={"stale": True})
     calls: list[int] = []
 
     async def write(reports: list[ProgressReport], token: uuid.UUID) -> set[uuid.UUID]:
@@ -270,3 +276,4 @@ def test_news_a_failed_write_carried_is_written_with_the_next(run_async: Any, st
     assert prediction["sentiment"] == "positive" and len(calls) >= 2
     job.refresh_from_db()
     assert (job.progress, job.partial_outputs) == (1.0, [{"step": 1}, {"step": 2}, {"step": 3}])
+    assert not JobOutput.objects.filter(job=job, output={"stale": True}).exists()

@@ -66,7 +66,7 @@ class JobAdmin(ReadOnly, ScalableAdmin):
     search_help_text = "A job id, or a batch id for all its jobs."
     sortable_by = ["created"]
     list_select_related = ["owner"]
-    list_defer = ("message", "meta", "result", "error", "partial_outputs", "request_fingerprint")
+    list_defer = ("message", "meta", "result", "error", "request_fingerprint")
     inlines = [DeliveryInline]
     actions = ["cancel_jobs", "rerun_jobs"]
     fieldsets = [

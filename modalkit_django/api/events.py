@@ -3,23 +3,29 @@
 ::
 
     retry: 1000
-
     event: status
-    data: {"status": "running"}
+    data: {"status": "running", "attempt": 2}
 
     event: progress
     data: {"progress": 0.5, "message": "halfway"}
 
-    id: 0
+    id: 2:0
     event: output
-    data: {"index": 0, "output": {...}}
+    data: {"attempt": 2, "index": 0, "output": {...}}
+
+    event: reset
+    data: {"attempt": 3}
 
     event: end
-    data: {"status": "succeeded", "result": {...}, "error": null}
+    data: {"status": "succeeded", "attempt": 3, "result": {...}, "error": null}
 
-Only ``output`` events carry an ``id`` (the partial output's index), so a client that
-reconnects with ``Last-Event-ID`` gets the outputs after it, and the current status and
-progress again, never an output twice. The stream ends after ``end``, or after
+Partial outputs belong to one attempt (a run of the job: ``Job.runs``, re-runs included).
+When the job is run again (a retry after a transient error, a reclaimed lease, a re-run),
+a ``reset`` event says so: drop what the earlier attempt yielded, its outputs start again
+from index 0. Each ``output`` carries its attempt, in its data and in its ``id``
+(``attempt:index``), so a client that reconnects with ``Last-Event-ID`` gets the outputs
+after it in the same attempt, or a ``reset`` and the new attempt's from the first: never
+two attempts spliced, never an output twice. The stream ends after ``end``, or after
 ``MODALKIT["API"]["EVENTS_MAX_SECONDS"]`` (the client reconnects).
 
 The row is read by one poll per process for every watched job (:mod:`.watch`), on the
@@ -38,8 +44,7 @@ from typing import Any
 
 from django.core.handlers.asgi import ASGIRequest
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.models import F, Func, JSONField, Value
+from django.db import DEFAULT_DB_ALIAS
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from ninja import Router
@@ -47,7 +52,7 @@ from ninja.params import functions as param
 
 from ..conf import get_settings
 from ..jobs.queries import get_job
-from ..models import FINISHED_JOB_STATUSES, Job
+from ..models import FINISHED_JOB_STATUSES, Job, JobOutput
 from .auth import owner_of
 from .errors import http_errors
 from .schemas import ErrorOut
@@ -58,16 +63,19 @@ __all__ = ["KEEPALIVE_SECONDS", "add_event_routes"]
 
 # A comment this often on a quiet stream, so that proxies do not close it as idle.
 KEEPALIVE_SECONDS = 15.0
-# The largest index a JSON path can address (PostgreSQL's int4), less one.
-MAX_EVENT_ID = 2**31 - 2
+# Last-Event-ID as this stream writes it: ``attempt:index`` (a bare index, from a client of
+# an earlier version, is of an attempt it cannot name: the stream starts it again).
+EVENT_ID = r"^(\d{1,9}:)?-?\d{1,10}$"
 # What EventSource waits before reconnecting, in milliseconds.
 RETRY_MILLISECONDS = 1000
 
 _DESCRIPTION = """\
-`text/event-stream` until the job ends. Events: `status` `{"status"}`, `progress`
-`{"progress", "message"}`, `output` `{"index", "output"}` (a partial output; its `id` is
-`index`), and last `end` `{"status", "result", "error"}`. Send `Last-Event-ID` (the last
-`output` index you have) to resume without duplicates."""
+`text/event-stream` until the job ends. Events: `status` `{"status", "attempt"}`, `progress`
+`{"progress", "message"}`, `output` `{"attempt", "index", "output"}` (a partial output; its
+`id` is `attempt:index`), `reset` `{"attempt"}` (the job runs again: drop the outputs you
+have, the new attempt's start from index 0), and last `end` `{"status", "attempt", "result",
+"error"}`. Send `Last-Event-ID` (the `id` of the last `output` you have) to resume without
+duplicates and without two attempts' outputs spliced."""
 
 
 def _event(name: str, data: dict[str, Any], *, with_id: bool = False) -> dict[str, Any]:
@@ -77,25 +85,34 @@ def _event(name: str, data: dict[str, Any], *, with_id: bool = False) -> dict[st
         "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
     }
     if with_id:
-        properties["id"] = {"type": "string", "description": "The partial output's index."}
+        properties["id"] = {"type": "string", "description": "The partial output's attempt and index: `attempt:index`."}
     return {"type": "object", "required": ["event", "data"], "properties": properties}
 
 
 _NUMBER_OR_NULL = {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]}
 _OBJECT_OR_NULL = {"anyOf": [{"type": "object"}, {"type": "null"}]}
 _EVENTS = [
-    _event("status", {"type": "object", "properties": {"status": {"type": "string"}}}),
+    _event("status", {"type": "object", "properties": {"status": {"type": "string"}, "attempt": {"type": "integer"}}}),
     _event("progress", {"type": "object", "properties": {"progress": _NUMBER_OR_NULL, "message": {"type": "string"}}}),
     _event(
         "output",
-        {"type": "object", "properties": {"index": {"type": "integer"}, "output": {"type": "object"}}},
+        {
+            "type": "object",
+            "properties": {"attempt": {"type": "integer"}, "index": {"type": "integer"}, "output": {"type": "object"}},
+        },
         with_id=True,
     ),
+    _event("reset", {"type": "object", "properties": {"attempt": {"type": "integer"}}}),
     _event(
         "end",
         {
             "type": "object",
-            "properties": {"status": {"type": "string"}, "result": _OBJECT_OR_NULL, "error": _OBJECT_OR_NULL},
+            "properties": {
+                "status": {"type": "string"},
+                "attempt": {"type": "integer"},
+                "result": _OBJECT_OR_NULL,
+                "error": _OBJECT_OR_NULL,
+            },
         },
     ),
 ]
@@ -123,103 +140,126 @@ def add_event_routes(router: Router, common: dict[int, Any]) -> None:
     async def job_events(
         request: HttpRequest,
         job_id: str,
-        last_event_id: int | None = param.Header(
+        last_event_id: str | None = param.Header(
             None,
             alias="Last-Event-ID",
-            ge=-1,
-            le=MAX_EVENT_ID,
-            description="The index of the last partial output received.",
+            pattern=EVENT_ID,
+            description="The `id` of the last output received (`attempt:index`).",
         ),
     ) -> Any:
         with http_errors():
             job = await run_sync(get_job, job_id=job_id, owner=owner_of(request))
-        start = 0 if last_event_id is None else last_event_id + 1
+        resume = _resume_from(last_event_id)
         response: HttpResponseBase
         if isinstance(request, ASGIRequest):
-            response = StreamingHttpResponse(_events(job.id, start), content_type="text/event-stream")
+            response = StreamingHttpResponse(_events(job.id, *resume), content_type="text/event-stream")
         else:
-            response = HttpResponse(await _snapshot(job.id, start), content_type="text/event-stream")
+            response = HttpResponse(await _snapshot(job.id, *resume), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         # nginx would otherwise hold events back in its buffer.
         response["X-Accel-Buffering"] = "no"
         return response
 
 
-def _frame(event: str, data: Any, event_id: int | None = None) -> bytes:
+# The attempt of outputs a client has but cannot name (a bare index, from an earlier
+# version's stream): no attempt is numbered so, so the stream resets it.
+UNNAMED_ATTEMPT = -1
+
+
+def _resume_from(last_event_id: str | None) -> tuple[int | None, int]:
+    """The attempt whose outputs the client has, and the index of the next to send, from
+    ``Last-Event-ID``; ``None``: it has none (a first connection)."""
+    if last_event_id is None:
+        return None, 0
+    if ":" not in last_event_id:
+        return UNNAMED_ATTEMPT, 0
+    attempt, index = last_event_id.split(":")
+    return int(attempt), int(index) + 1
+
+
+def _frame(event: str, data: Any, event_id: str | None = None) -> bytes:
     lines = [] if event_id is None else [f"id: {event_id}"]
     lines += [f"event: {event}", f"data: {json.dumps(data, cls=DjangoJSONEncoder)}"]
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def _outputs(job_id: uuid.UUID, start: int, using: str = DEFAULT_DB_ALIAS) -> list[dict[str, Any]]:
-    """The job's partial outputs from index ``start`` on."""
-    jobs = Job.objects.using(using).filter(id=job_id)
-    if connections[using].vendor != "postgresql":
-        # The embedded default (SQLite) has no JSON path slices: the list, cut here.
-        return list(jobs.values_list("partial_outputs", flat=True).first() or [])[start:]
-    path = Value(f"$[{int(start)} to last]")
-    outputs = (
-        jobs.annotate(
-            new_outputs=Func(
-                F("partial_outputs"),
-                path,
-                function="jsonb_path_query_array",
-                template="%(function)s(%(expressions)s::jsonpath)",
-                output_field=JSONField(),
-            )
-        )
-        .values_list("new_outputs", flat=True)
-        .first()
-    )
-    return list(outputs or [])
+def _outputs(job_id: uuid.UUID, attempt: int, start: int, using: str = DEFAULT_DB_ALIAS) -> list[dict[str, Any]]:
+    """The job's partial outputs of ``attempt`` from index ``start`` on."""
+    rows = JobOutput.objects.using(using).filter(job_id=job_id, run=attempt, seq__gte=start)
+    return list(rows.order_by("seq").values_list("output", flat=True))
 
 
 def _outcome(job_id: uuid.UUID) -> dict[str, Any] | None:
-    outcome = Job.objects.filter(id=job_id).values("status", "result", "error").first()
-    return dict(outcome) if outcome is not None else None
+    outcome = Job.objects.filter(id=job_id).values("status", "runs", "result", "error").first()
+    if outcome is None:
+        return None
+    return {
+        "status": outcome["status"],
+        "attempt": outcome["runs"],
+        "result": outcome["result"],
+        "error": outcome["error"],
+    }
 
 
 class _Stream:
     """What one client has been sent: the frames for each new reading of its job's row."""
 
-    def __init__(self, job_id: uuid.UUID, start: int) -> None:
+    def __init__(self, job_id: uuid.UUID, attempt: int | None, start: int) -> None:
         self.job_id = job_id
-        self.start = start  # the next partial output's index
+        self.attempt = attempt  # whose outputs the client has (None: none it can name)
+        self.start = start  # the next partial output's index in that attempt
         # No progress event until the pipeline reports some.
         self.last: dict[str, Any] = {"progress": None, "progress_message": ""}
+        # The first frame carries the reconnection delay (a block of its own would read as
+        # an empty event to some clients).
+        self.prefix = f"retry: {RETRY_MILLISECONDS}\n".encode()
 
     async def frames(self, row: dict[str, Any] | None) -> tuple[bytes, bool]:
         """The frames that ``row`` calls for, and whether the stream is over."""
         if row is None:  # deleted meanwhile
-            return _frame("end", {"status": None, "result": None, "error": None}), True
+            return self._frame("end", {"status": None, "attempt": None, "result": None, "error": None}), True
         frames = []
-        if row["status"] != self.last.get("status"):
-            frames.append(_frame("status", {"status": row["status"]}))
+        if row["runs"] != self.attempt:
+            if self.attempt is not None:
+                # Outputs the client has are another attempt's: it drops them.
+                frames.append(self._frame("reset", {"attempt": row["runs"]}))
+            self.attempt, self.start = row["runs"], 0
+        if row["status"] != self.last.get("status") or row["runs"] != self.last.get("runs"):
+            frames.append(self._frame("status", {"status": row["status"], "attempt": row["runs"]}))
         if (row["progress"], row["progress_message"]) != (self.last.get("progress"), self.last.get("progress_message")):
-            frames.append(_frame("progress", {"progress": row["progress"], "message": row["progress_message"]}))
+            frames.append(self._frame("progress", {"progress": row["progress"], "message": row["progress_message"]}))
         self.last = row
         if (row["output_count"] or 0) > self.start:
-            # Read now, so possibly more than the poll counted: all are sent, once.
-            outputs = await run_sync(_outputs, self.job_id, self.start)
+            # Read now, so possibly more than the poll counted: all are sent, once. A read
+            # after the job ran again finds none of this attempt's: the next poll resets.
+            outputs = await run_sync(_outputs, self.job_id, self.attempt, self.start)
             for index, output in enumerate(outputs, self.start):
-                frames.append(_frame("output", {"index": index, "output": output}, event_id=index))
+                data = {"attempt": self.attempt, "index": index, "output": output}
+                frames.append(self._frame("output", data, event_id=f"{self.attempt}:{index}"))
             self.start += len(outputs)
         finished = row["status"] in FINISHED_JOB_STATUSES
         if finished:
-            frames.append(_frame("end", await run_sync(_outcome, self.job_id)))
+            frames.append(self._frame("end", await run_sync(_outcome, self.job_id)))
         return b"".join(frames), finished
 
+    def _frame(self, event: str, data: Any, event_id: str | None = None) -> bytes:
+        frame, self.prefix = self.prefix + _frame(event, data, event_id), b""
+        return frame
 
-_RETRY = f"retry: {RETRY_MILLISECONDS}\n\n".encode()
 
-
-async def _events(job_id: uuid.UUID, start: int) -> AsyncIterator[bytes]:
+async def _events(job_id: uuid.UUID, attempt: int | None, start: int) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     ends_at = loop.time() + get_settings().api.events_max_seconds
-    stream = _Stream(job_id, start)
-    yield _RETRY
+    stream = _Stream(job_id, attempt, start)
+    # The job as it is now, read at once: a reconnect to a job that already ended gets its
+    # end without waiting for the watchers' next poll.
+    rows = await run_sync(read_jobs, [job_id])
+    chunk, finished = await stream.frames(rows.get(job_id))
+    yield chunk
+    if finished:
+        return
     async with watching(job_id) as watched:
-        seen = 0
+        seen = watched.version
         while True:
             remaining = ends_at - loop.time()
             if remaining <= 0:
@@ -235,10 +275,10 @@ async def _events(job_id: uuid.UUID, start: int) -> AsyncIterator[bytes]:
                 return
 
 
-async def _snapshot(job_id: uuid.UUID, start: int) -> bytes:
+async def _snapshot(job_id: uuid.UUID, attempt: int | None, start: int) -> bytes:
     """Under WSGI, where a stream would hold a worker thread (and Django would buffer it
     whole): the events of the job as it is now, then the connection closes and EventSource
     reconnects after ``retry`` with ``Last-Event-ID``. Polling, in effect."""
     rows = await run_sync(read_jobs, [job_id])
-    chunk, _ = await _Stream(job_id, start).frames(rows.get(job_id))
-    return _RETRY + chunk
+    chunk, _ = await _Stream(job_id, attempt, start).frames(rows.get(job_id))
+    return chunk

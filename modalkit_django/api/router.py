@@ -43,7 +43,16 @@ __all__ = ["build_router"]
 _PAGE_CURSOR = param.Query(None, description="The `next` of the previous page.")
 
 
-def _job_out(job: Job) -> dict[str, Any]:
+def _read_job(job_id: str, owner: Any) -> tuple[Job, list[dict[str, Any]]]:
+    """The caller's job, and its current run's partial outputs."""
+    job = queries.get_job(job_id=job_id, owner=owner)
+    return job, job.partial_outputs
+
+
+def _job_out(job: Job, outputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A job as the API shows it, with ``outputs``, its partial outputs. A page of jobs
+    leaves them out (``None``: one more query each, up to megabytes of them); GET
+    /jobs/{id} has them."""
     return {
         "job_id": job.id,
         "model_name": job.model_name,
@@ -63,7 +72,8 @@ def _job_out(job: Job) -> dict[str, Any]:
         "deliveries": list(job.deliveries.all()),
         "progress": job.progress,
         "progress_message": job.progress_message,
-        "partial_outputs": job.partial_outputs,
+        "partial_outputs": outputs,
+        "partial_output_count": job.output_count,
     }
 
 
@@ -168,8 +178,8 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
     @router.get("/jobs/{job_id}", response={200: job_out, **common, 404: ErrorOut}, summary="A job's status and result")
     async def get_job(request: HttpRequest, job_id: str) -> Any:
         with http_errors():
-            job = await run_sync(queries.get_job, job_id=job_id, owner=owner_of(request))
-        return _job_out(job)
+            job, outputs = await run_sync(_read_job, job_id, owner_of(request))
+        return _job_out(job, outputs)
 
     @router.post(
         "/jobs/{job_id}/cancel",
@@ -177,14 +187,14 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         summary="Cancel a job that has not started, or one running on a Modal call",
     )
     async def cancel_job(request: HttpRequest, job_id: str) -> Any:
-        def cancel() -> Job:
+        def cancel() -> tuple[Job, list[dict[str, Any]]]:
             job = queries.get_job(job_id=job_id, owner=owner_of(request))
             control.cancel_job(job=job)
-            return queries.get_job(job_id=job_id, owner=owner_of(request))
+            return _read_job(job_id, owner_of(request))
 
         with http_errors():
-            job = await run_sync(cancel)
-        return _job_out(job)
+            job, outputs = await run_sync(cancel)
+        return _job_out(job, outputs)
 
     add_batch_routes(router, typed, job_out, _job_out)
     add_event_routes(router, common)

@@ -139,9 +139,11 @@ class _JobBase(Schema):
     deliveries: list[DeliveryOut]
     progress: float | None = Field(description="How far the running pipeline said it was, from 0 to 1.")
     progress_message: str = Field(description="What the pipeline said with its last progress.")
-    partial_outputs: list[dict[str, Any]] = Field(
-        description="What a streaming pipeline yielded so far, in order; GET /jobs/{id}/events streams them."
+    partial_outputs: list[dict[str, Any]] | None = Field(
+        description="What a streaming pipeline yielded so far in the job's current attempt, in order; "
+        "GET /jobs/{id}/events streams them. Null in a page of jobs (see partial_output_count)."
     )
+    partial_output_count: int = Field(description="How many partial outputs the current attempt has.")
 
     @field_validator("priority", mode="before")
     @classmethod

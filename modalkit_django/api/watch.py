@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError
-from django.db.models import F, Func, IntegerField
 
 from ..models import Job
 from .threads import run_sync
@@ -32,7 +31,7 @@ logger = logging.getLogger(__name__)
 # How often the watched jobs' rows are read.
 POLL_SECONDS = 0.5
 
-_FIELDS = ("id", "status", "progress", "progress_message", "output_count")
+_FIELDS = ("id", "status", "runs", "progress", "progress_message", "output_count")
 
 
 class Watched:
@@ -62,25 +61,9 @@ class Watched:
         return self.version > since
 
 
-class JsonArrayLength(Func):
-    """How many items a JSON array column holds, counted by the database."""
-
-    function = "jsonb_array_length"
-    output_field = IntegerField()
-
-    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
-        # The embedded default (SQLite) has no jsonb; its JSON1 function is json_array_length.
-        return self.as_sql(compiler, connection, function="json_array_length", **extra_context)
-
-
 def read_jobs(job_ids: list[uuid.UUID], using: str = DEFAULT_DB_ALIAS) -> dict[uuid.UUID, dict[str, Any]]:
-    """Each job's status, progress, message and number of partial outputs, by id."""
-    rows = (
-        Job.objects.using(using)
-        .filter(id__in=job_ids)
-        .annotate(output_count=JsonArrayLength(F("partial_outputs")))
-        .values(*_FIELDS)
-    )
+    """Each job's status, run, progress, message and its run's number of partial outputs, by id."""
+    rows = Job.objects.using(using).filter(id__in=job_ids).values(*_FIELDS)
     return {row.pop("id"): row for row in rows}
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Prefetch, Q
 from django.utils import timezone
 
 from ..conf import resolve_model
@@ -189,7 +189,8 @@ def list_batch_jobs(
     that is not one of its jobs.
     """
     batch = _owned_batch(batch_id, owner)
-    jobs = batch.jobs.prefetch_related("deliveries").order_by("created_at", "id")
+    deliveries = Prefetch("deliveries", queryset=QueueDelivery.objects.defer("payload"))
+    jobs = batch.jobs.prefetch_related(deliveries).order_by("created_at", "id")
     if status:
         jobs = jobs.filter(status=status)
     if after is not None:

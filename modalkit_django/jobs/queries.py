@@ -6,18 +6,21 @@ import uuid
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db.models import Q
+from django.db.models import Prefetch, Q
 
 from ..exceptions import JobNotFound
-from ..models import Job
+from ..models import Job, QueueDelivery
 
 __all__ = ["get_job", "list_jobs"]
+
+# What the API shows of a job's deliveries: never their payloads (up to megabytes each).
+_DELIVERIES = Prefetch("deliveries", queryset=QueueDelivery.objects.defer("payload"))
 
 
 def get_job(*, job_id: uuid.UUID | str, owner: Any) -> Job:
     """The caller's job with its deliveries; :class:`JobNotFound` for anyone else's."""
     try:
-        return Job.objects.for_owner(owner).prefetch_related("deliveries").get(id=job_id)
+        return Job.objects.for_owner(owner).prefetch_related(_DELIVERIES).get(id=job_id)
     except (Job.DoesNotExist, ValidationError) as exc:
         raise JobNotFound(job_id) from exc
 
@@ -34,7 +37,8 @@ def list_jobs(
 
     Returns the page and the job to pass as ``before`` for the next one (or ``None``).
     """
-    jobs = Job.objects.for_owner(owner).prefetch_related("deliveries").order_by("-created_at", "-id")
+    # A page shows no job's input (up to megabytes each).
+    jobs = Job.objects.for_owner(owner).defer("message").prefetch_related(_DELIVERIES).order_by("-created_at", "-id")
     if status:
         jobs = jobs.filter(status=status)
     if model_name:

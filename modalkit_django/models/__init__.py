@@ -9,7 +9,7 @@ every raw SQL statement is in :mod:`.sql`.
 
 from .batches import Batch
 from .deliveries import DeliveryPolicy, DeliveryQuerySet, QueueDelivery, SendResult
-from .jobs import Job, JobQuerySet, Prediction
+from .jobs import Job, JobOutput, JobQuerySet, Prediction
 from .keys import ApiKey
 from .states import FINISHED_JOB_STATUSES, JobPriority, JobStatus
 from .sweeps import SweepState
@@ -22,6 +22,7 @@ __all__ = [
     "DeliveryPolicy",
     "DeliveryQuerySet",
     "Job",
+    "JobOutput",
     "JobPriority",
     "JobQuerySet",
     "JobStatus",

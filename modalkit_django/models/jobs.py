@@ -46,7 +46,7 @@ from .validation import json_problem
 if TYPE_CHECKING:
     from .deliveries import QueueDelivery
 
-__all__ = ["Job", "JobQuerySet", "Prediction", "ProgressReport", "Settled"]
+__all__ = ["Job", "JobOutput", "JobQuerySet", "Prediction", "ProgressReport", "Settled"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ Prediction = dict[str, Any] | InferenceError
 
 WORKER_LOST = {"type": "WorkerLost", "message": "The worker running this job stopped before finishing it."}
 # Read by cancel: what the canceled jobs' failure messages carry, without what they do not.
-HEAVY_FIELDS = ("result", "partial_outputs")
+HEAVY_FIELDS = ("result",)
 CANCELED = {"type": "Canceled", "message": "The job was canceled before it ran."}
 CANCELED_RUNNING = {"type": "Canceled", "message": "The job was canceled while it ran; its Modal call was cancelled."}
 
@@ -79,13 +79,15 @@ class ProgressReport:
     """One job's news since the last write.
 
     ``progress``/``message`` of ``None`` leave the stored values alone; ``outputs`` are
-    appended; ``reset`` first clears what an earlier attempt stored.
+    appended to this run's, the first of them at index ``start``; ``reset`` first clears
+    what an earlier run stored (this run's first report).
     """
 
     job_id: uuid.UUID
     progress: float | None = None
     message: str | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    start: int = 0
     reset: bool = False
 
 
@@ -143,6 +145,7 @@ class JobQuerySet(models.QuerySet["Job"]):
                 status=JobStatus.RUNNING,
                 started_at=Now(),
                 attempts=F("attempts") + 1,
+                runs=F("runs") + 1,
                 lease_token=token,
                 lease_expires_at=Now() + dt.timedelta(seconds=lease_seconds),
             )
@@ -394,7 +397,11 @@ class JobQuerySet(models.QuerySet["Job"]):
         return held
 
     def report_progress(self, reports: Sequence[ProgressReport], *, token: uuid.UUID) -> set[uuid.UUID]:
-        """Write the reports of jobs still running under lease ``token``; return their ids."""
+        """Write the reports of jobs still running under lease ``token``; return their ids.
+
+        Partial outputs are rows of their own (:class:`JobOutput`), inserted: an output
+        written is never written again, whatever the length of the stream.
+        """
         if not reports:
             return set()
         if connections[self.db].vendor == "postgresql":
@@ -404,21 +411,24 @@ class JobQuerySet(models.QuerySet["Job"]):
                 id__in=[report.job_id for report in reports], status=JobStatus.RUNNING, lease_token=token
             )
             held = {job.id: job for job in jobs}
+            outputs = JobOutput._default_manager.using(self.db)
             for report in reports:
-                if (job := held.get(report.job_id)) is not None:
-                    _apply(job, report)
-                    job.save(update_fields=["progress", "progress_message", "partial_outputs"])
+                if (job := held.get(report.job_id)) is None:
+                    continue
+                if report.reset:
+                    job.progress, job.progress_message, job.output_count = None, "", 0
+                    outputs.filter(job_id=job.id).exclude(run=job.runs).delete()
+                if report.progress is not None:
+                    job.progress = report.progress
+                if report.message is not None:
+                    job.progress_message = report.message
+                outputs.bulk_create(
+                    JobOutput(job_id=job.id, run=job.runs, seq=report.start + index, output=output)
+                    for index, output in enumerate(report.outputs)
+                )
+                job.output_count += len(report.outputs)
+                job.save(update_fields=["progress", "progress_message", "output_count"])
         return set(held)
-
-
-def _apply(job: Job, report: ProgressReport) -> None:
-    if report.reset:
-        job.progress, job.progress_message, job.partial_outputs = None, "", []
-    if report.progress is not None:
-        job.progress = report.progress
-    if report.message is not None:
-        job.progress_message = report.message
-    job.partial_outputs = [*job.partial_outputs, *report.outputs]
 
 
 class Job(models.Model):
@@ -444,6 +454,9 @@ class Job(models.Model):
     error = models.JSONField(null=True, blank=True, help_text='{"type": ..., "message": ...}')
     attempts = models.PositiveIntegerField(default=0, help_text="Times a worker claimed this job.")
     reruns = models.PositiveIntegerField(default=0, help_text="Times an operator re-ran this job.")
+    # Never reset, unlike attempts (a re-run starts them again): what tells one run's
+    # partial outputs from another's.
+    runs = models.PositiveIntegerField(default=0, help_text="Times a worker claimed this job, re-runs included.")
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -472,7 +485,9 @@ class Job(models.Model):
     # What a running pipeline reported: progress from 0 to 1, and its partial outputs.
     progress = models.FloatField(null=True, blank=True)
     progress_message = models.CharField(max_length=255, blank=True)
-    partial_outputs = models.JSONField(default=list, blank=True)
+    # Partial outputs of the current run (``runs``): how many there are; each is a
+    # JobOutput row.
+    output_count = models.PositiveIntegerField(default=0)
     lease_token = models.UUIDField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     # The client's Idempotency-Key, and a hash of the request it came with.
@@ -551,6 +566,12 @@ class Job(models.Model):
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 
+    @property
+    def partial_outputs(self) -> list[dict[str, Any]]:
+        """What the pipeline yielded so far in this job's current run, in order (a query)."""
+        rows = JobOutput._default_manager.using(self._state.db).filter(job_id=self.id, run=self.runs)
+        return list(rows.order_by("seq").values_list("output", flat=True))
+
     def request(self) -> dict[str, Any]:
         """The async request as the client sent it (ModalKit's ``AsyncInputModel``)."""
         return {
@@ -583,3 +604,21 @@ class Job(models.Model):
         self.retry_delay = delay
         self.queued_at = self.run_after = now + dt.timedelta(seconds=delay)
         self.lease_token = self.lease_expires_at = None
+
+
+class JobOutput(models.Model):
+    """One partial output a streaming pipeline yielded in one run of its job: appended,
+    never rewritten; a new run's first report deletes the earlier runs'."""
+
+    id = models.BigAutoField(primary_key=True)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="outputs", db_index=False)
+    run = models.PositiveIntegerField(help_text="The job's runs when it was yielded.")
+    seq = models.PositiveIntegerField(help_text="Its index among its run's outputs.")
+    output = models.JSONField()
+
+    class Meta:
+        ordering = ["job", "run", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "run", "seq"], name="modalkit_joboutput_unique")]
+
+    def __str__(self) -> str:
+        return f"output {self.seq} of run {self.run} of job {self.job_id}"

@@ -63,6 +63,7 @@ def _claim_sql(job_model: type[models.Model], *, among_ids: bool) -> str:
         f'WITH picked AS (SELECT id FROM "{job}" WHERE {RUNNABLE} {among}'
         "ORDER BY priority DESC, queued_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
         f"UPDATE \"{job}\" SET status = 'running', started_at = statement_timestamp(), attempts = attempts + 1, "
+        "runs = runs + 1, "
         "lease_token = %(token)s, lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s) "
         # By primary key: ``id IN (SELECT …)`` was planned as a scan of the whole table.
         f"WHERE id = ANY(ARRAY(SELECT id FROM picked)) RETURNING {columns}"
@@ -306,29 +307,49 @@ def report_progress(
     job_model: type[Job], reports: Sequence[ProgressReport], *, token: uuid.UUID, using: str
 ) -> set[uuid.UUID]:
     """Write each report where its job still runs under lease ``token``; returns those ids.
-    Partial outputs are appended in the database (``jsonb || jsonb``): a write never sends
-    back what is already stored."""
+
+    One statement: the jobs' progress and count of outputs, and the new outputs inserted
+    as rows of their own, numbered in the job's current run (``runs``). A write never
+    sends back, or rewrites, what is already stored. A run's first report (``reset``)
+    clears the progress and deletes the earlier runs' outputs.
+    """
     table = job_model._meta.db_table
+    outputs_table = job_model._meta.get_field("outputs").related_model._meta.db_table  # type: ignore[union-attr]
     statement = (
-        f'UPDATE "{table}" AS j SET '
+        "WITH v AS (SELECT * FROM unnest(%(ids)b::uuid[], %(progress)b::float8[], %(message)b::text[], "
+        "%(reset)b::bool[], %(count)b::integer[]) AS v (id, progress, message, reset, count)), "
+        f'held AS (UPDATE "{table}" AS j SET '
         "progress = CASE WHEN v.reset THEN v.progress ELSE COALESCE(v.progress, j.progress) END, "
         "progress_message = CASE WHEN v.reset THEN COALESCE(v.message, '') "
         "ELSE COALESCE(v.message, j.progress_message) END, "
-        "partial_outputs = CASE WHEN v.reset THEN v.outputs::jsonb ELSE j.partial_outputs || v.outputs::jsonb END "
-        "FROM unnest(%s::uuid[], %s::float8[], %s::text[], %s::text[], %s::bool[]) "
-        "AS v(id, progress, message, outputs, reset) "
-        "WHERE j.id = v.id AND j.status = %s AND j.lease_token = %s RETURNING j.id"
+        "output_count = CASE WHEN v.reset THEN 0 ELSE j.output_count END + v.count "
+        "FROM v WHERE j.id = v.id AND j.status = 'running' AND j.lease_token = %(token)s "
+        "RETURNING j.id, j.runs, v.reset), "
+        f'gone AS (DELETE FROM "{outputs_table}" AS o USING held '
+        "WHERE held.reset AND o.job_id = held.id AND o.run <> held.runs), "
+        f'added AS (INSERT INTO "{outputs_table}" (job_id, run, seq, output) '
+        "SELECT n.job_id, held.runs, n.seq, n.output FROM unnest(%(output_jobs)b::uuid[], %(seqs)b::integer[], "
+        "%(outputs)b::jsonb[]) AS n (job_id, seq, output) JOIN held ON held.id = n.job_id) "
+        "SELECT id FROM held"
     )
-    params: list[Any] = [
-        [report.job_id for report in reports],
-        [report.progress for report in reports],
-        [report.message for report in reports],
-        [json.dumps(report.outputs) for report in reports],
-        [report.reset for report in reports],
-        JobStatus.RUNNING.value,
-        token,
+    outputs = [
+        (report.job_id, report.start + index, json.dumps(output))
+        for report in reports
+        for index, output in enumerate(report.outputs)
     ]
-    with connections[using].cursor() as cursor:
+    job_ids, seqs, encoded = _columns(outputs, 3)
+    params = {
+        "ids": [report.job_id for report in reports],
+        "progress": [report.progress for report in reports],
+        "message": [report.message for report in reports],
+        "reset": [report.reset for report in reports],
+        "count": [len(report.outputs) for report in reports],
+        "token": token,
+        "output_jobs": job_ids,
+        "seqs": seqs,
+        "outputs": encoded,
+    }
+    with _server_side_cursor(using) as cursor:
         cursor.execute(statement, params)
         return {row[0] for row in cursor.fetchall()}
 

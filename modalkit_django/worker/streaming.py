@@ -10,8 +10,10 @@
 A chatty generator (a token at a time) must not cost PostgreSQL a statement per token:
 the reporter keeps each job's latest progress and the partial outputs since its last
 write, and writes them for the whole batch at most every :data:`PROGRESS_WRITE_SECONDS`.
-Before the first event it clears what an earlier attempt of the job stored, so that a
-retried job's partial outputs start again from the first.
+The first write of a run clears what an earlier run of the job stored, and every output
+is numbered in its run (``Job.runs``), so that a client reading the stream of a retried or
+re-run job never gets two runs' outputs spliced (``GET /jobs/{id}/events`` says so with a
+``reset`` event).
 """
 
 from __future__ import annotations
@@ -130,7 +132,10 @@ class Reporter:
         """Keep one event for the next write; ``False`` once the job is no longer held."""
         if job_id in self.lost:
             return False
-        report = self.pending.setdefault(job_id, ProgressReport(job_id))
+        report = self.pending.get(job_id)
+        if report is None:
+            # Its outputs follow those already handed to a write.
+            report = self.pending[job_id] = ProgressReport(job_id, start=self.outputs[job_id])
         if event.get("type") == "progress":
             report.progress, report.message = float(event["progress"]), str(event.get("message", ""))
         elif event.get("type") == "output":
@@ -199,6 +204,7 @@ def _merged(earlier: ProgressReport, later: ProgressReport | None) -> ProgressRe
         return earlier
     return ProgressReport(
         earlier.job_id,
+        start=earlier.start,
         progress=later.progress if later.progress is not None else earlier.progress,
         message=later.message if later.message is not None else earlier.message,
         outputs=[*earlier.outputs, *later.outputs],
