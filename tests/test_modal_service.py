@@ -118,6 +118,46 @@ def test_a_cuda_error_stops_the_container_taking_inputs(service: Any, monkeypatc
     assert stopped == [True]
 
 
+def test_a_cuda_error_fails_the_whole_batch_once_without_running_its_inputs_again(
+    service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ModalKit's own test expects: one stop, and every input of the batch failed. An
+    ordinary error would rerun each input alone; on a GPU after a CUDA error, never."""
+    stopped: list[bool] = []
+    calls: list[int] = []
+    monkeypatch.setattr(modal.experimental, "stop_fetching_inputs", lambda: stopped.append(True))
+
+    def broken(input_list: Any) -> Any:
+        calls.append(len(input_list))
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(service.pipeline, "run_inference", broken)
+    outcomes = service.run_batch([{"text": "good"}, {"text": "fine"}, {"text": "great"}])
+    assert calls == [3]  # the batch once, no input alone after it
+    assert stopped == [True]
+    assert [(outcome["ok"], outcome["error"]["type"]) for outcome in outcomes] == [(False, "RuntimeError")] * 3
+
+
+def test_a_cuda_error_while_finding_a_bad_input_fails_the_rest_unrun(
+    service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(modal.experimental, "stop_fetching_inputs", lambda: None)
+    calls: list[int] = []
+
+    def flaky(input_list: Any) -> Any:
+        calls.append(len(input_list))
+        if len(calls) == 1:
+            raise ValueError("one bad input somewhere")  # an ordinary error: one at a time
+        if len(calls) == 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return [{"sentiment": "positive", "confidence": 1.0}]
+
+    monkeypatch.setattr(service.pipeline, "run_inference", flaky)
+    outcomes = service.run_batch([{"text": "a"}, {"text": "b"}, {"text": "c"}, {"text": "d"}])
+    assert calls == [4, 1, 1]  # the batch, the first alone, the second alone: then no more
+    assert [outcome["ok"] for outcome in outcomes] == [True, False, False, False]
+
+
 def test_other_errors_keep_the_container(service: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     stopped: list[bool] = []
     monkeypatch.setattr(modal.experimental, "stop_fetching_inputs", lambda: stopped.append(True))

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from .pipeline import InferencePipeline
 
-__all__ = ["DEFAULT_METHOD", "Outcome", "failure", "run_batch", "success", "to_outcome"]
+__all__ = ["DEFAULT_METHOD", "Outcome", "failure", "is_cuda_error", "run_batch", "success", "to_outcome"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,10 @@ def run_batch(
 ) -> list[Outcome]:
     """One outcome per message, in order.
 
-    ``on_exception`` sees every exception the pipeline raised (the Modal service
-    uses it to retire a container after a CUDA error).
+    A batch that raises is run again one input at a time, so that one bad input fails
+    only its own job; a CUDA error fails the whole batch at once instead (the GPU is not
+    to be trusted after one). ``on_exception`` sees every exception the pipeline raised
+    (the Modal service uses it to retire a container after a CUDA error).
     """
     outcomes: list[Outcome | None] = [None] * len(messages)
     valid: list[tuple[int, BaseModel]] = []
@@ -60,6 +62,11 @@ def run_batch(
     return [outcome for outcome in outcomes if outcome is not None]
 
 
+def is_cuda_error(exc: BaseException) -> bool:
+    """An error from the GPU itself: after one, the device is not to be trusted."""
+    return "CUDA error" in str(exc)
+
+
 def _infer(
     pipeline: InferencePipeline,
     inputs: list[BaseModel],
@@ -68,20 +75,38 @@ def _infer(
     if not inputs:
         return []
     try:
-        outputs = pipeline.run_inference(inputs)
-        if len(outputs) != len(inputs):
-            raise RuntimeError(
-                f"{type(pipeline).__name__}.run_inference returned {len(outputs)} outputs for {len(inputs)} inputs"
-            )
-        return [to_outcome(pipeline, output) for output in outputs]
+        return _run(pipeline, inputs)
     except Exception as exc:
         if on_exception is not None:
             on_exception(exc)
-        if len(inputs) == 1:
+        if len(inputs) == 1 or is_cuda_error(exc):
+            # After a CUDA error the GPU is not to be trusted, so nothing runs on it again:
+            # the whole batch fails, as ModalKit's does (and the container stops taking inputs).
+            logger.warning("Inference failed for %d inputs of %s", len(inputs), pipeline.model_name, exc_info=True)
+            return [failure(type(exc).__name__, str(exc)) for _ in inputs]
+    # An ordinary error: find the culprit, each input alone, so its batchmates still succeed.
+    outcomes: list[Outcome] = []
+    for index, item in enumerate(inputs):
+        try:
+            outcomes += _run(pipeline, [item])
+        except Exception as exc:
+            if on_exception is not None:
+                on_exception(exc)
             logger.warning("Inference failed for one input of %s", pipeline.model_name, exc_info=True)
-            return [failure(type(exc).__name__, str(exc))]
-        # Find the culprit: rerun each input alone so its batchmates still succeed.
-        return [outcome for item in inputs for outcome in _infer(pipeline, [item], on_exception)]
+            outcomes.append(failure(type(exc).__name__, str(exc)))
+            if is_cuda_error(exc):
+                outcomes += [failure(type(exc).__name__, str(exc)) for _ in inputs[index + 1 :]]
+                break
+    return outcomes
+
+
+def _run(pipeline: InferencePipeline, inputs: list[BaseModel]) -> list[Outcome]:
+    outputs = pipeline.run_inference(inputs)
+    if len(outputs) != len(inputs):
+        raise RuntimeError(
+            f"{type(pipeline).__name__}.run_inference returned {len(outputs)} outputs for {len(inputs)} inputs"
+        )
+    return [to_outcome(pipeline, output) for output in outputs]
 
 
 def to_outcome(pipeline: InferencePipeline, output: Any) -> Outcome:

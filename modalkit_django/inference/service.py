@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import modal
 import modal.experimental
 
-from .batch import DEFAULT_METHOD, Outcome, run_batch
+from .batch import DEFAULT_METHOD, Outcome, is_cuda_error, run_batch
 from .config import ModalkitConfig
 from .pipeline import InferencePipeline
 from .progress import Event, outcome_of, run_stream
@@ -99,7 +99,7 @@ class ModalService:
             outcome = outcome_of(event)
             if outcome is not None and not outcome.get("ok"):
                 error = outcome.get("error") or {}
-                if "CUDA error" in str(error.get("message", "")):
+                if is_cuda_error(RuntimeError(str(error.get("message", "")))):
                     self._on_exception(RuntimeError(str(error.get("message"))))
             yield event
 
@@ -123,6 +123,6 @@ class ModalService:
     def _on_exception(self, exc: Exception) -> None:
         # A CUDA error usually means a broken GPU: stop taking inputs so Modal
         # replaces this container, as ModalKit does.
-        if "CUDA error" in str(exc):
+        if is_cuda_error(exc):
             logger.error("CUDA error; this container stops taking inputs: %s", exc)
             modal.experimental.stop_fetching_inputs()
