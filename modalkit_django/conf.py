@@ -234,6 +234,14 @@ class WorkerSettings(_Setting):
         ge=0,
         description="Partial outputs a generator pipeline's job keeps; later ones are not stored.",
     )
+    # The job row, its queue message and every API answer carry the result: an unbounded
+    # one would be an unbounded statement, message and response.
+    max_result_bytes: int | None = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description="The largest model output a job stores (its JSON, in bytes); a larger one fails the job "
+        "with a clear error. Return a reference (a URL to object storage) for larger results. `None`: no bound.",
+    )
 
     @property
     def stale_after_seconds(self) -> float:

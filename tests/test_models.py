@@ -289,6 +289,18 @@ def test_unsent_delivery_ignores_sent_and_dead_ones() -> None:
     assert QueueDelivery.objects.unsent().filter(id=delivery.id).first() is None
 
 
+def test_an_output_over_max_result_bytes_fails_only_its_own_job_saying_why() -> None:
+    jobs = flow.claim([submit(failure_queue="e").id for _ in range(2)])
+    big = {"status": "success", "sentiment": "x" * 2000}
+    with with_modalkit(WORKER={"MAX_RESULT_BYTES": 1000}):
+        flow.finish([(jobs[0], OUTPUT), (jobs[1], big)])
+    small, large = (Job.objects.get(id=job.id) for job in jobs)
+    assert (small.status, small.result) == ("succeeded", OUTPUT)
+    assert (large.status, large.result, large.error["type"]) == ("failed", None, "PipelineError")
+    assert "over MODALKIT['WORKER']['MAX_RESULT_BYTES'] (1,000)" in large.error["message"]
+    assert large.deliveries.get().route == "failure"
+
+
 def test_an_output_the_database_refuses_fails_only_its_own_job() -> None:
     jobs = flow.claim([submit(failure_queue="e").id for _ in range(3)])
     outputs = [OUTPUT, {**OUTPUT, "note": "a\x00b"}, {**OUTPUT, "confidence": float("nan")}]

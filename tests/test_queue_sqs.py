@@ -116,6 +116,26 @@ def test_a_batch_over_the_size_limit_is_sent_one_by_one(run_async: Any, sqs: SQS
     run_async(backend.aclose)
 
 
+def test_a_message_over_sqs_limit_is_dead_at_once_saying_why(run_async: Any, sqs: SQSPeer) -> None:
+    """A failure message carries the request that failed: a large request makes one SQS
+    will never take. Said plainly, and not sent (nor retried) at all; its batchmates go."""
+    name = sqs.queue_name()
+    sqs.create_queue(name)
+    backend = SQSBackend("sqs", **sqs.options)
+    counter = CallCounter(backend.client)
+    request = {"message": {"text": "x" * 1_100_000}, "success_queue": "", "failure_queue": name, "meta": {}}
+    failure = QueueMessage("big", name, "failure", "j", {"status": "error", "original_message": request})
+    small = QueueMessage("small", name, "success", "k", {"n": 1})
+
+    big_outcome, small_outcome = run_async(backend.asend_many, [failure, small])
+
+    assert isinstance(big_outcome, PermanentDeliveryError)
+    assert "over SQS's limit of 1,048,576" in str(big_outcome) and "original_message" in str(big_outcome)
+    assert isinstance(small_outcome, str)
+    assert counter.calls == {"GetQueueUrl": 1, "SendMessage": 1}
+    run_async(backend.aclose)
+
+
 def test_the_queue_url_is_looked_up_once(run_async: Any, sqs: SQSPeer) -> None:
     name = sqs.queue_name()
     sqs.create_queue(name)

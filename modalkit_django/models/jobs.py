@@ -26,6 +26,7 @@ lease of the worker writing them.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -89,6 +90,21 @@ class ProgressReport:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     start: int = 0
     reset: bool = False
+
+
+def _storable(job: Job, output: dict[str, Any], max_bytes: int | None) -> Prediction:
+    """``output``, or why its job cannot store it. Its JSON is kept on the job
+    (``result_json``): the statement that stores it encodes it no second time."""
+    if problem := json_problem(output, max_depth=None):
+        return PipelineError(f"The model's output cannot be stored: it contains {problem}")
+    encoded = json.dumps(output)  # ASCII: one character, one byte
+    if max_bytes is not None and len(encoded) > max_bytes:
+        return PipelineError(
+            f"The model's output is {len(encoded):,} bytes, over MODALKIT['WORKER']['MAX_RESULT_BYTES'] "
+            f"({max_bytes:,}): return a reference (a URL to object storage) for a result that large"
+        )
+    job.result_json = encoded
+    return output
 
 
 class JobQuerySet(models.QuerySet["Job"]):
@@ -198,20 +214,26 @@ class JobQuerySet(models.QuerySet["Job"]):
         return self.store(settled, deliveries_for(settled.finished))
 
     def settle(
-        self, results: Sequence[tuple[Job, Prediction]], *, max_attempts: int, retry_backoff_seconds: float
+        self,
+        results: Sequence[tuple[Job, Prediction]],
+        *,
+        max_attempts: int,
+        retry_backoff_seconds: float,
+        max_result_bytes: int | None = None,
     ) -> Settled:
         """Set each claimed job's outcome on it, in memory (no query); see :meth:`finish`.
 
-        The times set here are this host's, for what the worker reports; :meth:`store`
-        writes the database's own (``now()``), which every later comparison uses.
+        An output the database would refuse, or larger than ``max_result_bytes`` (its
+        JSON), fails its own job, never its batch. The times set here are this host's, for
+        what the worker reports; :meth:`store` writes the database's own (``now()``), which
+        every later comparison uses.
         """
         now = timezone.now()
         tokens = [job.lease_token for job, _ in results]
         finished: list[Job] = []
         for job, prediction in results:
-            if not isinstance(prediction, InferenceError) and (problem := json_problem(prediction, max_depth=None)):
-                # One output the database refuses must not fail its whole batch.
-                prediction = PipelineError(f"The model's output cannot be stored: it contains {problem}")
+            if not isinstance(prediction, InferenceError):
+                prediction = _storable(job, prediction, max_result_bytes)
             if isinstance(prediction, InferenceError) and prediction.retryable and job.attempts < max_attempts:
                 job.requeue(now, prediction.as_dict(), delay=retry_backoff_seconds * 2 ** (job.attempts - 1))
                 job.modal_call_id = None  # that call ended: the next attempt makes a new one
@@ -504,6 +526,8 @@ class Job(models.Model):
     replayed = False
     # Not stored: seconds until a job settled back into the queue is due (its backoff).
     retry_delay = 0.0
+    # Not stored: the result's JSON, encoded once when the job was settled.
+    result_json: str | None = None
 
     class Meta:
         ordering = ["-created_at"]

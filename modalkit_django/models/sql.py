@@ -209,7 +209,7 @@ def finish(
     lease it was claimed under (``tokens``) still holds, and insert the deliveries of those
     jobs; returns their ids."""
     outcomes = [
-        (job.id, token, job.status, _json(job.result), _json(job.error), job.retry_delay)
+        (job.id, token, job.status, job.result_json or _json(job.result), _json(job.error), job.retry_delay)
         for job, token in zip(jobs, tokens, strict=True)
     ]
     rows = [

@@ -22,6 +22,7 @@ endpoint fails the attempt in seconds and the delivery's own backoff takes over.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections import defaultdict
@@ -40,6 +41,8 @@ __all__ = ["SQSBackend"]
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 10  # SendMessageBatch's limit
+# SQS's limit on a message: its body and attributes together (1 MiB since August 2025).
+MAX_MESSAGE_BYTES = 1_048_576
 
 # Error codes a retry cannot fix: the request itself is wrong. (SQS's JSON protocol
 # reports some under two names: "Code" and the older "QueryErrorCode".)
@@ -154,10 +157,19 @@ class SQSBackend(BatchQueueBackend):
             url = self._queue_url(queue_name)
         except (BotoCoreError, ClientError) as exc:
             return [self._error(exc, queue_name)] * len(messages)
-        results: list[str | BaseException] = []
-        for start in range(0, len(messages), BATCH_SIZE):
-            results += self._send_chunk(url, queue_name, messages[start : start + BATCH_SIZE])
-        return results
+        results: dict[int, str | BaseException] = {}
+        fitting = []
+        for index, message in enumerate(messages):
+            if (size := _size(message)) > MAX_MESSAGE_BYTES:
+                results[index] = PermanentDeliveryError(
+                    _too_big(message, size), alias=self.alias, queue_name=queue_name
+                )
+            else:
+                fitting.append(index)
+        for start in range(0, len(fitting), BATCH_SIZE):
+            chunk = fitting[start : start + BATCH_SIZE]
+            results.update(zip(chunk, self._send_chunk(url, queue_name, [messages[i] for i in chunk]), strict=True))
+        return [results[index] for index in range(len(messages))]
 
     def _queue_url(self, queue_name: str) -> str:
         url = self._queue_urls.get(queue_name)
@@ -205,12 +217,7 @@ class SQSBackend(BatchQueueBackend):
         entry: dict[str, Any] = {
             "MessageBody": message.body(),
             "MessageAttributes": {
-                name: {"DataType": "String", "StringValue": value}
-                for name, value in (
-                    ("job_id", message.job_id),
-                    ("route", message.route),
-                    ("message_id", message.message_id),
-                )
+                name: {"DataType": "String", "StringValue": value} for name, value in _attributes(message)
             },
         }
         if _is_fifo(message.queue_name):
@@ -228,6 +235,29 @@ class SQSBackend(BatchQueueBackend):
         error = error_class(f"SQS {queue_name!r}: {exc}", alias=self.alias, queue_name=queue_name)
         error.__cause__ = exc
         return error
+
+
+def _size(message: QueueMessage) -> int:
+    """What SQS counts against its limit: the body, and each attribute's name, type and value."""
+    attributes = sum(len(name) + len("String") + len(value) for name, value in _attributes(message))
+    return len(message.body().encode()) + attributes
+
+
+def _attributes(message: QueueMessage) -> list[tuple[str, str]]:
+    return [("job_id", message.job_id), ("route", message.route), ("message_id", message.message_id)]
+
+
+def _too_big(message: QueueMessage, size: int) -> str:
+    """Why SQS will never take ``message``, and what makes it that big."""
+    text = f"The message is {size:,} bytes, over SQS's limit of {MAX_MESSAGE_BYTES:,}"
+    request = message.payload.get("original_message")
+    if request is not None:
+        text += (
+            f"; as a failure message it carries the request that failed (original_message, "
+            f"{len(json.dumps(request)):,} bytes): send failures of large requests to a queue without this "
+            "limit (Redis, a webhook), or keep requests under it"
+        )
+    return text + "."
 
 
 def _codes(exc: ClientError) -> set[str]:

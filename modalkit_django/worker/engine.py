@@ -78,7 +78,10 @@ def _settle(results: list[tuple[Job, Prediction]], *, sending: bool) -> tuple[Se
     worker makes the first attempts (else they are due at once, for the delivery loops)."""
     worker = get_settings().worker
     settled = Job.objects.settle(
-        results, max_attempts=worker.max_attempts, retry_backoff_seconds=worker.retry_backoff_seconds
+        results,
+        max_attempts=worker.max_attempts,
+        retry_backoff_seconds=worker.retry_backoff_seconds,
+        max_result_bytes=worker.max_result_bytes,
     )
     return settled, deliveries_for(settled.finished, timezone.now(), sent_by_caller=sending)
 
