@@ -13,6 +13,7 @@ from modalkit_django.exceptions import (
     JobNotFound,
     PermanentDeliveryError,
 )
+from modalkit_django.jobs import control
 from modalkit_django.jobs import submit as submit_module
 from modalkit_django.models import Job, QueueDelivery, SendResult
 
@@ -105,3 +106,23 @@ def test_a_concurrent_duplicate_idempotency_key_returns_the_winner(
     assert len(lookups) == 2  # the insert failed and the second lookup found the winner
     assert (replay.id, replay.replayed) == (winner.id, True)
     assert Job.objects.count() == 1
+
+
+def test_bulk_actions_commit_and_wake_workers_a_chunk_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, recording_waker: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """A selection of any size: one transaction and one wake-up per chunk, workers start on
+    the first while the next is changed; the rows left alone are counted by their status."""
+    monkeypatch.setattr(control, "CHUNK", 3)
+    finished = [claim_one(submit()) for _ in range(7)]
+    flow.finish([(job, OUTPUT) for job in finished])
+    waiting = submit()
+    with django_capture_on_commit_callbacks(execute=True):
+        result = modalkit_django.rerun_jobs(Job.objects.all())
+    assert (result.done, result.left_alone) == (7, {"queued": 1})
+    assert [len(ids) for ids in recording_waker.jobs] == [3, 3, 1]
+    assert waiting.id not in {job_id for ids in recording_waker.jobs for job_id in ids}
+    with django_capture_on_commit_callbacks(execute=True):
+        result = modalkit_django.cancel_jobs(Job.objects.all())
+    assert (result.done, result.left_alone) == (8, {})
+    assert set(Job.objects.values_list("status", flat=True)) == {"canceled"}

@@ -1,17 +1,21 @@
 """Steering jobs and deliveries: cancel, re-run, redeliver, one row or a whole selection.
 
 Views, admin actions and management commands call these; each works set-based on a
-QuerySet, and wakes workers through :mod:`.wakeups` once its transaction commits.
+QuerySet, :data:`CHUNK` rows per transaction, and wakes workers through :mod:`.wakeups`
+once each chunk commits: one wake-up per chunk, and any worker with room claims them.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from ..clients import cancel_calls
@@ -32,6 +36,12 @@ __all__ = [
 ]
 
 
+# Rows per transaction of a bulk action: each chunk commits (and wakes workers) on its own,
+# so a selection of a million rows never holds a million locks, or one transaction open
+# for minutes, and workers start on the first chunk while the next is being changed.
+CHUNK = 1000
+
+
 @dataclass(frozen=True)
 class BulkResult:
     """What a bulk action did: how many rows it changed, and the rest by status."""
@@ -40,19 +50,48 @@ class BulkResult:
     left_alone: dict[str, int]
 
 
+def _chunks(selection: QuerySet[Any]) -> Iterator[list[tuple[uuid.UUID, str]]]:
+    """The selection's (id, status), ``CHUNK`` at a time, in id order: a keyset walk that
+    reads ids and statuses only, never the rows' JSON."""
+    after: uuid.UUID | None = None
+    while True:
+        page = selection.order_by("id")
+        if after is not None:
+            page = page.filter(id__gt=after)
+        rows = list(page.values_list("id", "status")[:CHUNK])
+        if not rows:
+            return
+        yield rows
+        after = rows[-1][0]
+
+
+def _act(selection: QuerySet[Any], act: Callable[[list[uuid.UUID]], list[uuid.UUID]]) -> BulkResult:
+    """``act`` on each chunk of the selection in a transaction of its own; what changed, and
+    the rest by the status they had."""
+    done, left_alone = 0, Counter[str]()
+    for rows in _chunks(selection):
+        with transaction.atomic():
+            changed = set(act([row_id for row_id, _ in rows]))
+        done += len(changed)
+        left_alone.update(status for row_id, status in rows if row_id not in changed)
+    return BulkResult(done=done, left_alone=dict(left_alone))
+
+
 def cancel_jobs(jobs: JobQuerySet) -> BulkResult:
     """Cancel the queued jobs among ``jobs``, and the running ones on a known Modal call
     (which is cancelled once the transaction commits); their failure queues hear about it."""
-    with transaction.atomic():
-        canceled = jobs.cancel()
-        # Sent by the wake-up below; the sweep steps in only if that never happens.
+
+    def cancel(ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        canceled = Job.objects.filter(id__in=ids).cancel()
+        # Sent by the wake-up below; the delivery loops step in only if that never happens.
         deliveries = QueueDelivery.objects.bulk_create(deliveries_for(canceled, timezone.now(), sent_by_caller=True))
         transaction.on_commit(partial(get_waker().wake_deliveries, [delivery.id for delivery in deliveries]))
-        call_ids = [job.modal_call_id for job in canceled if job.modal_call_id]
-        if call_ids:
+        if call_ids := [job.modal_call_id for job in canceled if job.modal_call_id]:
             # Bounded (the backend's cancel_timeout): a slow Modal does not hold the request long.
             transaction.on_commit(partial(cancel_calls, call_ids))
-    return _bulk_result(jobs, [job.id for job in canceled])
+        return [job.id for job in canceled]
+
+    return _act(jobs, cancel)
 
 
 def cancel_job(*, job: Job) -> Job:
@@ -66,10 +105,13 @@ def cancel_job(*, job: Job) -> Job:
 
 def rerun_jobs(jobs: JobQuerySet) -> BulkResult:
     """Run the finished jobs among ``jobs`` again, each as a new generation with fresh deliveries."""
-    with transaction.atomic():
-        ids = jobs.rerun()
-        transaction.on_commit(partial(get_waker().wake_jobs, ids))
-    return _bulk_result(jobs, ids)
+
+    def rerun(ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        again = Job.objects.filter(id__in=ids).rerun()
+        transaction.on_commit(partial(get_waker().wake_jobs, again))
+        return again
+
+    return _act(jobs, rerun)
 
 
 def rerun_job(*, job: Job) -> Job:
@@ -80,17 +122,16 @@ def rerun_job(*, job: Job) -> Job:
     return Job.objects.get(id=job.id)
 
 
-def _bulk_result(jobs: QuerySet[Job], changed: list[uuid.UUID]) -> BulkResult:
-    left_alone = jobs.exclude(id__in=changed).order_by().values_list("status").annotate(n=Count("id"))
-    return BulkResult(done=len(changed), left_alone=dict(left_alone))
-
-
 def redeliver_deliveries(deliveries: DeliveryQuerySet) -> int:
     """Send these deliveries' stored payloads again, whatever their status; how many."""
-    with transaction.atomic():
-        ids = deliveries.redeliver(claim_seconds=get_settings().delivery.claim_seconds)
-        transaction.on_commit(partial(get_waker().wake_deliveries, ids))
-    return len(ids)
+    claim_seconds = get_settings().delivery.claim_seconds
+
+    def redeliver(ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        again = QueueDelivery.objects.filter(id__in=ids).redeliver(claim_seconds=claim_seconds)
+        transaction.on_commit(partial(get_waker().wake_deliveries, again))
+        return again
+
+    return _act(deliveries, redeliver).done
 
 
 def redeliver(*, delivery: QueueDelivery) -> QueueDelivery:
