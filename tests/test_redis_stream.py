@@ -295,3 +295,35 @@ def test_a_malformed_wake_up_is_passed_on_as_it_came(private_redis: PrivateRedis
     *malformed, good = asyncio.run(scenario())
     assert sorted(malformed) == sorted(bad)
     assert stream.formatter.loads(good).args == ["id-0"]
+
+
+def test_an_entry_a_live_consumer_holds_past_the_idle_timeout_is_never_taken_over(private_redis: PrivateRedis) -> None:
+    """A task slower than ``idle_timeout`` (a TaskIQ consumer of yours, a long inference):
+    its consumer keeps the entry claimed while it runs, so no other runs it a second time."""
+    options = {"xread_block": 100, "idle_timeout": 600, "reclaim_interval": 0.1}
+    slow = RedisStreamBroker(private_redis.url, queue_name="q", **options)
+    other = RedisStreamBroker(private_redis.url, queue_name="q", **options)
+
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        await slow.startup()
+        await other.startup()
+        await slow.kick_many([broker_message(1)])
+        async with reading(slow) as held:
+            [message] = [await held.get()]
+            async with reading(other) as elsewhere:
+                await asyncio.sleep(3)  # five idle timeouts, the entry still being worked on
+                taken = [bytes(elsewhere.get_nowait().data) for _ in range(elsewhere.qsize())]
+            await message.ack()
+        # A consumer that dies holding an entry: the other takes it over, as before.
+        await slow.kick_many([broker_message(2)])
+        async with reading(slow) as held:
+            await take(held, 1)
+        async with reading(other) as elsewhere:
+            taken_over = await take(elsewhere, 1, timeout=10)
+        await slow.shutdown()
+        await other.shutdown()
+        return taken, taken_over
+
+    taken, taken_over = asyncio.run(scenario())
+    assert taken == []
+    assert taken_over == [b"2"]

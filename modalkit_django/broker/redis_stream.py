@@ -7,9 +7,11 @@ group; this subclass changes what a job service needs changed:
   worker process exits (seen: ~19 restarts in a 15 s outage, each abandoning its batch).
   Here it waits and reconnects with backoff, and recreates the consumer group if Redis
   came back empty; the batches in flight finish meanwhile.
-- **A dead worker's messages come back in seconds.** Messages a consumer read but never
-  acknowledged are claimed by a live one after ``idle_timeout`` (30 s here, 10 min
-  upstream), checked every few seconds rather than only after new messages arrive.
+- **A dead worker's messages come back in seconds, a live one's never.** Messages a
+  consumer read but never acknowledged are claimed by a live one after ``idle_timeout``
+  (30 s here, 10 min upstream), checked every few seconds rather than only after new
+  messages arrive; a consumer still running a task keeps its entries claimed, however long
+  the task takes, so no task runs twice because it was slow.
 - **Acknowledgements are batched and deleted.** Acks made in the same moment share one
   ``XACK`` + ``XDEL`` (upstream sends one ``XACK`` per message and never deletes); at a
   few hundred messages a second that was a third of a worker's event loop (py-spy).
@@ -130,6 +132,14 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
     # --- Reading ------------------------------------------------------------------------
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        keeper = asyncio.create_task(self._keep_in_hand())
+        try:
+            async for message in self._listen():
+                yield message
+        finally:
+            keeper.cancel()
+
+    async def _listen(self) -> AsyncGenerator[AckableMessage, None]:
         backoff = 0.1
         outage_since: float | None = None
         while True:
@@ -155,6 +165,48 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
                 continue
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    async def _keep_in_hand(self) -> None:
+        """While this consumer runs, the entries it holds stay its own.
+
+        A task that runs longer than ``idle_timeout`` (a slow consumer of yours, a long
+        inference) would otherwise look abandoned: another consumer's ``XAUTOCLAIM`` would
+        take its entry and run it a second time. Every third of ``idle_timeout`` the
+        entries held that long are claimed again by this consumer (``XCLAIM … JUSTID``),
+        which resets their idle time; a consumer that dies stops doing so, and its entries
+        are taken over one ``idle_timeout`` later, as before.
+        """
+        every = self.idle_timeout / 3000
+        while True:
+            await asyncio.sleep(every)
+            old = time.monotonic() - every
+            held: defaultdict[str, list[Any]] = defaultdict(list)
+            for (stream, entry_id), read_at in list(self._in_hand.items()):
+                if read_at <= old:
+                    held[stream].append(entry_id)
+            try:
+                async with Redis(connection_pool=self.connection_pool) as redis:
+                    for stream, ids in held.items():
+                        await self._claim_again(redis, stream, ids, idle_ms=int(every * 1000))
+            except (*REDIS_GONE, ResponseError) as exc:
+                logger.warning("Could not keep %d running entries claimed: %s", sum(map(len, held.values())), exc)
+
+    async def _claim_again(self, redis: Redis, stream: str, ids: list[Any], *, idle_ms: int) -> None:
+        """Reset the idle time of those of ``ids`` this consumer still owns: one another
+        consumer took over (this one stalled past ``idle_timeout``) stays the other's."""
+        pending = await redis.xpending_range(
+            stream,
+            self.consumer_group_name,
+            min=min(ids),
+            max=max(ids),
+            count=len(ids) + 1000,  # the range may hold others' entries too
+            consumername=self.consumer_name,
+            idle=idle_ms,
+        )
+        wanted = set(ids)
+        mine = [entry["message_id"] for entry in pending if entry["message_id"] in wanted]
+        if mine:
+            await redis.xclaim(stream, self.consumer_group_name, self.consumer_name, idle_ms, mine, justid=True)
 
     async def _recreate_consumer_group(self) -> None:
         """From the stream's start: messages sent since Redis came back are read too."""
