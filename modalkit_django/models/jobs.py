@@ -41,7 +41,15 @@ from django.utils import timezone
 
 from ..exceptions import InferenceError, PipelineError
 from . import sql
-from .states import FINISHED_JOB_STATUSES, OUTCOME_FIELDS, UNSENT_DELIVERY_STATUSES, JobPriority, JobStatus, save_rows
+from .states import (
+    FINISHED_JOB_STATUSES,
+    OUTCOME_FIELDS,
+    UNFINISHED_JOB_STATUSES,
+    UNSENT_DELIVERY_STATUSES,
+    JobPriority,
+    JobStatus,
+    save_rows,
+)
 from .validation import json_problem
 
 if TYPE_CHECKING:
@@ -535,6 +543,12 @@ class Job(models.Model):
             models.Index(fields=["-created_at"], name="modalkit_job_created_idx"),
             models.Index(fields=["owner", "-created_at"], name="modalkit_job_owner_idx"),
             models.Index(fields=["batch"], condition=Q(batch__isnull=False), name="modalkit_job_batch_idx"),
+            # Whether a batch is done, after each finish of its jobs: its unfinished ones only.
+            models.Index(
+                fields=["batch"],
+                condition=Q(batch__isnull=False, status__in=UNFINISHED_JOB_STATUSES),
+                name="modalkit_job_batch_open_idx",
+            ),
             # The admin's filters, newest first.
             models.Index(fields=["status", "-created_at"], name="modalkit_job_status_idx"),
             models.Index(fields=["model_name", "-created_at"], name="modalkit_job_model_idx"),

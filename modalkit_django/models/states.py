@@ -11,6 +11,7 @@ __all__ = [
     "FINISHED_JOB_STATUSES",
     "OUTCOME_FIELDS",
     "SEND_FIELDS",
+    "UNFINISHED_JOB_STATUSES",
     "UNSENT_DELIVERY_STATUSES",
     "DeliveryRoute",
     "DeliveryStatus",
@@ -30,6 +31,7 @@ class JobStatus(models.TextChoices):
 
 
 FINISHED_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED)
+UNFINISHED_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class JobPriority(models.IntegerChoices):
