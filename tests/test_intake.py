@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -17,6 +17,17 @@ from modalkit_django.models import Job
 # The recording waker throughout: the test process's embedded worker would otherwise run
 # these committed jobs while the teardown truncates the tables (a deadlock CI met once).
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("recording_waker")]
+
+
+@pytest.fixture
+def run_async() -> Callable[..., Any]:
+    """Async code as a view runs it: on an event loop with no synchronous caller (no
+    async_to_sync around it, which would make asubmit_job join the caller's transaction)."""
+
+    def run(function: Callable[..., Any], *args: Any) -> Any:
+        return asyncio.run(function(*args))
+
+    return run
 
 
 @pytest.fixture
@@ -85,3 +96,63 @@ def test_an_idempotent_submit_takes_the_one_by_one_path(run_async: Any, batches:
     first, again = run_async(twice)
     assert (again.id, again.replayed) == (first.id, True)
     assert batches == []
+
+
+def test_one_row_the_database_refuses_fails_alone(run_async: Any, batches: list[int], recording_waker: Any) -> None:
+    """Host code calling asubmit_job is not validated as an API request is: a NUL character
+    (PostgreSQL's jsonb refuses it) or a value JSON cannot hold fails its own submit only."""
+
+    async def together() -> list[Any]:
+        first = asyncio.create_task(modalkit_django.asubmit_job(message={"text": "first"}))
+        await asyncio.sleep(0.05)  # the rest pile up behind the first insert: one statement
+        rest = [
+            modalkit_django.asubmit_job(message={"text": "fine"}),
+            modalkit_django.asubmit_job(message={"text": "bad\x00"}),
+            modalkit_django.asubmit_job(message={"when": object()}),
+            modalkit_django.asubmit_job(message={"text": "also fine"}),
+        ]
+        return [await first, *await asyncio.gather(*rest, return_exceptions=True)]
+
+    outcomes = run_async(together)
+    assert [isinstance(outcome, Job) for outcome in outcomes] == [True, True, False, False, True]
+    assert isinstance(outcomes[3], TypeError)
+    assert sorted(Job.objects.values_list("message__text", flat=True)) == ["also fine", "fine", "first"]
+    assert sorted(len(woken) for woken in recording_waker.jobs) == [1, 2]  # the first, then the two stored
+
+
+def test_a_flush_is_capped_by_bytes_as_well_as_rows(
+    run_async: Any, batches: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(intake, "MAX_BATCH_BYTES", 2_500)
+
+    async def piled_up() -> None:
+        first = asyncio.create_task(modalkit_django.asubmit_job(message={"text": "first"}))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(*(modalkit_django.asubmit_job(message={"text": "x" * 1000}) for _ in range(5)))
+        await first
+
+    run_async(piled_up)
+    assert batches == [1, 2, 2, 1]  # ~1 kB each: two a statement
+
+
+def test_asubmit_job_from_synchronous_code_joins_its_transaction_as_submit_job_does(recording_waker: Any) -> None:
+    """Through async_to_sync, inside transaction.atomic(): the job is there only if the
+    transaction commits, and workers hear of it once it does, never before."""
+    from asgiref.sync import async_to_sync
+    from django.db import transaction
+
+    def submit_then_roll_back() -> int:
+        with transaction.atomic():
+            async_to_sync(modalkit_django.asubmit_job)(message={"text": "good"})
+            seen = Job.objects.count()  # in the caller's transaction
+            transaction.set_rollback(True)
+        return seen
+
+    assert submit_then_roll_back() == 1
+    assert not Job.objects.exists()
+    assert recording_waker.jobs == []
+    with transaction.atomic():
+        job = async_to_sync(modalkit_django.asubmit_job)(message={"text": "good"})
+        assert recording_waker.jobs == []  # not before the commit
+    assert recording_waker.jobs == [[job.id]]
+    assert recording_waker.committed == [True]

@@ -23,7 +23,6 @@ from typing import Any
 
 from asgiref.sync import AsyncToSync, sync_to_async
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
-from django.db.transaction import TransactionManagementError
 
 from ..jobs.scheduling import Schedule
 from ..jobs.submit import committed, new_job, submit_job
@@ -161,44 +160,25 @@ async def asubmit_job(
     idempotency_key: str | None = None,
     schedule: Schedule | None = None,
 ) -> Job:
-    """:func:`submit_job` for async code: jobs submitted together are inserted together.
+    """:func:`submit_job` for async code, with the same transactional meaning.
 
-    It commits on its own (its job is stored when it returns, whatever the caller does
-    next), so called from inside a ``transaction.atomic()`` block (through
-    ``async_to_sync``) it refuses with ``TransactionManagementError``: use
-    :func:`submit_job` there. A submit with an ``idempotency_key`` checks for its first
-    job, so it takes the one-by-one path.
+    Called from synchronous code (through ``async_to_sync``), it is :func:`submit_job`
+    run on the caller's thread: inside the caller's ``transaction.atomic()`` it joins
+    that transaction (the job is there only if it commits; workers are woken once it
+    does). Called from async code, which holds no transaction, it commits on its own,
+    as a statement outside a transaction does: jobs submitted together are inserted
+    together (one statement, one wake-up). A submit with an ``idempotency_key`` checks
+    for its first job, so it takes the one-by-one path.
     """
+    fields = {
+        "message": message, "model_name": model_name, "success_queue": success_queue,
+        "failure_queue": failure_queue, "meta": meta, "owner": owner, "api_key_prefix": api_key_prefix,
+        "idempotency_key": idempotency_key, "schedule": schedule,
+    }  # fmt: skip
+    if getattr(AsyncToSync.executors, "current", None) is not None:
+        # Thread-sensitive: on the calling thread, whose connection holds its transaction.
+        return await sync_to_async(submit_job, thread_sensitive=True)(**fields)
     if idempotency_key:
-        return await run_sync(
-            submit_job,
-            message=message,
-            model_name=model_name,
-            success_queue=success_queue,
-            failure_queue=failure_queue,
-            meta=meta,
-            owner=owner,
-            api_key_prefix=api_key_prefix,
-            idempotency_key=idempotency_key,
-            schedule=schedule,
-        )
-    if await _inside_callers_transaction():
-        raise TransactionManagementError(
-            "asubmit_job() commits on its own, so it cannot join the transaction.atomic() block around it: "
-            "call submit_job() there (it joins the transaction, and wakes workers once it commits)"
-        )
+        return await run_sync(submit_job, **fields)
     job = new_job(message, model_name, success_queue, failure_queue, meta, owner, api_key_prefix, None, schedule)
     return await get_intake().submit(job)
-
-
-async def _inside_callers_transaction() -> bool:
-    """Whether synchronous code calling this (through ``async_to_sync``) has a transaction
-    open. Plain async code (a view) has no synchronous caller, and costs nothing to ask."""
-    if getattr(AsyncToSync.executors, "current", None) is None:
-        return False
-
-    def in_atomic_block() -> bool:
-        return connections[DEFAULT_DB_ALIAS].in_atomic_block
-
-    # Thread-sensitive: on the calling thread, whose connection holds its transaction.
-    return await sync_to_async(in_atomic_block, thread_sensitive=True)()
