@@ -337,6 +337,22 @@ def test_a_late_result_does_not_overwrite_a_delivery_recorded_meanwhile() -> Non
     assert (delivery.status, delivery.attempts, delivery.external_id) == ("sent", 1, "sent-by-the-sweep")
 
 
+def test_a_redelivery_during_a_first_send_is_not_absorbed_by_its_late_result() -> None:
+    """The first send is in flight (attempts 0); an operator redelivers, which also sets
+    attempts to 0: a compare-and-set on attempts alone took the late result for the
+    redelivery's (ABA) and absorbed it. The budget's start only grows: it tells them apart."""
+    delivery = pending_delivery()
+    in_flight = QueueDelivery.objects.get(id=delivery.id)  # attempts=0: the first send, under way
+    modalkit_django.redeliver(delivery=delivery)
+    flow.record([SendResult(in_flight, error=DeliveryError("the receiver is down"))])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts, delivery.last_error) == ("pending", 0, "")
+    # The redelivery's own attempt is recorded as usual.
+    flow.record([SendResult(delivery, external_id="x")])
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == ("sent", 1)
+
+
 def test_a_late_result_does_not_undo_a_redelivery() -> None:
     delivery = pending_delivery()
     flow.record([SendResult(delivery, error=DeliveryError("down"))])

@@ -255,3 +255,68 @@ def test_a_job_rerun_while_the_purge_runs_survives() -> None:
     # Finished again and old again, it goes with the next purge.
     Job.objects.filter(id=job.id).update(status=Job.Status.SUCCEEDED, finished_at=timezone.now() - dt.timedelta(days=9))
     assert flow.sweep().purged == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("recording_waker")  # no embedded worker: these rows are the test's
+def test_a_purge_never_deletes_a_delivery_redelivered_a_moment_before() -> None:
+    """Purge locks jobs and deletes them with their deliveries; a redelivery locks the job
+    too, so each waits for the other: never a delivery made pending, then deleted."""
+    import threading
+
+    from django.db import connection, transaction
+
+    delivery = pending_delivery()
+    flow.record([SendResult(delivery, external_id="x")])  # sent: its job may be purged
+    Job.objects.filter(id=delivery.job_id).update(finished_at=timezone.now() - dt.timedelta(days=30))
+    redelivering, purged = threading.Event(), threading.Event()
+
+    def redeliver_and_hold() -> None:
+        try:
+            with transaction.atomic():
+                QueueDelivery.objects.filter(id=delivery.id).redeliver(claim_seconds=60)
+                redelivering.set()
+                purged.wait(5)  # the purge runs meanwhile, from another connection
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=redeliver_and_hold)
+    thread.start()
+    assert redelivering.wait(5)
+    assert Job.objects.purge_finished(older_than=86400, limit=10) == 0  # the job is locked: left alone
+    purged.set()
+    thread.join(10)
+    assert Job.objects.purge_finished(older_than=86400, limit=10) == 0  # its delivery is due again
+    assert QueueDelivery.objects.get(id=delivery.id).status == "pending"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("recording_waker")
+def test_a_redelivery_waits_for_a_purge_that_has_the_job_and_then_finds_nothing() -> None:
+    import threading
+    import time
+
+    from django.db import connection, transaction
+
+    delivery = pending_delivery()
+    flow.record([SendResult(delivery, external_id="x")])
+    locked = threading.Event()
+
+    def purge_slowly() -> None:  # as purge_finished does: lock the job, then delete it with its deliveries
+        try:
+            with transaction.atomic():
+                list(Job.objects.filter(id=delivery.job_id).select_for_update().values_list("id"))
+                locked.set()
+                time.sleep(0.5)
+                Job.objects.filter(id=delivery.job_id).delete()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=purge_slowly)
+    thread.start()
+    assert locked.wait(5)
+    started = time.monotonic()
+    assert modalkit_django.redeliver_deliveries(QueueDelivery.objects.filter(id=delivery.id)) == 0
+    assert time.monotonic() - started > 0.3  # it waited for the purge, then found the row gone
+    thread.join(10)
+    assert not QueueDelivery.objects.exists()
