@@ -40,7 +40,8 @@ def claim_one(job: Job) -> Job:
 
 def finish(results: Sequence[tuple[Job, Any]]) -> list[QueueDelivery]:
     """Finish claimed jobs and insert their deliveries, as a worker does after inference."""
-    return engine._store(*engine._settle(list(results), sending=True))
+    stored, _ = engine._store(*engine._settle(list(results), sending=True))
+    return stored
 
 
 def give_outputs(job: Job, outputs: list[dict[str, Any]], *, using: str = "default") -> None:
@@ -69,6 +70,12 @@ async def process_batch(job_ids: Sequence[Any]) -> None:
     batch_engine = engine.get_engine()
     await batch_engine.process_batch(len(job_ids), only=[str(job_id) for job_id in job_ids])
     await batch_engine.drain(30)
+
+
+async def send_due() -> None:
+    """A pass of a worker's delivery loop: what is due (notices, completions, retries) is sent."""
+    while await engine.get_engine().send_due():
+        pass
 
 
 def due_deliveries() -> list[Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.utils import timezone
 
 import modalkit_django
 from modalkit_django.exceptions import (
@@ -53,7 +52,7 @@ def test_cancel_only_queued_jobs(django_capture_on_commit_callbacks: Any) -> Non
     [delivery] = job.deliveries.all()
     assert delivery.payload["error_type"] == "Canceled"
     assert len(callbacks) == 1  # the failure notice goes out at once, with this wake-up
-    assert delivery.next_attempt_at > timezone.now()  # so the sweep leaves it alone
+    assert QueueDelivery.objects.due().filter(id=delivery.id).exists()  # for any delivery loop
     with pytest.raises(InvalidJobState, match="it is canceled"):
         modalkit_django.cancel_job(job=job)
 
@@ -120,7 +119,8 @@ def test_bulk_actions_commit_and_wake_workers_a_chunk_at_a_time(
     with django_capture_on_commit_callbacks(execute=True):
         result = modalkit_django.rerun_jobs(Job.objects.all())
     assert (result.done, result.left_alone) == (7, {"queued": 1})
-    assert [len(ids) for ids in recording_waker.jobs] == [3, 3, 1]
+    # Eight rows in three chunks (ids are random: the queued one is in any of them).
+    assert len(recording_waker.jobs) == 3 and sum(map(len, recording_waker.jobs)) == 7
     assert waiting.id not in {job_id for ids in recording_waker.jobs for job_id in ids}
     with django_capture_on_commit_callbacks(execute=True):
         result = modalkit_django.cancel_jobs(Job.objects.all())

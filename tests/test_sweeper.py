@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import modalkit_django
@@ -108,10 +112,11 @@ def test_the_purge_keeps_results_still_being_delivered() -> None:
     assert flow.sweep().purged == 1
 
 
-def test_a_cancellation_notice_is_not_claimed_while_its_canceller_sends_it() -> None:
+def test_a_cancellation_notice_is_due_at_once_for_the_delivery_loops() -> None:
     job = submit(failure_queue="e")
-    modalkit_django.cancel_job(job=job)  # its wake-up has it sent
-    assert QueueDelivery.objects.claim_due(claim_seconds=60, limit=10) == []
+    modalkit_django.cancel_job(job=job)  # its wake-up sends a delivery loop after it
+    (notice,) = QueueDelivery.objects.claim_due(claim_seconds=60, limit=10)
+    assert (notice.job_id, notice.route) == (job.id, "failure")
 
 
 # --- under load: oldest first, once per period, outages, the purge -------------------------
@@ -207,8 +212,6 @@ def finished_jobs(count: int, *, days_ago: int) -> list[Job]:
 
 
 def test_the_purge_reads_ids_only_and_goes_in_chunks() -> None:
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
 
     finished_jobs(7, days_ago=30)
     with with_modalkit(WORKER={"SWEEP_LIMIT": 3}), CaptureQueriesContext(connection) as queries:
@@ -226,13 +229,11 @@ def test_the_purge_reads_ids_only_and_goes_in_chunks() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_job_rerun_while_the_purge_runs_survives() -> None:
-    import threading
 
     [job] = finished_jobs(1, days_ago=30)
     locked, release = threading.Event(), threading.Event()
 
     def operator_reruns() -> None:
-        from django.db import connection, transaction
 
         try:
             with transaction.atomic():
@@ -262,9 +263,6 @@ def test_a_job_rerun_while_the_purge_runs_survives() -> None:
 def test_a_purge_never_deletes_a_delivery_redelivered_a_moment_before() -> None:
     """Purge locks jobs and deletes them with their deliveries; a redelivery locks the job
     too, so each waits for the other: never a delivery made pending, then deleted."""
-    import threading
-
-    from django.db import connection, transaction
 
     delivery = pending_delivery()
     flow.record([SendResult(delivery, external_id="x")])  # sent: its job may be purged
@@ -274,7 +272,7 @@ def test_a_purge_never_deletes_a_delivery_redelivered_a_moment_before() -> None:
     def redeliver_and_hold() -> None:
         try:
             with transaction.atomic():
-                QueueDelivery.objects.filter(id=delivery.id).redeliver(claim_seconds=60)
+                QueueDelivery.objects.filter(id=delivery.id).redeliver()
                 redelivering.set()
                 purged.wait(5)  # the purge runs meanwhile, from another connection
         finally:
@@ -293,10 +291,6 @@ def test_a_purge_never_deletes_a_delivery_redelivered_a_moment_before() -> None:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("recording_waker")
 def test_a_redelivery_waits_for_a_purge_that_has_the_job_and_then_finds_nothing() -> None:
-    import threading
-    import time
-
-    from django.db import connection, transaction
 
     delivery = pending_delivery()
     flow.record([SendResult(delivery, external_id="x")])

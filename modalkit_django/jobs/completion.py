@@ -13,11 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Collection
-from functools import partial
 
 from django.utils import timezone
 
-from ..conf import get_settings
 from ..models import Batch, Job, JobStatus, QueueDelivery
 from ..models.states import DeliveryRoute
 from ..queues import queues
@@ -31,11 +29,10 @@ def completion_message_id(batch: Batch) -> str:
 
 def complete_batches(batch_ids: Collection[uuid.UUID | str]) -> list[QueueDelivery]:
     """After a worker's finish committed: complete those of these batches whose last job it
-    was; returns their completion deliveries, for the caller to send at once."""
+    was; returns their completion deliveries, due at once (for the delivery loops)."""
     if not batch_ids:
         return []
-    batches = Batch.objects.filter(id__in=list(batch_ids))
-    _, deliveries = batches.complete(deliveries_for=partial(_completion_deliveries, sent_by_caller=True))
+    _, deliveries = Batch.objects.filter(id__in=list(batch_ids)).complete(deliveries_for=_completion_deliveries)
     return deliveries
 
 
@@ -43,13 +40,11 @@ def complete_done_batches(*, limit: int) -> list[QueueDelivery]:
     """The sweep's backstop: complete every done batch nobody completed (two workers
     finishing its last jobs at once each saw the other's unfinished; or its last job was
     cancelled, expired or failed for good by the sweep). Their deliveries are due now."""
-    _, deliveries = Batch.objects.all().complete(
-        deliveries_for=partial(_completion_deliveries, sent_by_caller=False), limit=limit
-    )
+    _, deliveries = Batch.objects.all().complete(deliveries_for=_completion_deliveries, limit=limit)
     return deliveries
 
 
-def _completion_deliveries(batches: list[Batch], *, sent_by_caller: bool) -> list[QueueDelivery]:
+def _completion_deliveries(batches: list[Batch]) -> list[QueueDelivery]:
     """One delivery per batch that names a completion queue, carried by its last job to finish."""
     named = [batch for batch in batches if batch.completion_queue]
     if not named:
@@ -59,8 +54,7 @@ def _completion_deliveries(batches: list[Batch], *, sent_by_caller: bool) -> lis
     rows = Job.objects.filter(batch__in=named).order_by("created_at", "id")
     for batch_id, job_id, finished_at in rows.values_list("batch_id", "id", "finished_at"):
         jobs[batch_id].append((job_id, finished_at))
-    now = timezone.now()
-    claim = get_settings().delivery.claim_seconds if sent_by_caller else 0.0
+    now = timezone.now()  # for the payload; the delivery's times are the database's
     deliveries = []
     for batch in named:
         if not jobs[batch.id]:
@@ -87,9 +81,6 @@ def _completion_deliveries(batches: list[Batch], *, sent_by_caller: bool) -> lis
                 backend=queues.route(batch.completion_queue),
                 message_id=completion_message_id(batch),
                 payload=payload,
-                next_attempt_at=now + dt.timedelta(seconds=claim),
-                created_at=now,
-                attempts_since=now,
             )
         )
     return deliveries

@@ -19,7 +19,6 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from ..clients import cancel_calls
-from ..conf import get_settings
 from ..exceptions import InvalidJobState
 from ..models import DeliveryQuerySet, Job, JobQuerySet, QueueDelivery
 from .messages import deliveries_for
@@ -83,8 +82,8 @@ def cancel_jobs(jobs: JobQuerySet) -> BulkResult:
 
     def cancel(ids: list[uuid.UUID]) -> list[uuid.UUID]:
         canceled = Job.objects.filter(id__in=ids).cancel()
-        # Sent by the wake-up below; the delivery loops step in only if that never happens.
-        deliveries = QueueDelivery.objects.bulk_create(deliveries_for(canceled, timezone.now(), sent_by_caller=True))
+        # Due at once: the wake-up below sends a delivery loop after them.
+        deliveries = QueueDelivery.objects.bulk_create(deliveries_for(canceled, timezone.now(), sent_by_caller=False))
         transaction.on_commit(partial(get_waker().wake_deliveries, [delivery.id for delivery in deliveries]))
         if call_ids := [job.modal_call_id for job in canceled if job.modal_call_id]:
             # Bounded (the backend's cancel_timeout): a slow Modal does not hold the request long.
@@ -124,10 +123,9 @@ def rerun_job(*, job: Job) -> Job:
 
 def redeliver_deliveries(deliveries: DeliveryQuerySet) -> int:
     """Send these deliveries' stored payloads again, whatever their status; how many."""
-    claim_seconds = get_settings().delivery.claim_seconds
 
     def redeliver(ids: list[uuid.UUID]) -> list[uuid.UUID]:
-        again = QueueDelivery.objects.filter(id__in=ids).redeliver(claim_seconds=claim_seconds)
+        again = QueueDelivery.objects.filter(id__in=ids).redeliver()
         transaction.on_commit(partial(get_waker().wake_deliveries, again))
         return again
 

@@ -20,19 +20,21 @@ MODALKIT_ERROR_TEXT = "Internal Server Error. Error log: {}"
 def deliveries_for(jobs: Iterable[Job], now: dt.datetime, *, sent_by_caller: bool) -> list[QueueDelivery]:
     """The deliveries of finished jobs, on their success or failure route, where they name a queue.
 
-    ``sent_by_caller``: the caller attempts them at once, so the sweep leaves them alone
-    for ``DELIVERY["CLAIM_SECONDS"]``; otherwise they are due now and the sweep sends them.
+    ``sent_by_caller``: the caller attempts them at once, so the delivery loops leave them
+    alone for ``DELIVERY["CLAIM_SECONDS"]`` after ``now``; otherwise they are due at once,
+    by the database's clock, for the delivery loops. ``now`` stamps the payloads.
     """
-    claim = get_settings().delivery.claim_seconds if sent_by_caller else 0.0
+    claim = get_settings().delivery.claim_seconds
     deliveries = []
     for job in jobs:
         queue_name = job.success_queue if job.status == Job.Status.SUCCEEDED else job.failure_queue
-        if queue_name:
-            deliveries.append(
-                QueueDelivery.for_job(
-                    job, backend=queues.route(queue_name), payload=queue_payload(job, now), now=now, claim=claim
-                )
-            )
+        if not queue_name:
+            continue
+        backend, payload = queues.route(queue_name), queue_payload(job, now)
+        if sent_by_caller:
+            deliveries.append(QueueDelivery.for_job(job, backend=backend, payload=payload, now=now, claim=claim))
+        else:
+            deliveries.append(QueueDelivery.for_job(job, backend=backend, payload=payload))
     return deliveries
 
 

@@ -133,9 +133,9 @@ class DeliveryQuerySet(models.QuerySet["QueueDelivery"]):
             save_rows(QueueDelivery, kept, SEND_FIELDS, using=self.db)
         return written
 
-    def redeliver(self, *, claim_seconds: float) -> list[uuid.UUID]:
+    def redeliver(self) -> list[uuid.UUID]:
         """Send these again, whatever their status, each with a fresh budget: attempts from
-        zero, its age counted from now.
+        zero, its age counted from now. They are due at once, for the delivery loops.
 
         Their jobs are locked too, so that a purge deciding at the same moment that a job's
         deliveries are all settled waits for this and sees the delivery due again
@@ -150,8 +150,7 @@ class DeliveryQuerySet(models.QuerySet["QueueDelivery"]):
                 status=DeliveryStatus.PENDING,
                 attempts=0,
                 attempts_since=Now(),
-                # Sent by the caller's wake-up; the delivery loops step in only if that never happens.
-                next_attempt_at=Now() + dt.timedelta(seconds=claim_seconds),
+                next_attempt_at=Now(),
             )
         return ids
 
@@ -174,12 +173,14 @@ class QueueDelivery(models.Model):
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     # Start of the current attempt budget (MAX_AGE_SECONDS): creation, or the last redelivery.
-    attempts_since = models.DateTimeField(default=timezone.now)
+    # Every time of a delivery is the database's, as is every time it is compared with.
+    attempts_since = models.DateTimeField(db_default=Now())
     last_error = models.TextField(blank=True)
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Due at once when made, unless its maker keeps it a while to send it itself (``for_job``).
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_default=Now())
     sent_at = models.DateTimeField(null=True, blank=True)
     external_id = models.CharField(max_length=255, blank=True, help_text="Id the queue gave the message.")
-    created_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(db_default=Now())
 
     objects = DeliveryQuerySet.as_manager()
 
@@ -236,9 +237,11 @@ class QueueDelivery(models.Model):
 
     @classmethod
     def for_job(
-        cls, job: Job, *, backend: str, payload: dict[str, Any], now: dt.datetime, claim: float
+        cls, job: Job, *, backend: str, payload: dict[str, Any], now: dt.datetime | None = None, claim: float = 0.0
     ) -> QueueDelivery:
-        """The delivery of a finished job on its route; ``claim``: seconds left to its sender."""
+        """The delivery of a finished job on its route, due at once by the database's clock;
+        or, given ``now``, due ``claim`` seconds after it, left meanwhile to the worker that
+        sends it first (whose finish statement turns those times into the database's)."""
         succeeded = job.status == Job.Status.SUCCEEDED
         route = DeliveryRoute.SUCCESS if succeeded else DeliveryRoute.FAILURE
         values = {
@@ -248,10 +251,9 @@ class QueueDelivery(models.Model):
             "backend": backend,
             "message_id": f"{job.id}:{route}" + (f":rerun{job.reruns}" if job.reruns else ""),
             "payload": payload,
-            "next_attempt_at": now + dt.timedelta(seconds=claim),
-            "created_at": now,
-            "attempts_since": now,
         }
+        if now is not None:
+            values.update(next_attempt_at=now + dt.timedelta(seconds=claim), created_at=now, attempts_since=now)
         # Positional, the other fields at their defaults: Model.__init__'s fast path, half
         # the cost of keyword arguments (a worker makes one per finished job).
         row: list[Any] = [values[name] if name in values else field.get_default() for name, field in _fields(cls)]

@@ -86,19 +86,23 @@ def _settle(results: list[tuple[Job, Prediction]], *, sending: bool) -> tuple[Se
     return settled, deliveries_for(settled.finished, timezone.now(), sent_by_caller=sending)
 
 
-def _store(settled: Settled, deliveries: list[QueueDelivery]) -> list[QueueDelivery]:
+def _store(settled: Settled, deliveries: list[QueueDelivery]) -> tuple[list[QueueDelivery], bool]:
+    """Finish a batch: the deliveries stored, and whether it completed a batch of jobs (whose
+    completion message is due at once, for the delivery loops)."""
     stored = Job.objects.store(settled, deliveries)
     # Once the finish committed, a batch whose last job this was is complete (the sweep
     # completes those that two workers, each finishing one of its last jobs, left to the other).
-    return stored + complete_batches({job.batch_id for job in settled.jobs if job.batch_id and job.is_finished})
+    completed = complete_batches({job.batch_id for job in settled.jobs if job.batch_id and job.is_finished})
+    return stored, bool(completed)
 
 
-def _stored(settled: Settled, deliveries: list[QueueDelivery]) -> list[QueueDelivery]:
+def _stored(settled: Settled, deliveries: list[QueueDelivery]) -> tuple[list[QueueDelivery], bool]:
     """A finish tried again after its connection broke: if the first try committed (its
-    reply lost), its deliveries are there, and nothing is to be done again."""
+    reply lost), its deliveries are there, and nothing is to be done again (the sweep
+    completes a batch it may have completed)."""
     existing = set(QueueDelivery.objects.filter(id__in=[d.id for d in deliveries]).values_list("id", flat=True))
     if existing:
-        return [delivery for delivery in deliveries if delivery.id in existing]
+        return [delivery for delivery in deliveries if delivery.id in existing], False
     return _store(settled, deliveries)
 
 
@@ -190,12 +194,19 @@ class Engine:
                 continue
             if not jobs:
                 self._slots.release()
-                await _wait(self._nudged, poll)
-                continue
-            self._spawn(self._run_in_slot(jobs))
+            else:
+                self._spawn(self._run_in_slot(jobs))
             if len(jobs) < self.batch_size:
-                # The queue ran dry: what comes next comes with a wake-up, or the next poll.
-                await _wait(self._nudged, poll)
+                # The queue ran dry: what comes next comes with a wake-up, at the next poll,
+                # or when the next scheduled job falls due, whichever is first.
+                await _wait(self._nudged, await self._idle_for(poll))
+
+    async def _idle_for(self, poll: float) -> float:
+        try:
+            due_in = await run_db(Job.objects.seconds_to_next_due)
+        except Exception:
+            return poll  # the claim's failure, if it persists, is logged by the claim
+        return poll if due_in is None else min(poll, due_in)
 
     async def _run_in_slot(self, jobs: list[Job]) -> None:
         try:
@@ -240,7 +251,7 @@ class Engine:
             inference_seconds = time.monotonic() - started
             sending = len(self._sends) < SENDS_IN_FLIGHT
             settled, deliveries = _settle(list(zip(jobs, predictions, strict=True)), sending=sending)
-            stored = await run_db(_store, settled, deliveries, retry_with=_stored)
+            stored, completed = await run_db(_store, settled, deliveries, retry_with=_stored)
         finally:
             self._leases.pop(token, None)
             if not self._leases and self._heartbeat is not None:
@@ -253,7 +264,7 @@ class Engine:
             task = asyncio.create_task(self.send(stored, timeout=get_settings().delivery.inline_timeout_seconds))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
-        elif stored:
+        if completed or (stored and not sending):
             self.nudge_deliveries()
 
     async def predict(self, jobs: Sequence[Job]) -> list[Prediction]:
@@ -332,14 +343,20 @@ class Engine:
         while True:
             self._deliveries_nudged.clear()
             try:
-                due = await run_db(_claim_deliveries, self.batch_size)
-                if due:
-                    await self.send(due, timeout=get_settings().delivery.inline_timeout_seconds)
+                sent = await self.send_due()
             except Exception:
                 logger.exception("Sending due deliveries failed; trying again in %ss", poll)
-                due = []
-            if len(due) < self.batch_size:
+                sent = 0
+            if sent < self.batch_size:
                 await _wait(self._deliveries_nudged, poll)
+
+    async def send_due(self) -> int:
+        """Claim up to a batch of the deliveries due and attempt them (as the delivery loop
+        does, once); how many were attempted."""
+        due = await run_db(_claim_deliveries, self.batch_size)
+        if due:
+            await self.send(due, timeout=get_settings().delivery.inline_timeout_seconds)
+        return len(due)
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout``) for the first sends still in flight: at shutdown, so a
