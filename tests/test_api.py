@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import types
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from django.utils import timezone
 from ninja import NinjaAPI
 
 import modalkit_django
+from modalkit_django import broker
 from modalkit_django.api import auth, build_router
 from modalkit_django.jobs import queries
 from modalkit_django.jobs.keys import authenticate_api_key
@@ -30,12 +32,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def waker(request: pytest.FixtureRequest) -> Any:
+def waker(request: pytest.FixtureRequest) -> Iterator[Any]:
     """Wake-ups are recorded, not sent: jobs stay as the API left them (but where a test
-    asks for the in-process broker, to watch one run)."""
-    if "in_process_broker" in request.keywords:
-        return None
-    return request.getfixturevalue("recording_waker")
+    asks for the in-process broker, to watch one run, this process serves as the web
+    process of the embedded default does, its worker included)."""
+    if "in_process_broker" not in request.keywords:
+        yield request.getfixturevalue("recording_waker")
+        return
+    broker.start()
+    yield None
+    broker.reset()
 
 
 def post(client: Client, url: str, body: Any) -> Any:

@@ -28,6 +28,7 @@ from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
 import modalkit_django
+from modalkit_django import broker
 from modalkit_django.models import ApiKey, Batch, Job, JobStatus, QueueDelivery, WorkerHeartbeat
 
 CHROMIUM = os.environ.get("MODALKIT_CHROMIUM", "/usr/bin/chromium")
@@ -68,6 +69,13 @@ def browser(live_server: Any, *, user: str = "admin") -> Iterator[Page]:
             yield page
         finally:
             chromium.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_embedded_worker() -> None:
+    """The seeded backlog stays as seeded: an embedded worker an earlier test started (it
+    polls for runnable jobs) would run it. Stopped; a page that wakes workers starts one."""
+    broker.reset()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.test import override_settings
 
 import modalkit_django
+from modalkit_django import broker
 from modalkit_django.jobs import wakeups
 from modalkit_django.models import Job
 from modalkit_django.worker import engine
@@ -67,3 +68,20 @@ def test_waking_nothing_sends_nothing() -> None:
     waker = BrokerWaker()
     waker.wake_jobs([])  # no broker is started for an empty list
     waker.wake_deliveries([])
+
+
+def test_with_the_embedded_broker_only_the_web_process_wakes_its_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``manage.py`` command or a script using the embedded default sends no wake-up: it
+    would start a worker of its own, cut off mid-batch when the command exits. The web
+    process's embedded worker finds the work at its next poll."""
+    sent: list[Any] = []
+    monkeypatch.setattr(broker, "submit", lambda coroutine: sent.append(coroutine.close()))
+    assert settings.MODALKIT["BROKER"]["URL"] is None
+    waker = BrokerWaker()
+    waker.wake_jobs([uuid.uuid4()])
+    waker.wake_deliveries([uuid.uuid4()])
+    assert sent == []
+    monkeypatch.setattr(broker, "_started_here", True)  # as broker.start() in wsgi.py/asgi.py
+    waker.wake_jobs([uuid.uuid4()])
+    waker.wake_deliveries([uuid.uuid4()])
+    assert len(sent) == 2

@@ -46,6 +46,7 @@ __all__ = [
     "build_broker",
     "get_broker",
     "kick",
+    "reaches_workers",
     "reset",
     "start",
     "submit",
@@ -73,6 +74,7 @@ _bridge: asyncio.AbstractEventLoop | None = None
 # On the sending loop: the broker's startup (e.g. creating the stream's consumer group),
 # tried again on the next send if it failed. Inside a worker, TaskIQ has done it.
 _startup: asyncio.Future[None] | None = None
+_started_here = False  # start() ran in this process
 _hooks: dict[TaskiqEvents, list[WorkerHook]] = {TaskiqEvents.WORKER_STARTUP: [], TaskiqEvents.WORKER_SHUTDOWN: []}
 
 
@@ -144,12 +146,22 @@ def start() -> None:
     cannot be reached now is only logged: the web process serves anyway, keeps the jobs
     it accepts, and connects on the next send.
     """
+    global _started_here
+    _started_here = True
     try:
         submit(_ready()).result(SEND_TIMEOUT_SECONDS)
     except ModalkitImproperlyConfigured:
         raise
     except Exception as exc:
         logger.warning("The broker is not reachable yet (%s: %s); serving anyway", type(exc).__name__, exc)
+
+
+def reaches_workers() -> bool:
+    """Whether a message sent from this process reaches a worker: always through an
+    out-of-process broker; through the in-process one only where :func:`start` ran (the
+    web process, whose embedded worker runs it). Elsewhere (a ``manage.py`` command, a
+    script) sending would start a worker of its own in that process, cut off when it exits."""
+    return get_settings().broker.url is not None or _started_here
 
 
 def submit(coroutine: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
@@ -195,12 +207,13 @@ async def akick_many(task: AsyncTaskiqDecoratedTask[Any, Any], args: Sequence[An
 
 def reset(**kwargs: Any) -> None:
     """``setting_changed`` receiver: the next use builds a broker from the new settings."""
-    global _broker, _loop, _bridge, _startup
+    global _broker, _loop, _bridge, _startup, _started_here
     if kwargs.get("setting", "MODALKIT") != "MODALKIT":
         return
     with _lock:
         broker, bridge, started = _broker, _bridge, _startup
         _broker = _loop = _bridge = _startup = None
+        _started_here = False
     if broker is not None and bridge is not None:
         if started is not None and started.done() and started.exception() is None:
             asyncio.run_coroutine_threadsafe(broker.shutdown(), bridge).result(SEND_TIMEOUT_SECONDS)

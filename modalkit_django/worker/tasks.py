@@ -65,7 +65,9 @@ class BrokerWaker:
         self._failures = 0
 
     def wake_jobs(self, job_ids: Ids) -> None:
-        if job_ids:
+        # Where no worker can hear it (the embedded broker, outside the web process), the
+        # embedded worker finds the work at its next poll.
+        if job_ids and broker.reaches_workers():
             broker.submit(self.awake_jobs(job_ids))
 
     async def awake_jobs(self, job_ids: Ids) -> None:
@@ -73,7 +75,7 @@ class BrokerWaker:
         await self._send(run_jobs, [ids[start : start + WAKE_CHUNK] for start in range(0, len(ids), WAKE_CHUNK)])
 
     def wake_deliveries(self, delivery_ids: Ids) -> None:
-        if delivery_ids:
+        if delivery_ids and broker.reaches_workers():
             broker.submit(self.awake_deliveries(delivery_ids))
 
     async def awake_deliveries(self, delivery_ids: Ids) -> None:
