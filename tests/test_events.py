@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
@@ -210,3 +211,25 @@ def cancel_in_own_thread(job_id: str) -> None:
         modalkit_django.cancel_job(job=Job.objects.get(id=job_id))
     finally:
         connection.close()
+
+
+def test_a_client_that_holds_no_outputs_is_sent_no_reset(run_async: Any) -> None:
+    """Watching from before the first claim, or through attempts that yielded nothing, there
+    is nothing to drop: a reset comes only after outputs of another attempt."""
+    stream = events._Stream(uuid.uuid4(), None, 0)
+    row = {"status": "queued", "runs": 0, "progress": None, "progress_message": "", "output_count": 0}
+
+    def kinds(**changes: Any) -> list[str]:
+        frames, _ = run_async(stream.frames, {**row, **changes})
+        return [line.split(": ", 1)[1] for line in frames.decode().splitlines() if line.startswith("event: ")]
+
+    assert kinds() == ["status"]
+    assert kinds(status="running", runs=1) == ["status"]
+    assert kinds(status="running", runs=2) == ["status"]  # reclaimed before it yielded
+
+
+def test_a_client_that_named_an_attempt_is_reset_when_another_runs(run_async: Any) -> None:
+    stream = events._Stream(uuid.uuid4(), *events._resume_from("1:3"))
+    row = {"status": "running", "runs": 2, "progress": None, "progress_message": "", "output_count": 0}
+    frames, _ = run_async(stream.frames, row)
+    assert frames.decode().count("event: reset") == 1

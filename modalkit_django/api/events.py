@@ -206,8 +206,11 @@ class _Stream:
 
     def __init__(self, job_id: uuid.UUID, attempt: int | None, start: int) -> None:
         self.job_id = job_id
-        self.attempt = attempt  # whose outputs the client has (None: none it can name)
+        self.attempt = attempt  # the attempt the client follows (None: none yet)
         self.start = start  # the next partial output's index in that attempt
+        # Whether the client holds outputs of ``attempt``: those its Last-Event-ID named,
+        # or some this stream sent. Only then does a new attempt need a reset.
+        self.holding = attempt is not None
         # No progress event until the pipeline reports some.
         self.last: dict[str, Any] = {"progress": None, "progress_message": ""}
         # The first frame carries the reconnection delay (a block of its own would read as
@@ -220,10 +223,10 @@ class _Stream:
             return self._frame("end", {"status": None, "attempt": None, "result": None, "error": None}), True
         frames = []
         if row["runs"] != self.attempt:
-            if self.attempt is not None:
+            if self.holding:
                 # Outputs the client has are another attempt's: it drops them.
                 frames.append(self._frame("reset", {"attempt": row["runs"]}))
-            self.attempt, self.start = row["runs"], 0
+            self.attempt, self.start, self.holding = row["runs"], 0, False
         if row["status"] != self.last.get("status") or row["runs"] != self.last.get("runs"):
             frames.append(self._frame("status", {"status": row["status"], "attempt": row["runs"]}))
         if (row["progress"], row["progress_message"]) != (self.last.get("progress"), self.last.get("progress_message")):
@@ -237,6 +240,7 @@ class _Stream:
                 data = {"attempt": self.attempt, "index": index, "output": output}
                 frames.append(self._frame("output", data, event_id=f"{self.attempt}:{index}"))
             self.start += len(outputs)
+            self.holding = self.holding or bool(outputs)
         finished = row["status"] in FINISHED_JOB_STATUSES
         if finished:
             frames.append(self._frame("end", await run_sync(_outcome, self.job_id)))
