@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.test import override_settings
+from django.utils import timezone
 
 import modalkit_django
 from modalkit_django.clients import get_inference_backend
@@ -117,6 +119,19 @@ def test_a_job_nobody_woke_is_claimed_at_the_next_poll(run_async: Any, scripted:
         run_async(run_until_done, 1)
     job.refresh_from_db()
     assert job.status == "succeeded"
+
+
+def test_an_idle_worker_claims_a_scheduled_job_when_it_falls_due_not_at_its_next_poll(
+    run_async: Any, scripted: ScriptedInference
+) -> None:
+    due = timezone.now() + dt.timedelta(seconds=0.5)
+    job = submit(schedule=modalkit_django.Schedule(run_after=due))
+    assert 0 < Job.objects.seconds_to_next_due() <= 0.5
+    with flow.with_modalkit(WORKER={"POLL_INTERVAL_SECONDS": 3600}):  # no poll comes in time
+        run_async(run_until_done, 1)
+    job.refresh_from_db()
+    assert job.status == "succeeded" and job.started_at >= due
+    assert Job.objects.seconds_to_next_due() is None
 
 
 def test_transient_inference_error_requeues_the_job(run_async: Any, scripted: ScriptedInference) -> None:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.conf import settings
 from django.db import connections, models, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, ExpressionWrapper, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -133,6 +133,14 @@ class JobQuerySet(models.QuerySet["Job"]):
     def scheduled(self) -> JobQuerySet:
         """Queued, but not due yet: a ``run_after`` or a retry's backoff ahead."""
         return self.filter(Q(queued_at__gt=Now()) | Q(run_after__gt=Now()), status=JobStatus.QUEUED)
+
+    def seconds_to_next_due(self) -> float | None:
+        """Seconds until the next queued job falls due, by the database's clock; ``None``
+        if none is waiting for its time. One probe of the queued jobs' ``queued_at`` index."""
+        wait = ExpressionWrapper(F("queued_at") - Now(), output_field=models.DurationField())
+        waiting = self.filter(status=JobStatus.QUEUED, queued_at__gt=Now()).order_by("queued_at")
+        first = waiting.values_list(wait, flat=True).first()
+        return None if first is None else first.total_seconds()
 
     # --- The worker: claim, keep, finish --------------------------------------------
 
