@@ -11,7 +11,7 @@ PYTHON_OLDEST ?= $(shell scripts/find-python --oldest)
 OLDEST := .venv-oldest
 UV_VERSION := 0.13.9
 
-.PHONY: run serve test test-oldest faults lint clean
+.PHONY: run serve test test-oldest faults scale lint clean
 
 # uv installs the pinned requirements several times faster than pip.
 $(UV):
@@ -77,6 +77,10 @@ test-oldest: $(OLDEST)/.installed
 faults: $(VENV)/.installed-dev
 	scripts/ensure-services
 	$(PY) -m pytest -m faults --no-cov -s -q $(PYTEST_ARGS)
+
+scale: $(VENV)/.installed-dev
+	scripts/ensure-services
+	$(PY) -m pytest tests/test_scale.py -m scale --no-cov -s -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -116,6 +116,21 @@ class PrivatePostgres:
         """A fast shutdown: connections are cut, as in a restart or a failover."""
         self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop")
 
+    def pause(self) -> None:
+        """Freeze every process of the cluster (SIGSTOP): connections stay open and say
+        nothing, as when the database's host stalls or the network to it drops packets."""
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, signum: signal.Signals) -> None:
+        postmaster = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        result = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True)
+        for pid in [postmaster, *map(int, result.stdout.split())]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     def answers(self) -> bool:
         try:
             with psycopg.connect(self.url(), connect_timeout=1):

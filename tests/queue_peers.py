@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -231,6 +232,7 @@ class ReceivedWebhook:
     status: int
     message: dict[str, Any] | None  # the verified body, or None when verification failed
     error: str = ""
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 class WebhookReceiver:
@@ -247,11 +249,22 @@ class WebhookReceiver:
         self.requests: list[ReceivedWebhook] = []
         self.responding = threading.Event()
         self.responding.set()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _WebhookHandler)
+        self.port = 0
+        self.listen()
+
+    def listen(self) -> None:
+        """Accept connections (again, on the same port: a receiver back from an outage)."""
+        self._server = _Server(("127.0.0.1", self.port), _WebhookHandler)
         self._server.receiver = self  # type: ignore[attr-defined]
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
+
+    def stop_listening(self) -> None:
+        """Close the port: senders' connections are refused, as by a receiver that is down."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -270,9 +283,12 @@ class WebhookReceiver:
 
     def close(self) -> None:
         self.responding.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self.stop_listening()
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # the scale suite's workers send hundreds at once
+    daemon_threads = True
 
 
 class _WebhookHandler(BaseHTTPRequestHandler):

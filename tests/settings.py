@@ -4,8 +4,11 @@ Tests that start a real worker switch the broker to Redis with ``override_settin
 the worker subprocess gets the same through ``MODALKIT_TEST_BROKER_URL``.
 """
 
+import datetime as dt
 import json
 import os
+
+from django.utils import timezone
 
 # The demo refuses to start without a key when DEBUG is off. In the environment rather
 # than SECRET_KEY, so the workers, servers and `manage.py` runs the tests start inherit it.
@@ -37,6 +40,7 @@ MODALKIT = {
     "WORKER": json.loads(
         os.environ.get("MODALKIT_TEST_WORKER", '{"SWEEP_INTERVAL_SECONDS": 3600, "RECORD_HEARTBEATS": false}')
     ),
+    "DELIVERY": json.loads(os.environ.get("MODALKIT_TEST_DELIVERY", "{}")),
     "METRICS": json.loads(os.environ.get("MODALKIT_TEST_METRICS", "{}")),
     # Queue tests hand a worker subprocess the backends they configure in-process
     # (with override_settings), as JSON: aliases pointing at their loopback peers.
@@ -47,6 +51,12 @@ MODALKIT = {
     # has tests of its own.
     "API": {"KEY_CACHE_SECONDS": 0},
 }
+
+if skew := float(os.environ.get("MODALKIT_TEST_CLOCK_SKEW_SECONDS", "0")):
+    # A host whose clock is off (the scale suite's clock test): every reading of
+    # ``timezone.now()`` in this process is ``skew`` seconds ahead of the others'.
+    _real_now = timezone.now
+    timezone.now = lambda: _real_now() + dt.timedelta(seconds=skew)
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEBUG = False

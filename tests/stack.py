@@ -74,8 +74,28 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
-        return self.spawn("worker", "taskiq", "worker", "--workers", "1", "--log-level", "WARNING", **env)
+    def start_worker(self, *, processes: int = 1, **env: str) -> subprocess.Popen[bytes]:
+        """``manage.py taskiq worker --workers PROCESSES``."""
+        return self.spawn("worker", "taskiq", "worker", "--workers", str(processes), "--log-level", "WARNING", **env)
+
+    def drive(self, *args: str, **env: str) -> None:
+        """``python -m tests.scale_driver ARGS``: load made as a host project makes it."""
+        result = subprocess.run(
+            [sys.executable, "-m", "tests.scale_driver", *args],
+            cwd=ROOT, env={**self.env, **env}, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+    def query(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        """The rows of a statement (none for one that returns none)."""
+        with psycopg.connect(self.database_url, autocommit=True) as connection:
+            cursor = connection.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+
+    def end(self, process: subprocess.Popen[bytes]) -> None:
+        """Stop one process as a deploy does (SIGTERM to its group), and wait for it."""
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
 
     def start_server(self, processes: int = 1) -> None:
         """The production server (`make serve`): uvicorn processes with a socket each

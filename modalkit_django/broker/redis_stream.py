@@ -204,7 +204,7 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
             idle=idle_ms,
         )
         wanted = set(ids)
-        mine = [entry["message_id"] for entry in pending if entry["message_id"] in wanted]
+        mine: list[Any] = [entry["message_id"] for entry in pending if entry["message_id"] in wanted]
         if mine:
             await redis.xclaim(stream, self.consumer_group_name, self.consumer_name, idle_ms, mine, justid=True)
 

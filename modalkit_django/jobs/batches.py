@@ -60,7 +60,7 @@ def submit_batch(
     sets); an item that leaves out ``success_queue`` or ``failure_queue`` gets the
     batch's, and its ``meta`` is laid over the batch's. Jobs are created in item order
     (``created_at`` one microsecond apart), which is the order of
-    :meth:`Batch.job_ids`. ``idempotency_key``: as :func:`services.submit_job`, for the
+    :meth:`Batch.job_ids`. ``idempotency_key``: as :func:`~.submit.submit_job`, for the
     whole batch (``replayed``; :class:`IdempotencyConflict` for another request).
     """
     if not items:
