@@ -134,6 +134,37 @@ def test_an_idle_worker_claims_a_scheduled_job_when_it_falls_due_not_at_its_next
     assert Job.objects.seconds_to_next_due() is None
 
 
+def reclaim(job_id: Any) -> None:
+    """What the sweep and another worker's claim do to a job whose lease ran out."""
+    Job.objects.filter(id=job_id).update(lease_token=uuid.uuid4())
+
+
+def test_a_batch_whose_lease_was_lost_stops_and_writes_nothing(
+    run_async: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reclaimed while it ran (its worker cut off from the database past its lease, say):
+    the next renewal finds the lease gone and drops the work, so the run that holds the
+    job now is the only one to write it."""
+    job = submit()
+
+    async def run() -> None:
+        batch_engine = engine.Engine()
+        [claimed] = await batch_engine.claim(1)
+        running = asyncio.create_task(batch_engine.run_batch([claimed]))
+        await asyncio.sleep(0.2)
+        await database.run_db(reclaim, job.id)
+        await asyncio.wait_for(running, 5)  # well before its inference would have ended
+
+    with flow.with_modalkit(
+        WORKER={"HEARTBEAT_SECONDS": 0.1, "LEASE_SECONDS": 1},
+        INFERENCE={"BACKEND": "tests.doubles.ScriptedInference", "OPTIONS": {"delay": 30}},
+    ):
+        run_async(run)
+    job.refresh_from_db()
+    assert (job.status, job.result) == ("running", None)  # as the reclaiming run left it
+    assert "The lease of 1 jobs was lost while they ran; their work is dropped" in caplog.text
+
+
 def test_transient_inference_error_requeues_the_job(run_async: Any, scripted: ScriptedInference) -> None:
     scripted.script = lambda messages: [InferenceUnavailable("modal is down")] * len(messages)
     job = submit(failure_queue="errors")
