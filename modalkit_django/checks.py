@@ -26,7 +26,7 @@ from .inference.config import DEFAULT_APP_PREFIX, ModalkitConfig, unknown_keys
 from .metrics.checks import check_metrics
 from .queues.memory import MemoryBackend
 
-__all__ = ["CHECKS", "EXTRAS", "Check", "check_modalkit", "register"]
+__all__ = ["CHECKS", "CHECK_TAG", "EXTRAS", "Check", "check_modalkit", "one_line", "register"]
 
 # The optional dependencies, by the module that is missing, and the extra that brings them.
 EXTRAS = {
@@ -37,6 +37,9 @@ EXTRAS = {
     "redis": "redis",
     "httpx": "webhook",
 }
+
+# The tag of this app's checks: ``manage.py check --tag modalkit`` runs only them.
+CHECK_TAG = "modalkit"
 
 MINIMAL_CONFIG = "model_settings:\n  model_entries:\n    my_model: {}"
 
@@ -156,9 +159,18 @@ def _report(check_id: str, message: str, hint: str | None = None) -> checks.Chec
     return kind(message, hint=hint or check.hint, id=check_id)
 
 
+def one_line(message: checks.CheckMessage) -> str:
+    """``message`` as one line of a log: its id, what is wrong, and what to do."""
+    where = f"{message.obj}: " if message.obj is not None else ""
+    text = message.msg.rstrip()
+    if message.hint:
+        text = f"{text}{'' if text.endswith(('.', ':', '?', '!')) else '.'} {message.hint}"
+    return " ".join(f"{message.id}: {where}{text}".split())
+
+
 def register() -> None:
-    checks.register(check_modalkit, "modalkit")
-    checks.register(check_metrics, "modalkit")
+    checks.register(check_modalkit, CHECK_TAG)
+    checks.register(check_metrics, CHECK_TAG)
 
 
 def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:

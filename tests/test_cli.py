@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -117,35 +118,64 @@ def test_health_passes_with_everything_up() -> None:
     lines = out.splitlines()
     assert lines[-1] == "Ready."
     assert any(line.startswith("database") and " ok " in line for line in lines)
+    assert any(line.startswith("migrations") and line.endswith("all applied") for line in lines)
     body = run_json("health")
     assert body["status"] == "ok"
     assert body["checks"]["broker"]["detail"] == "in-process"
 
 
-def test_health_fails_with_a_broken_broker() -> None:
-    with flow.with_modalkit(BROKER={"URL": "redis://127.0.0.1:1/0"}), pytest.raises(CommandError) as raised:
-        run("health", "--timeout", "1")
-    assert raised.value.returncode == 1
-    assert "Not ready: broker" in str(raised.value)
+def test_health_with_a_broken_broker_is_degraded_and_strict_fails() -> None:
+    with flow.with_modalkit(BROKER={"URL": "redis://127.0.0.1:1/0"}):
+        out, _ = run("health", "--timeout", "1")
+        lines = out.splitlines()
+        assert lines[-1] == "Ready, degraded: broker failed."
+        assert any(line.startswith("broker") and " degraded " in line for line in lines)
+        with pytest.raises(CommandError) as raised:
+            run("health", "--timeout", "1", "--strict")
+        assert raised.value.returncode == 1
+        assert str(raised.value) == "Ready, degraded: broker failed"
 
-    out = io.StringIO()
-    with flow.with_modalkit(BROKER={"URL": "redis://127.0.0.1:1/0"}), pytest.raises(CommandError):
+        out = io.StringIO()
         call_command("modalkit", "health", "--json", stdout=out)
     body = json.loads(out.getvalue())
-    assert (body["status"], body["checks"]["broker"]["status"]) == ("error", "error")
+    assert (body["status"], body["checks"]["broker"]["status"]) == ("degraded", "error")
 
 
-def test_health_exit_status_from_the_shell() -> None:
+def test_health_fails_with_a_configuration_error() -> None:
+    with flow.with_modalkit(PIPELINE="project.nowhere.Pipeline"), pytest.raises(CommandError) as raised:
+        run("health")
+    assert raised.value.returncode == 1
+    assert str(raised.value) == "Not ready: configuration failed"
+
+
+@pytest.fixture
+def empty_database() -> Any:
+    """A database on the test server with no table at all: `migrate` never ran on it."""
+    import psycopg
+
+    name = f"{connection.settings_dict['NAME']}_empty_{uuid.uuid4().hex[:6]}"
+    server = {key: connection.settings_dict[key] for key in ("HOST", "PORT", "USER", "PASSWORD")}
+    params = {"host": server["HOST"], "port": server["PORT"], "user": server["USER"], "password": server["PASSWORD"]}
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_health_exit_status_from_the_shell(empty_database: str) -> None:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "MODALKIT_TEST_DATABASE_NAME": connection.settings_dict["NAME"],
+        "MODALKIT_TEST_DATABASE_NAME": empty_database,
         "MODALKIT_TEST_BROKER_URL": "redis://127.0.0.1:1/0",
+        "MODALKIT_TEST_PIPELINE": "project.nowhere.Pipeline",
     }
     # The broker's port refuses at once; the timeout only has to let a loaded machine's
-    # database answer (1 s did not, once, beside the other test row).
+    # database answer (1 s did not, once, beside the other test row). No --skip-checks: a
+    # check error is reported as one of health's checks, in its JSON, not before it.
     result = subprocess.run(
-        [sys.executable, "manage.py", "modalkit", "--skip-checks", "health", "--json", "--timeout", "10"],
+        [sys.executable, "manage.py", "modalkit", "health", "--json", "--timeout", "10"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -153,8 +183,15 @@ def test_health_exit_status_from_the_shell() -> None:
         timeout=120,
     )
     assert result.returncode == 1, result.stderr
-    assert json.loads(result.stdout)["checks"]["broker"]["status"] == "error"
-    assert "Not ready: broker" in result.stderr
+    checks = json.loads(result.stdout)["checks"]
+    assert checks["broker"]["status"] == "error"
+    assert re.fullmatch(
+        r"\d+ migrations not applied \(contenttypes\.0001_initial, .+ more\): run `manage\.py migrate`",
+        checks["migrations"]["error"],
+    )
+    assert checks["configuration"]["error"].startswith("modalkit_django.E003: cannot import MODALKIT['PIPELINE']")
+    # Not ready for want of migrations and configuration; the broker only degrades it.
+    assert result.stderr == "CommandError: Not ready: migrations, configuration failed\n"
 
 
 # --- stats ------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 ::
 
-    manage.py modalkit health [--timeout 2] [--json]
+    manage.py modalkit health [--timeout 2] [--strict] [--json]
     manage.py modalkit stats
     manage.py modalkit jobs [--status S] [--model M] [--older-than 1h] [--limit 20]
     manage.py modalkit cancel [JOB_ID …] [--status S] [--model M] [--older-than 1h] [--dry-run]

@@ -54,9 +54,18 @@ def add_subcommands(parser: CommandParser) -> None:
         sub: CommandParser = subcommands.add_parser(name, help=help_text, description=help_text, parents=[common])
         return sub
 
-    health = add("health", "Run the readiness checks; exit status 1 if one failed.")
+    health = add(
+        "health",
+        "Run the readiness checks, as GET /ready does; exit status 1 if the process could not serve "
+        "(database, migrations, configuration).",
+    )
     health.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="Seconds per check (default %(default)s)."
+    )
+    health.add_argument(
+        "--strict",
+        action="store_true",
+        help="Exit status 1 if any check failed, the broker, queues and Modal included (as /ready?strict=1).",
     )
 
     add("stats", "Jobs by model and status, the oldest queued job's age, deliveries by status.")

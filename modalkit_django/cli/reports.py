@@ -21,11 +21,18 @@ def health(options: dict[str, Any], progress: Progress) -> Outcome:
     report = health_checks.check(timeout=options["timeout"])
     width = max(len(check.name) for check in report.checks)
     lines = [
-        f"{check.name:<{width}}  {check.status:<7}  {check.duration_ms:>7.1f} ms  {check.error or check.detail}".strip()
+        f"{check.name:<{width}}  {_status(check):<8}  {check.duration_ms:>7.1f} ms  {check.error or check.detail}"
         for check in report.checks
     ]
-    lines.append("Ready." if report.ok else f"Not ready: {', '.join(report.failed)} failed.")
-    return Outcome(report.as_dict(), lines, failure=None if report.ok else f"Not ready: {', '.join(report.failed)}")
+    lines = [line.strip() for line in lines]
+    lines.append(report.summary())
+    passed = report.passes(strict=options["strict"])
+    return Outcome(report.as_dict(), lines, failure=None if passed else report.summary().removesuffix("."))
+
+
+def _status(check: health_checks.Check) -> str:
+    """A failed check that does not stop the process serving is shown as degrading it."""
+    return "degraded" if check.status == "error" and not check.required else check.status
 
 
 def stats(options: dict[str, Any], progress: Progress) -> Outcome:
