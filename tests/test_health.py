@@ -348,11 +348,16 @@ def test_a_served_process_without_migrations_is_not_ready_and_says_run_migrate(s
         )
         assert body["checks"]["database"]["status"] == "ok"
         assert client.get("/ready").status_code == 503
+        # A submit is a 503 too (not a 500), and the log says why.
+        submitted = client.post("/api/async/predict", json={"message": {"text": "x"}})
+        assert submitted.status_code == 503
         stack.manage("migrate", "--noinput")
         assert client.get("/ready").status_code == 200
     lines = (stack.tmp / "server.log").read_text().splitlines()
-    said = [line for line in lines if line.startswith(("Ready", "Not ready"))]
-    assert len(said) == 2, lines
+    said = [line for line in lines if line.startswith(("Ready", "Not ready", "Answering"))]
+    assert len(said) == 3, lines
     assert said[0] == f"Not ready, /ready answers 503: migrations: {migrations['error']}"
-    assert said[1] == "Ready: every check passes again"
+    assert said[1].startswith('Answering 503, the database is not migrated (relation "modalkit_django_apikey" does not')
+    assert said[1].endswith("): run `manage.py migrate`")
+    assert said[2] == "Ready: every check passes again"
     assert not any("Traceback" in line for line in lines)
