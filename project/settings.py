@@ -214,6 +214,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "modalkit_django": {"handlers": ["console"], "level": os.environ.get("MODALKIT_LOG_LEVEL", "INFO")},
+        # Not propagated: a TaskIQ worker puts a handler of its own on the root logger, which
+        # would print every line twice.
+        "modalkit_django": {
+            "handlers": ["console"],
+            "level": os.environ.get("MODALKIT_LOG_LEVEL", "INFO"),
+            "propagate": False,
+        },
     },
 }

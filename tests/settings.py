@@ -60,5 +60,6 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"modalkit_django": {"handlers": ["console"], "level": "WARNING"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {"modalkit_django": {"level": "WARNING"}},
 }
