@@ -21,9 +21,11 @@ from django.utils import timezone
 from modalkit_django import cli
 from modalkit_django.cli import ProgressReporter
 from modalkit_django.cli.arguments import format_age, parse_duration
+from modalkit_django.cli.reports import ERROR_WIDTH
 from modalkit_django.exceptions import PermanentDeliveryError, PipelineError
+from modalkit_django.jobs.keys import create_api_key
 from modalkit_django.jobs.stats import job_stats
-from modalkit_django.models import Job, QueueDelivery, SendResult
+from modalkit_django.models import ApiKey, Job, QueueDelivery, SendResult
 
 from . import flow
 from .conftest import ROOT
@@ -246,8 +248,52 @@ def test_jobs_lists_newest_first_with_filters(states: dict[str, Job]) -> None:
 
     out, _ = run("jobs", "--status", "failed")
     assert out.splitlines()[0].startswith("ID")
-    assert str(states["failed"].id) in out and "PipelineError" in out
+    assert str(states["failed"].id) in out and "PipelineError: boom" in out
+    assert run_json("jobs", "--status", "failed")["jobs"][0]["error_message"] == "boom"
     assert run("jobs", "--status", "expired")[0] == "No jobs.\n"
+
+
+def test_jobs_show_the_error_message_on_one_line_without_secrets() -> None:
+    job = flow.claim_one(flow.submit())
+    long = "POST https://hooks.example.com/x?token=s3cret answered 500\n" + "x" * 200
+    flow.finish([(job, PipelineError(long))])
+    out, _ = run("jobs", "--status", "failed")
+    [line] = out.splitlines()[1:]
+    error = line.partition("  PipelineError: ")[2]
+    assert error.startswith("POST https://hooks.example.com/x?token=*** answered 500 xxx")
+    assert len(error) == ERROR_WIDTH and error.endswith("…")
+    assert "s3cret" not in run_json("jobs")["jobs"][0]["error_message"]
+
+
+# --- grant ------------------------------------------------------------------------------
+
+
+def test_grant_adds_and_takes_back_queues_of_an_existing_key(user: Any) -> None:
+    api_key, raw_key = create_api_key(owner=user, name="laptop", allowed_queues=["audit"])
+    out, _ = run("grant", api_key.prefix, "--allow-queue", "acme-*", "--allow-queue", "audit")
+    assert out == f"Key 'laptop' ({api_key.prefix}…) of alice may send results to: audit, acme-*.\n"
+    api_key.refresh_from_db()
+    assert api_key.allowed_queues == ["audit", "acme-*"]
+
+    body = run_json("grant", raw_key, "--remove-queue", "audit")  # the whole key names it too
+    assert body == {
+        "prefix": api_key.prefix,
+        "name": "laptop",
+        "owner": "alice",
+        "revoked": False,
+        "allowed_queues": ["acme-*"],
+    }
+    assert run("grant", api_key.prefix)[0].endswith("may send results to: acme-*.\n")  # only shows
+
+
+def test_grant_names_one_key(user: Any) -> None:
+    with pytest.raises(CommandError, match="No API key 'mk_nope00'"):
+        run("grant", "mk_nope00", "--allow-queue", "x")
+    first, _ = create_api_key(owner=user, name="a")
+    second, _ = create_api_key(owner=user, name="b")
+    ApiKey.objects.filter(pk=second.pk).update(prefix=first.prefix)
+    with pytest.raises(CommandError, match="2 keys start with"):
+        run("grant", first.prefix, "--allow-queue", "x")
 
 
 # --- cancel and retry -------------------------------------------------------------------
@@ -415,9 +461,11 @@ def test_purge_needs_an_age() -> None:
         ["retry", "--status", "failed", "--dry-run"],
         ["redeliver", "--status", "dead"],
         ["purge", "--older-than", "1d"],
+        ["grant", "<key>", "--allow-queue", "acme-*"],
     ],
     ids=lambda args: args[0],
 )
-def test_every_subcommand_prints_json(args: list[str]) -> None:
+def test_every_subcommand_prints_json(args: list[str], api_key: str) -> None:
     flow.submit()
+    args = [api_key if arg == "<key>" else arg for arg in args]
     assert isinstance(run_json(*args), dict)

@@ -103,6 +103,23 @@ def add_subcommands(parser: CommandParser) -> None:
     )
     _dry_run(purge)
 
+    grant = add("grant", "Show, grant or take back the queues an API key may send results to.")
+    grant.add_argument("key", metavar="KEY", help="The key's prefix, as the admin lists it (mk_AbC123), or the key.")
+    grant.add_argument(
+        "--allow-queue",
+        action="append",
+        dest="allowed_queues",
+        metavar="PATTERN",
+        help='A queue name or pattern ("acme-*", "*") the key may send results to from now on; repeatable.',
+    )
+    grant.add_argument(
+        "--remove-queue",
+        action="append",
+        dest="removed_queues",
+        metavar="PATTERN",
+        help="A name or pattern to take back, as it was granted; repeatable.",
+    )
+
 
 def _job_filters(parser: CommandParser) -> None:
     parser.add_argument("--status", action="append", choices=JobStatus.values, help="Job status; repeatable.")

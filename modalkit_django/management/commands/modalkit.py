@@ -1,4 +1,4 @@
-"""``manage.py modalkit SUBCOMMAND``: health, stats, jobs, cancel, retry, redeliver, purge.
+"""``manage.py modalkit SUBCOMMAND``: health, stats, jobs, cancel, retry, redeliver, purge, grant.
 
 See :mod:`modalkit_django.cli`; ``manage.py modalkit --help`` lists the subcommands and
 ``manage.py modalkit SUBCOMMAND --help`` their options.
@@ -16,7 +16,7 @@ from modalkit_django import cli
 
 
 class Command(BaseCommand):
-    help = "Operate the job service: health, stats, jobs, cancel, retry, redeliver, purge."
+    help = "Operate the job service: health, stats, jobs, cancel, retry, redeliver, purge, grant."
 
     def add_arguments(self, parser: CommandParser) -> None:
         cli.add_subcommands(parser)
