@@ -13,6 +13,7 @@ class ModalkitConfig(AppConfig):
         from . import broker, checks, conf
         from .api.auth import keys
         from .clients import inference_backends
+        from .health import probes
         from .jobs import wakeups
         from .queues import queues
         from .worker import engine, lifecycle, tasks
@@ -29,6 +30,8 @@ class ModalkitConfig(AppConfig):
         )
         for index, receiver in enumerate(receivers):
             setting_changed.connect(receiver, dispatch_uid=f"modalkit:setting_changed:{index}")
+        # Any setting may change what the system checks say (SILENCED_SYSTEM_CHECKS, DATABASES…).
+        setting_changed.connect(probes.forget, dispatch_uid="modalkit:setting_changed:health")
         broker.add_worker_hook(TaskiqEvents.WORKER_STARTUP, lifecycle.on_startup)
         broker.add_worker_hook(TaskiqEvents.WORKER_SHUTDOWN, lifecycle.on_shutdown)
         wakeups.set_waker(tasks.BrokerWaker())

@@ -20,11 +20,13 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 from . import conf
+from .broker import REDIS_SCHEMES
 from .exceptions import ModalkitImproperlyConfigured
 from .inference.config import DEFAULT_APP_PREFIX, ModalkitConfig, unknown_keys
 from .metrics.checks import check_metrics
+from .queues.memory import MemoryBackend
 
-__all__ = ["CHECKS", "EXTRAS", "Check", "check_modalkit", "register"]
+__all__ = ["CHECKS", "CHECK_TAG", "EXTRAS", "Check", "check_modalkit", "one_line", "register"]
 
 # The optional dependencies, by the module that is missing, and the extra that brings them.
 EXTRAS = {
@@ -35,6 +37,9 @@ EXTRAS = {
     "redis": "redis",
     "httpx": "webhook",
 }
+
+# The tag of this app's checks: ``manage.py check --tag modalkit`` runs only them.
+CHECK_TAG = "modalkit"
 
 MINIMAL_CONFIG = "model_settings:\n  model_entries:\n    my_model: {}"
 
@@ -122,6 +127,12 @@ CHECKS = {
         "A negative `volume_reload_interval_seconds` (ModalKit: reload before every batch; here: never).",
         "Say what you mean: 0 reloads before every batch (ModalKit's default), null never.",
     ),
+    "modalkit_django.E017": _error(
+        "A memory queue backend can receive results, but the broker runs jobs in worker processes of their own.",
+        "Send results through a backend other processes read (SQS, Redis, webhooks, TaskIQ), route them there "
+        "with MODALKIT['QUEUE_ROUTES'], or, if you mean it (tests), add 'modalkit_django.E017' to "
+        "SILENCED_SYSTEM_CHECKS.",
+    ),
     "modalkit_django.W001": _warning(
         "A backend is named by a path that moved; it still works until 1.0.",
         "Use the new path; the old one goes away in 1.0.",
@@ -148,9 +159,18 @@ def _report(check_id: str, message: str, hint: str | None = None) -> checks.Chec
     return kind(message, hint=hint or check.hint, id=check_id)
 
 
+def one_line(message: checks.CheckMessage) -> str:
+    """``message`` as one line of a log: its id, what is wrong, and what to do."""
+    where = f"{message.obj}: " if message.obj is not None else ""
+    text = message.msg.rstrip()
+    if message.hint:
+        text = f"{text}{'' if text.endswith(('.', ':', '?', '!')) else '.'} {message.hint}"
+    return " ".join(f"{message.id}: {where}{text}".split())
+
+
 def register() -> None:
-    checks.register(check_modalkit, "modalkit")
-    checks.register(check_metrics, "modalkit")
+    checks.register(check_modalkit, CHECK_TAG)
+    checks.register(check_metrics, CHECK_TAG)
 
 
 def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -175,6 +195,7 @@ def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     ]
     errors += _check_timers(settings.worker)
     errors += _check_broker(settings.broker, config.app_settings.app_prefix)
+    errors += _check_memory_queues(settings, config.app_settings.queue_config.backend)
     if settings.worker.requeue_after_seconds is not None:
         errors.append(_report("modalkit_django.W004", "MODALKIT['WORKER']['REQUEUE_AFTER_SECONDS'] has no effect."))
     return errors
@@ -315,10 +336,40 @@ def _check_timers(worker: conf.WorkerSettings) -> list[checks.CheckMessage]:
     return [_report("modalkit_django.E010", message)]
 
 
+def _check_memory_queues(settings: conf.ModalkitSettings, default_alias: str) -> list[checks.CheckMessage]:
+    """A memory backend keeps what it is sent in the sending process: with workers of their
+    own, that is a worker, where nobody reads it, and the delivery is marked sent."""
+    if settings.broker.url is None or not settings.broker.url.startswith(REDIS_SCHEMES):  # E007 says so
+        return []
+    # The aliases a queue name can be routed to: the routes' up to a catch-all, else the default too.
+    reachable: list[str] = []
+    for pattern, alias in settings.queue_routes:
+        reachable.append(alias)
+        if pattern == "*":
+            break
+    else:
+        reachable.append(default_alias)
+    errors = []
+    for alias in dict.fromkeys(reachable):
+        spec = settings.queues.get(alias)
+        try:
+            backend_class = import_string(spec.backend_path) if spec else None
+        except ImportError:  # E005 or E011 says so
+            continue
+        if isinstance(backend_class, type) and issubclass(backend_class, MemoryBackend):
+            message = (
+                f"MODALKIT['QUEUES'][{alias!r}] is a MemoryBackend and MODALKIT['BROKER']['URL'] is set: the "
+                "results it is sent would stay in the memory of the worker process that ran the job, and be "
+                "marked sent."
+            )
+            errors.append(_report("modalkit_django.E017", message))
+    return errors
+
+
 def _check_broker(broker: conf.BrokerSettings, app_prefix: str) -> list[checks.CheckMessage]:
     if broker.url is None:
         return []
-    if not broker.url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+    if not broker.url.startswith(REDIS_SCHEMES):
         return [_report("modalkit_django.E007", f"MODALKIT['BROKER']['URL'] {broker.url!r} is not a Redis URL.")]
     errors = [_missing_extra(module, "MODALKIT['BROKER']") for module in ("taskiq_redis",) if find_spec(module) is None]
     if broker.queue_name is None and app_prefix == DEFAULT_APP_PREFIX:

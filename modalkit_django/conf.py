@@ -404,6 +404,12 @@ def resolve_model(model_name: str | None) -> str:
     entries = list(get_config().model_settings.model_entries)
     if model_name is None:
         model_name = default_model_name()
+        if model_name not in entries:
+            # The operators' mistake (check E004), not a model the client asked for.
+            raise ModalkitImproperlyConfigured(
+                f"MODALKIT['DEFAULT_MODEL'] {model_name!r} is not in modalkit.yaml's model_entries "
+                f"({', '.join(entries) or 'none'})"
+            )
     if model_name not in entries:
         raise UnknownModel(model_name, entries)
     return model_name

@@ -5,7 +5,8 @@ run in-process), so ``make run`` needs no services. Production-like setups switc
 parts with environment variables:
 
 - ``DATABASE_URL``   e.g. postgres://user@host:5432/db   (default: SQLite in the repo)
-- ``BROKER_URL``     e.g. redis://127.0.0.1:6379/0        (default: the in-process broker)
+- ``BROKER_URL``     e.g. redis://127.0.0.1:6379/0        (default: the in-process broker);
+                     results then go to Redis lists there, ``modalkit:results:<queue>``
 - ``INFERENCE``      ``local`` (default: the model runs in this process) or ``modal``
                      (the deployed ``project/modal_app.py``; needs Modal credentials)
 
@@ -187,18 +188,24 @@ INFERENCE = os.environ.get("INFERENCE", "local")
 if INFERENCE not in INFERENCE_BACKENDS:
     raise ImproperlyConfigured(f"INFERENCE must be one of {', '.join(INFERENCE_BACKENDS)}, not {INFERENCE!r}")
 
+BROKER_URL = os.environ.get("BROKER_URL") or None
+QUEUES: dict[str, Any] = {"memory": {"BACKEND": "modalkit_django.queues.memory.MemoryBackend"}}
+if BROKER_URL:
+    # Workers of their own send the results: to Redis lists any process can read
+    # (modalkit:results:<queue name>), not to a worker's memory (check E017 refuses that).
+    QUEUES["redis"] = {"BACKEND": "modalkit_django.queues.redis.RedisBackend", "OPTIONS": {"url": BROKER_URL}}
+
 MODALKIT = {
     "CONFIG": BASE_DIR / "modalkit.yaml",
     "INFERENCE": INFERENCE_BACKENDS[INFERENCE],
     "PIPELINE": "project.sentiment.SentimentPipeline",
     "DEFAULT_MODEL": "sentiment",
-    "BROKER": {"URL": os.environ.get("BROKER_URL") or None},
+    "BROKER": {"URL": BROKER_URL},
     # The in-process broker's worker runs in this process: a job it held when the server
     # restarted (runserver reloads on every code change) is reclaimed after its lease.
-    "WORKER": {} if os.environ.get("BROKER_URL") else {"LEASE_SECONDS": 60},
-    "QUEUES": {
-        "memory": {"BACKEND": "modalkit_django.queues.memory.MemoryBackend"},
-    },
+    "WORKER": {} if BROKER_URL else {"LEASE_SECONDS": 60},
+    "QUEUES": QUEUES,
+    "QUEUE_ROUTES": [("*", "redis")] if BROKER_URL else [],
 }
 
 LOGGING = {
@@ -207,6 +214,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "modalkit_django": {"handlers": ["console"], "level": os.environ.get("MODALKIT_LOG_LEVEL", "INFO")},
+        # Not propagated: a TaskIQ worker puts a handler of its own on the root logger, which
+        # would print every line twice.
+        "modalkit_django": {
+            "handlers": ["console"],
+            "level": os.environ.get("MODALKIT_LOG_LEVEL", "INFO"),
+            "propagate": False,
+        },
     },
 }

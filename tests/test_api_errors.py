@@ -5,15 +5,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import types
+import uuid
 from typing import Any
 
 import httpx
 import pytest
+from django.conf import settings
+from django.db import connection
 from django.test import Client, override_settings
+from django.urls import path
+from ninja import NinjaAPI
+from ninja.errors import HttpError
 
 import modalkit_django
+from modalkit_django.api import add_error_handlers, build_router
+from modalkit_django.api.errors import MISCONFIGURED, http_errors
 from modalkit_django.asgi import get_asgi_application
-from modalkit_django.exceptions import DeliveryError
+from modalkit_django.exceptions import DeliveryError, ModalkitImproperlyConfigured
 from modalkit_django.jobs import queries
 from modalkit_django.models import QueueDelivery, SendResult
 
@@ -95,3 +104,85 @@ def test_the_schema_documents_every_status_and_enumerates_statuses(api: Client) 
     assert components["JobStatus"]["enum"] == ["queued", "running", "succeeded", "failed", "canceled", "expired"]
     assert components["DeliveryStatus"]["enum"] == ["pending", "sent", "retrying", "dead"]
     assert components["JobAccepted"]["properties"]["status"] == {"$ref": "#/components/schemas/JobStatus"}
+
+
+# --- Configuration mistakes and an unmigrated database: a 503, and one line saying why ------
+
+
+def post_job(api: Client, **params: str) -> Any:
+    query = "".join(f"?{name}={value}" for name, value in params.items())
+    return api.post(f"/api/async/predict{query}", data={"message": {"text": "x"}}, content_type="application/json")
+
+
+def lines_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == logger]
+
+
+def test_a_default_model_typo_is_a_503_that_the_log_explains(api: Client, caplog: pytest.LogCaptureFixture) -> None:
+    with override_settings(MODALKIT={**settings.MODALKIT, "DEFAULT_MODEL": "sentimnet"}):
+        response = post_job(api)
+        named = post_job(api, model_name="sentiment")
+    # Not a 404 naming a model the client never sent.
+    assert response.status_code == 503
+    assert response.json() == {"detail": MISCONFIGURED}
+    assert named.status_code == 202  # a request naming its model does not need the default
+    [record] = lines_of(caplog, "modalkit_django.api.errors")
+    assert record.getMessage() == (
+        "Answering 503, the service is misconfigured: MODALKIT['DEFAULT_MODEL'] 'sentimnet' is not in "
+        "modalkit.yaml's model_entries (sentiment)"
+    )
+    assert record.exc_info is None  # one line, no traceback
+
+
+def test_a_pipeline_that_cannot_be_imported_is_a_503_that_the_log_explains(
+    api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with override_settings(MODALKIT={**settings.MODALKIT, "PIPELINE": "project.sentimnt.SentimentPipeline"}):
+        untyped = NinjaAPI(urls_namespace=f"untyped-{uuid.uuid4().hex}")
+        add_error_handlers(untyped).add_router("/", build_router())
+        urlconf = types.ModuleType("untyped_urls")
+        urlconf.urlpatterns = [path("api/", untyped.urls)]  # type: ignore[attr-defined]
+        with override_settings(ROOT_URLCONF=urlconf):
+            response = post_job(Client(headers={"Authorization": f"Bearer {api_key}"}))
+    assert response.status_code == 503
+    [record] = lines_of(caplog, "modalkit_django.api.errors")
+    assert record.getMessage() == (
+        "Answering 503, the service is misconfigured: cannot import MODALKIT['PIPELINE'] "
+        "'project.sentimnt.SentimentPipeline': No module named 'project.sentimnt'"
+    )
+
+
+def test_the_log_of_a_503_shows_no_credentials(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(HttpError), http_errors():
+        raise ModalkitImproperlyConfigured("cannot reach\nredis://ops:s3cret@cache:6379/0")
+    [record] = lines_of(caplog, "modalkit_django.api.errors")
+    assert record.getMessage() == (
+        "Answering 503, the service is misconfigured: cannot reach redis://ops:***@cache:6379/0"
+    )
+
+
+def test_a_database_not_migrated_is_a_503_that_says_run_migrate(
+    api: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def missing_table(**kwargs: Any) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM modalkit_django_not_migrated_yet")
+
+    monkeypatch.setattr(queries, "get_job", missing_table)
+    response = api.get("/api/jobs/00000000-0000-0000-0000-000000000000")
+    assert (response.status_code, response["Retry-After"]) == (503, "5")
+    [record] = lines_of(caplog, "modalkit_django.api.errors")
+    assert record.getMessage() == (
+        'Answering 503, the database is not migrated (relation "modalkit_django_not_migrated_yet" does not exist): '
+        "run `manage.py migrate`"
+    )
+    assert record.exc_info is None
+
+    # Any other programming error is a bug: a 500, with its traceback.
+    def bad_sql(**kwargs: Any) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELEC 1")
+
+    monkeypatch.setattr(queries, "get_job", bad_sql)
+    with caplog.at_level(logging.ERROR):
+        assert api.get("/api/jobs/00000000-0000-0000-0000-000000000000").status_code == 500

@@ -16,6 +16,9 @@ from django.test import override_settings
 from modalkit_django.checks import CHECKS, check_modalkit
 
 TWO_MODELS = "model_settings:\n  model_entries:\n    a: {}\n    b: {}\n"
+# Where workers of their own send results: not a memory backend (E017).
+RESULTS = {"BACKEND": "modalkit_django.queues.redis.RedisBackend", "OPTIONS": {"url": "redis://127.0.0.1:6379/0"}}
+WORKERS_RESULTS = {"QUEUES": {**settings.MODALKIT["QUEUES"], "results": RESULTS}, "QUEUE_ROUTES": [("*", "results")]}
 
 
 def ids_with(**modalkit: Any) -> list[str]:
@@ -94,6 +97,31 @@ def test_e010_a_heartbeat_slower_than_half_the_lease() -> None:
     assert ids_with(WORKER={"LEASE_SECONDS": 10, "HEARTBEAT_SECONDS": 5}) == []
 
 
+def test_e017_a_memory_backend_results_can_reach_with_workers_of_their_own() -> None:
+    redis = {"URL": "redis://127.0.0.1:6379/0", "QUEUE_NAME": "shop-jobs"}
+    queues = WORKERS_RESULTS["QUEUES"]
+    # The in-process broker: the memory backend is this process's, where the results are read.
+    assert ids_with(QUEUES=queues) == []
+    # modalkit.yaml's default alias is the memory backend: a worker's results would stay in it.
+    assert ids_with(BROKER=redis, QUEUES=queues) == ["modalkit_django.E017"]
+    assert ids_with(BROKER=redis, QUEUES=queues, QUEUE_ROUTES=[("acme-*", "results")]) == ["modalkit_django.E017"]
+    assert ids_with(BROKER=redis, QUEUES=queues, QUEUE_ROUTES=[("audit", "memory"), ("*", "results")]) == [
+        "modalkit_django.E017"
+    ]
+    # A catch-all route before it: no result can reach the memory backend.
+    assert ids_with(BROKER=redis, QUEUES=queues, QUEUE_ROUTES=[("*", "results")]) == []
+
+
+def test_e017_can_be_silenced_on_purpose() -> None:
+    from django.core.management import call_command
+
+    redis = {"URL": "redis://127.0.0.1:6379/0", "QUEUE_NAME": "shop-jobs"}
+    with override_settings(MODALKIT={**settings.MODALKIT, "BROKER": redis}):
+        call_command("check", "--tag", "modalkit")  # the tests' settings silence it
+        with override_settings(SILENCED_SYSTEM_CHECKS=[]), pytest.raises(Exception, match=r"modalkit_django\.E017"):
+            call_command("check", "--tag", "modalkit")
+
+
 def test_w004_requeue_after_seconds_is_accepted_and_said_to_do_nothing() -> None:
     worker = {**settings.MODALKIT["WORKER"], "REQUEUE_AFTER_SECONDS": 120}
     with override_settings(MODALKIT={**settings.MODALKIT, "WORKER": worker}):
@@ -146,10 +174,11 @@ def test_w002_a_stream_other_deployments_would_share(tmp_path: Path) -> None:
     default_prefix = tmp_path / "modalkit.yaml"
     default_prefix.write_text("model_settings:\n  model_entries:\n    sentiment: {}\n")
     redis = {"URL": "redis://127.0.0.1:6379/0"}
-    with override_settings(MODALKIT={**settings.MODALKIT, "CONFIG": default_prefix, "BROKER": redis}):
+    workers = {**settings.MODALKIT, "CONFIG": default_prefix, **WORKERS_RESULTS}
+    with override_settings(MODALKIT={**workers, "BROKER": redis}):
         assert [message.id for message in check_modalkit()] == ["modalkit_django.W002"]
     named = {**redis, "QUEUE_NAME": "shop-jobs"}
-    with override_settings(MODALKIT={**settings.MODALKIT, "CONFIG": default_prefix, "BROKER": named}):
+    with override_settings(MODALKIT={**workers, "BROKER": named}):
         assert check_modalkit() == []
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -20,9 +21,11 @@ from django.utils import timezone
 from modalkit_django import cli
 from modalkit_django.cli import ProgressReporter
 from modalkit_django.cli.arguments import format_age, parse_duration
+from modalkit_django.cli.reports import ERROR_WIDTH
 from modalkit_django.exceptions import PermanentDeliveryError, PipelineError
+from modalkit_django.jobs.keys import create_api_key
 from modalkit_django.jobs.stats import job_stats
-from modalkit_django.models import Job, QueueDelivery, SendResult
+from modalkit_django.models import ApiKey, Job, QueueDelivery, SendResult
 
 from . import flow
 from .conftest import ROOT
@@ -117,35 +120,64 @@ def test_health_passes_with_everything_up() -> None:
     lines = out.splitlines()
     assert lines[-1] == "Ready."
     assert any(line.startswith("database") and " ok " in line for line in lines)
+    assert any(line.startswith("migrations") and line.endswith("all applied") for line in lines)
     body = run_json("health")
     assert body["status"] == "ok"
     assert body["checks"]["broker"]["detail"] == "in-process"
 
 
-def test_health_fails_with_a_broken_broker() -> None:
-    with flow.with_modalkit(BROKER={"URL": "redis://127.0.0.1:1/0"}), pytest.raises(CommandError) as raised:
-        run("health", "--timeout", "1")
-    assert raised.value.returncode == 1
-    assert "Not ready: broker" in str(raised.value)
+def test_health_with_a_broken_broker_is_degraded_and_strict_fails() -> None:
+    with flow.with_modalkit(BROKER={"URL": "redis://127.0.0.1:1/0"}):
+        out, _ = run("health", "--timeout", "1")
+        lines = out.splitlines()
+        assert lines[-1] == "Ready, degraded: broker failed."
+        assert any(line.startswith("broker") and " degraded " in line for line in lines)
+        with pytest.raises(CommandError) as raised:
+            run("health", "--timeout", "1", "--strict")
+        assert raised.value.returncode == 1
+        assert str(raised.value) == "Ready, degraded: broker failed"
 
-    out = io.StringIO()
-    with flow.with_modalkit(BROKER={"URL": "redis://127.0.0.1:1/0"}), pytest.raises(CommandError):
+        out = io.StringIO()
         call_command("modalkit", "health", "--json", stdout=out)
     body = json.loads(out.getvalue())
-    assert (body["status"], body["checks"]["broker"]["status"]) == ("error", "error")
+    assert (body["status"], body["checks"]["broker"]["status"]) == ("degraded", "error")
 
 
-def test_health_exit_status_from_the_shell() -> None:
+def test_health_fails_with_a_configuration_error() -> None:
+    with flow.with_modalkit(PIPELINE="project.nowhere.Pipeline"), pytest.raises(CommandError) as raised:
+        run("health")
+    assert raised.value.returncode == 1
+    assert str(raised.value) == "Not ready: configuration failed"
+
+
+@pytest.fixture
+def empty_database() -> Any:
+    """A database on the test server with no table at all: `migrate` never ran on it."""
+    import psycopg
+
+    name = f"{connection.settings_dict['NAME']}_empty_{uuid.uuid4().hex[:6]}"
+    server = {key: connection.settings_dict[key] for key in ("HOST", "PORT", "USER", "PASSWORD")}
+    params = {"host": server["HOST"], "port": server["PORT"], "user": server["USER"], "password": server["PASSWORD"]}
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_health_exit_status_from_the_shell(empty_database: str) -> None:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "MODALKIT_TEST_DATABASE_NAME": connection.settings_dict["NAME"],
+        "MODALKIT_TEST_DATABASE_NAME": empty_database,
         "MODALKIT_TEST_BROKER_URL": "redis://127.0.0.1:1/0",
+        "MODALKIT_TEST_PIPELINE": "project.nowhere.Pipeline",
     }
     # The broker's port refuses at once; the timeout only has to let a loaded machine's
-    # database answer (1 s did not, once, beside the other test row).
+    # database answer (1 s did not, once, beside the other test row). No --skip-checks: a
+    # check error is reported as one of health's checks, in its JSON, not before it.
     result = subprocess.run(
-        [sys.executable, "manage.py", "modalkit", "--skip-checks", "health", "--json", "--timeout", "10"],
+        [sys.executable, "manage.py", "modalkit", "health", "--json", "--timeout", "10"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -153,8 +185,15 @@ def test_health_exit_status_from_the_shell() -> None:
         timeout=120,
     )
     assert result.returncode == 1, result.stderr
-    assert json.loads(result.stdout)["checks"]["broker"]["status"] == "error"
-    assert "Not ready: broker" in result.stderr
+    checks = json.loads(result.stdout)["checks"]
+    assert checks["broker"]["status"] == "error"
+    assert re.fullmatch(
+        r"\d+ migrations not applied \(contenttypes\.0001_initial, .+ more\): run `manage\.py migrate`",
+        checks["migrations"]["error"],
+    )
+    assert checks["configuration"]["error"].startswith("modalkit_django.E003: cannot import MODALKIT['PIPELINE']")
+    # Not ready for want of migrations and configuration; the broker only degrades it.
+    assert result.stderr == "CommandError: Not ready: migrations, configuration failed\n"
 
 
 # --- stats ------------------------------------------------------------------------------
@@ -209,8 +248,52 @@ def test_jobs_lists_newest_first_with_filters(states: dict[str, Job]) -> None:
 
     out, _ = run("jobs", "--status", "failed")
     assert out.splitlines()[0].startswith("ID")
-    assert str(states["failed"].id) in out and "PipelineError" in out
+    assert str(states["failed"].id) in out and "PipelineError: boom" in out
+    assert run_json("jobs", "--status", "failed")["jobs"][0]["error_message"] == "boom"
     assert run("jobs", "--status", "expired")[0] == "No jobs.\n"
+
+
+def test_jobs_show_the_error_message_on_one_line_without_secrets() -> None:
+    job = flow.claim_one(flow.submit())
+    long = "POST https://hooks.example.com/x?token=s3cret answered 500\n" + "x" * 200
+    flow.finish([(job, PipelineError(long))])
+    out, _ = run("jobs", "--status", "failed")
+    [line] = out.splitlines()[1:]
+    error = line.partition("  PipelineError: ")[2]
+    assert error.startswith("POST https://hooks.example.com/x?token=*** answered 500 xxx")
+    assert len(error) == ERROR_WIDTH and error.endswith("…")
+    assert "s3cret" not in run_json("jobs")["jobs"][0]["error_message"]
+
+
+# --- grant ------------------------------------------------------------------------------
+
+
+def test_grant_adds_and_takes_back_queues_of_an_existing_key(user: Any) -> None:
+    api_key, raw_key = create_api_key(owner=user, name="laptop", allowed_queues=["audit"])
+    out, _ = run("grant", api_key.prefix, "--allow-queue", "acme-*", "--allow-queue", "audit")
+    assert out == f"Key 'laptop' ({api_key.prefix}…) of alice may send results to: audit, acme-*.\n"
+    api_key.refresh_from_db()
+    assert api_key.allowed_queues == ["audit", "acme-*"]
+
+    body = run_json("grant", raw_key, "--remove-queue", "audit")  # the whole key names it too
+    assert body == {
+        "prefix": api_key.prefix,
+        "name": "laptop",
+        "owner": "alice",
+        "revoked": False,
+        "allowed_queues": ["acme-*"],
+    }
+    assert run("grant", api_key.prefix)[0].endswith("may send results to: acme-*.\n")  # only shows
+
+
+def test_grant_names_one_key(user: Any) -> None:
+    with pytest.raises(CommandError, match="No API key 'mk_nope00'"):
+        run("grant", "mk_nope00", "--allow-queue", "x")
+    first, _ = create_api_key(owner=user, name="a")
+    second, _ = create_api_key(owner=user, name="b")
+    ApiKey.objects.filter(pk=second.pk).update(prefix=first.prefix)
+    with pytest.raises(CommandError, match="2 keys start with"):
+        run("grant", first.prefix, "--allow-queue", "x")
 
 
 # --- cancel and retry -------------------------------------------------------------------
@@ -378,9 +461,11 @@ def test_purge_needs_an_age() -> None:
         ["retry", "--status", "failed", "--dry-run"],
         ["redeliver", "--status", "dead"],
         ["purge", "--older-than", "1d"],
+        ["grant", "<key>", "--allow-queue", "acme-*"],
     ],
     ids=lambda args: args[0],
 )
-def test_every_subcommand_prints_json(args: list[str]) -> None:
+def test_every_subcommand_prints_json(args: list[str], api_key: str) -> None:
     flow.submit()
+    args = [api_key if arg == "<key>" else arg for arg in args]
     assert isinstance(run_json(*args), dict)

@@ -113,6 +113,15 @@ def test_resolve_model_rejects_unknown_names() -> None:
         conf.resolve_model("nope")
 
 
+def test_a_default_model_that_is_not_configured_is_the_operators_mistake() -> None:
+    # Not UnknownModel (a 404 naming a model the client never sent): check E004's mistake.
+    with (
+        override_settings(MODALKIT={**settings.MODALKIT, "DEFAULT_MODEL": "sentimnet"}),
+        pytest.raises(ModalkitImproperlyConfigured, match=r"MODALKIT\['DEFAULT_MODEL'\] 'sentimnet' is not in"),
+    ):
+        conf.resolve_model(None)
+
+
 def test_invalid_modalkit_setting_is_improperly_configured() -> None:
     with (
         override_settings(MODALKIT={"WORKER": {"BATCH_SIZE": 0}}),

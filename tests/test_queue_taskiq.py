@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import uuid
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from django.conf import settings
 from django.core.management import call_command
 
 import modalkit_django
@@ -125,11 +127,13 @@ def test_the_embedded_broker_imports_task_modules_when_it_starts(use_queues: Any
         broker.start()
 
 
+@pytest.mark.django_db  # the command checks the database's migrations before it starts workers
 def test_the_worker_command_adds_task_modules(use_queues: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[Any] = []
     monkeypatch.setattr("taskiq.cli.worker.run.run_worker", lambda args: started.append(args) or 0)
-    use_queues({}, TASK_MODULES=["tests.consumers"])
-    call_command("taskiq", "worker", "--workers", "1")
+    # A Redis broker: with the in-process one, the command refuses to start a worker.
+    use_queues({}, TASK_MODULES=["tests.consumers"], BROKER={"URL": settings.REDIS_URL, "QUEUE_NAME": "modalkit-test"})
+    call_command("taskiq", "worker", "--workers", "1", stdout=io.StringIO())
     [args] = started
     assert args.modules == ["modalkit_django.worker.tasks", "tests.consumers"]
     assert args.workers == 1

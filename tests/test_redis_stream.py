@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings
-from taskiq import AckableMessage, BrokerMessage, TaskiqMessage
+from taskiq import AckableMessage, BrokerMessage, TaskiqEvents, TaskiqMessage
 
 from modalkit_django.broker.redis_stream import RedisStreamBroker
 
@@ -327,3 +328,38 @@ def test_an_entry_a_live_consumer_holds_past_the_idle_timeout_is_never_taken_ove
     taken, taken_over = asyncio.run(scenario())
     assert taken == []
     assert taken_over == [b"2"]
+
+
+def test_a_worker_starts_while_redis_is_away_and_reads_once_it_answers(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    private_redis.kill()
+    stream = RedisStreamBroker(private_redis.url, queue_name="q", xread_block=100)
+    stream.is_worker_process = True
+    started: list[bool] = []
+    stream.add_event_handler(TaskiqEvents.WORKER_STARTUP, lambda state: started.append(True))
+
+    async def scenario() -> list[bytes]:
+        await stream.startup()  # does not raise: the worker goes on with what the database holds
+        assert started == [True]
+        async with reading(stream) as received:
+            await asyncio.sleep(1)  # listening, waiting for Redis
+            private_redis.start()
+            await stream.kick_many([broker_message(n) for n in range(3)])
+            got = await take(received, 3)
+        await stream.shutdown()
+        return got
+
+    assert asyncio.run(scenario()) == [b"0", b"1", b"2"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "modalkit_django.broker.redis_stream"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"Redis at {private_redis.url} does not answer (Error 111 connecting to")
+    assert lines[0].endswith("); retrying in the background, and running the jobs in the database meanwhile")
+    assert re.fullmatch(rf"Redis at {re.escape(private_redis.url)} answers after \d+\.\ds; reading wake-ups", lines[1])
+
+
+def test_a_sender_is_told_that_redis_is_away(private_redis: PrivateRedis) -> None:
+    private_redis.kill()
+    stream = RedisStreamBroker(private_redis.url, queue_name="q")  # a web process: not a worker
+    with pytest.raises(redis.ConnectionError):
+        asyncio.run(stream.startup())  # broker.start() logs it; the next send tries again

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, ProgrammingError
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import HttpError
@@ -36,6 +36,7 @@ from ..exceptions import (
     PipelineError,
     UnknownModel,
 )
+from ..redaction import redact_text
 from .admission import TooManyRequests
 
 __all__ = ["RETRY_AFTER_SECONDS", "add_error_handlers", "http_errors"]
@@ -44,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 # What a client is told to wait when the database is away: about one restart.
 RETRY_AFTER_SECONDS = 5
+# PostgreSQL's SQLSTATE for a table that does not exist.
+UNDEFINED_TABLE = "42P01"
 
 # Most specific first: the first isinstance match wins.
 _STATUS_FOR_ERROR: tuple[tuple[type[ModalkitError], int], ...] = (
@@ -70,8 +73,9 @@ def http_errors() -> Iterator[None]:
     try:
         yield
     except ModalkitImproperlyConfigured as exc:
-        # The operators' problem, not the client's: the details go to the log.
-        logger.error("Answering 503: %s", exc)
+        # The operators' problem, not the client's: the details go to the log, on one line
+        # (no traceback: the message says it all) and without the credentials URLs carry.
+        logger.error("Answering 503, the service is misconfigured: %s", " ".join(redact_text(str(exc)).split()))
         raise HttpError(503, MISCONFIGURED) from exc
     except ModalkitError as exc:
         for error_class, status in _STATUS_FOR_ERROR:
@@ -85,12 +89,25 @@ def add_error_handlers(api: NinjaAPI) -> NinjaAPI:
 
     Every error is JSON in the API's shape (``{"detail": ...}``), whatever ``DEBUG``
     says: a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` is a 413, a limit reached a 429
-    with ``Retry-After``, a database that is away a 503 with ``Retry-After``, and
-    anything unexpected a 500 that carries an error id, logged with the traceback.
+    with ``Retry-After``, a database that is away a 503 with ``Retry-After``, a database
+    not migrated yet a 503 (logged in one line: run ``migrate``), and anything
+    unexpected a 500 that carries an error id, logged with the traceback.
     """
 
     def database_unavailable(request: HttpRequest, exc: Any) -> HttpResponse:
         logger.warning("Answering 503: the database is unavailable (%s: %s)", type(exc).__name__, exc)
+        detail = "The service is briefly unavailable; retry shortly."
+        response = api.create_response(request, {"detail": detail}, status=503)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+
+    def not_migrated(request: HttpRequest, exc: Any) -> HttpResponse:
+        # PostgreSQL's undefined_table: the tables of a migration not applied yet (SQLite's
+        # "no such table" is an OperationalError, answered above). Any other is a bug: a 500.
+        if getattr(exc.__cause__, "sqlstate", None) != UNDEFINED_TABLE:
+            return unexpected(request, exc)
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        logger.error("Answering 503, the database is not migrated (%s): run `manage.py migrate`", problem)
         detail = "The service is briefly unavailable; retry shortly."
         response = api.create_response(request, {"detail": detail}, status=503)
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
@@ -113,6 +130,7 @@ def add_error_handlers(api: NinjaAPI) -> NinjaAPI:
 
     for error in (OperationalError, InterfaceError):
         api.add_exception_handler(error, database_unavailable)
+    api.add_exception_handler(ProgrammingError, not_migrated)
     api.add_exception_handler(RequestDataTooBig, too_big)
     api.add_exception_handler(TooManyRequests, too_many)
     api.add_exception_handler(Exception, unexpected)

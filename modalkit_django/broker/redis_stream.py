@@ -7,6 +7,10 @@ group; this subclass changes what a job service needs changed:
   worker process exits (seen: ~19 restarts in a 15 s outage, each abandoning its batch).
   Here it waits and reconnects with backoff, and recreates the consumer group if Redis
   came back empty; the batches in flight finish meanwhile.
+- **Nor does Redis being away when the worker starts.** Upstream's ``startup()`` fails
+  (a traceback, a restart every two seconds). Here a worker logs one line and starts:
+  its engine finds the jobs in the database meanwhile, and :meth:`listen` makes the
+  consumer group, and says so, once Redis answers.
 - **A dead worker's messages come back in seconds, a live one's never.** Messages a
   consumer read but never acknowledged are claimed by a live one after ``idle_timeout``
   (30 s here, 10 min upstream), checked every few seconds rather than only after new
@@ -42,6 +46,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, BrokerMessage, TaskiqMessage
+
+from ..redaction import redact_url
 
 __all__ = ["SENTINEL_SCHEME", "RedisStreamBroker", "sentinel_pool"]
 
@@ -113,6 +119,27 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
         self._acks: defaultdict[str, list[tuple[str, asyncio.Future[None]]]] = defaultdict(list)
         self._ack_flush: asyncio.Handle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
+        self._where = redact_url(url)
+        # Since when Redis has not answered, if it did not at startup: listen() waits for it.
+        self._away_since: float | None = None
+
+    async def startup(self) -> None:
+        """Upstream's: the startup hooks, then the consumer group. In a worker, Redis not
+        answering is logged and waited for, not raised: the hooks have started the worker,
+        which finds its jobs in the database meanwhile. Elsewhere (a web process sending),
+        it is raised, and the next send tries again."""
+        try:
+            await super().startup()
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # the group, after the hooks
+            if not self.is_worker_process:
+                raise
+            self._away_since = time.monotonic()
+            logger.error(
+                "Redis at %s does not answer (%s); retrying in the background, and running the jobs "
+                "in the database meanwhile",
+                self._where,
+                exc,
+            )
 
     async def shutdown(self) -> None:
         await super().shutdown()
@@ -132,6 +159,8 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
     # --- Reading ------------------------------------------------------------------------
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        if self._away_since is not None:
+            await self._wait_for_redis()
         keeper = asyncio.create_task(self._keep_in_hand())
         try:
             async for message in self._listen():
@@ -207,6 +236,24 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
         mine: list[Any] = [entry["message_id"] for entry in pending if entry["message_id"] in wanted]
         if mine:
             await redis.xclaim(stream, self.consumer_group_name, self.consumer_name, idle_ms, mine, justid=True)
+
+    async def _wait_for_redis(self) -> None:
+        """Until Redis answers (startup said it did not): then make the consumer group."""
+        assert self._away_since is not None
+        backoff = 0.1
+        while True:
+            try:
+                await self._recreate_consumer_group()
+            except REDIS_GONE:
+                _raise_if_cancelled()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            logger.warning(
+                "Redis at %s answers after %.1fs; reading wake-ups", self._where, time.monotonic() - self._away_since
+            )
+            self._away_since = None
+            return
 
     async def _recreate_consumer_group(self) -> None:
         """From the stream's start: messages sent since Redis came back are read too."""

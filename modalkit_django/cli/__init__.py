@@ -2,13 +2,14 @@
 
 ::
 
-    manage.py modalkit health [--timeout 2] [--json]
+    manage.py modalkit health [--timeout 2] [--strict] [--json]
     manage.py modalkit stats
     manage.py modalkit jobs [--status S] [--model M] [--older-than 1h] [--limit 20]
     manage.py modalkit cancel [JOB_ID …] [--status S] [--model M] [--older-than 1h] [--dry-run]
     manage.py modalkit retry [JOB_ID …] [--status S] [--model M] [--older-than 1h] [--dry-run]
     manage.py modalkit redeliver [DELIVERY_ID …] [--status S] [--job JOB_ID] [--model M] [--older-than 1h] [--dry-run]
     manage.py modalkit purge --older-than 30d [--model M] [--batch-size 1000] [--dry-run]
+    manage.py modalkit grant KEY [--allow-queue PATTERN …] [--remove-queue PATTERN …]
 
 Each subcommand is a function of the parsed options that returns an :class:`.Outcome`;
 the command prints it as text or, with ``--json``, as JSON. Changes go through
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import actions, reports
+from . import actions, keys, reports
 from .arguments import add_subcommands
 from .outcome import Outcome
 from .progress import Progress, ProgressReporter
@@ -37,6 +38,7 @@ SUBCOMMANDS: dict[str, Handler] = {
     "retry": actions.retry,
     "redeliver": actions.redeliver,
     "purge": actions.purge,
+    "grant": keys.grant,
 }
 
 

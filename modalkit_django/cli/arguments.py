@@ -54,9 +54,18 @@ def add_subcommands(parser: CommandParser) -> None:
         sub: CommandParser = subcommands.add_parser(name, help=help_text, description=help_text, parents=[common])
         return sub
 
-    health = add("health", "Run the readiness checks; exit status 1 if one failed.")
+    health = add(
+        "health",
+        "Run the readiness checks, as GET /ready does; exit status 1 if the process could not serve "
+        "(database, migrations, configuration).",
+    )
     health.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="Seconds per check (default %(default)s)."
+    )
+    health.add_argument(
+        "--strict",
+        action="store_true",
+        help="Exit status 1 if any check failed, the broker, queues and Modal included (as /ready?strict=1).",
     )
 
     add("stats", "Jobs by model and status, the oldest queued job's age, deliveries by status.")
@@ -93,6 +102,23 @@ def add_subcommands(parser: CommandParser) -> None:
         "--batch-size", type=int, default=1000, help="Jobs deleted per transaction (default %(default)s)."
     )
     _dry_run(purge)
+
+    grant = add("grant", "Show, grant or take back the queues an API key may send results to.")
+    grant.add_argument("key", metavar="KEY", help="The key's prefix, as the admin lists it (mk_AbC123), or the key.")
+    grant.add_argument(
+        "--allow-queue",
+        action="append",
+        dest="allowed_queues",
+        metavar="PATTERN",
+        help='A queue name or pattern ("acme-*", "*") the key may send results to from now on; repeatable.',
+    )
+    grant.add_argument(
+        "--remove-queue",
+        action="append",
+        dest="removed_queues",
+        metavar="PATTERN",
+        help="A name or pattern to take back, as it was granted; repeatable.",
+    )
 
 
 def _job_filters(parser: CommandParser) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..models import ApiKey
 
-__all__ = ["authenticate_api_key", "create_api_key"]
+__all__ = ["authenticate_api_key", "create_api_key", "find_api_keys", "grant_queues"]
 
 
 def create_api_key(*, owner: Any, name: str, allowed_queues: Sequence[str] | None = None) -> tuple[ApiKey, str]:
@@ -20,6 +20,23 @@ def create_api_key(*, owner: Any, name: str, allowed_queues: Sequence[str] | Non
     raw_key = api_key.set_new_key()
     api_key.save()
     return api_key, raw_key
+
+
+def grant_queues(*, api_key: ApiKey, allow: Sequence[str] = (), remove: Sequence[str] = ()) -> ApiKey:
+    """Let ``api_key`` send results to the queue names or patterns ``allow`` too, and no
+    longer to those in ``remove`` (as written, not matched); saves and returns it. Each
+    process sees the change within ``MODALKIT["API"]["KEY_CACHE_SECONDS"]``."""
+    patterns = [pattern for pattern in api_key.allowed_queues if pattern not in remove]
+    patterns += [pattern for pattern in dict.fromkeys(allow) if pattern not in patterns]
+    api_key.allowed_queues = patterns
+    api_key.save(update_fields=["allowed_queues"])
+    return api_key
+
+
+def find_api_keys(*, key: str) -> list[ApiKey]:
+    """The keys ``key`` names: the whole key, or its prefix as the admin lists it (``mk_AbC123``)."""
+    keys = ApiKey.objects.select_related("owner").order_by("created_at")
+    return list(keys.filter(digest=ApiKey.digest_of(key))) or list(keys.filter(prefix=key))
 
 
 def authenticate_api_key(*, raw_key: str) -> ApiKey | None:

@@ -1,4 +1,4 @@
-"""``manage.py modalkit SUBCOMMAND``: health, stats, jobs, cancel, retry, redeliver, purge.
+"""``manage.py modalkit SUBCOMMAND``: health, stats, jobs, cancel, retry, redeliver, purge, grant.
 
 See :mod:`modalkit_django.cli`; ``manage.py modalkit --help`` lists the subcommands and
 ``manage.py modalkit SUBCOMMAND --help`` their options.
@@ -16,10 +16,17 @@ from modalkit_django import cli
 
 
 class Command(BaseCommand):
-    help = "Operate the job service: health, stats, jobs, cancel, retry, redeliver, purge."
+    help = "Operate the job service: health, stats, jobs, cancel, retry, redeliver, purge, grant."
 
     def add_arguments(self, parser: CommandParser) -> None:
         cli.add_subcommands(parser)
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        if options.get("subcommand") == "health":
+            # It runs the system checks itself and reports them as one of its checks (in
+            # its own format, --json included), rather than failing before it reports.
+            options["skip_checks"] = True
+        return super().execute(*args, **options)
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
         # A bar when stderr is a terminal, a line per step in a log. The raw stream: the
