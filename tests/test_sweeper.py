@@ -178,10 +178,13 @@ def test_a_sweep_that_died_does_not_block_the_next_forever() -> None:
 
 
 @pytest.mark.usefixtures("five_second_sweeps")
-def test_after_the_sweeps_stopped_no_lease_is_reclaimed_until_renewals_could_land() -> None:
+def test_after_the_sweeps_stopped_no_lease_is_reclaimed_until_renewals_could_land(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The database paused (or went away) longer than a lease: workers alive all along
     had their renewals held up too. The first sweeps after it leave expired leases alone
     for a heartbeat and a retry's backoff, so the job is not run twice."""
+    caplog.set_level("INFO", logger="modalkit_django.worker.sweeper")
     job = claim_one(submit())
     assert sweeper.sweep(worker="a") is not None
     # 35 s of nothing: no sweep ran, and the lease (renewed just before) expired meanwhile.
@@ -191,6 +194,8 @@ def test_after_the_sweeps_stopped_no_lease_is_reclaimed_until_renewals_could_lan
     assert result is not None and result.quiet and result.reclaimed == 0
     a_period_passes()
     assert sweeper.sweep(worker="a").reclaimed == 0  # still within the quiet time
+    said = [record for record in caplog.records if record.getMessage().startswith("No sweep ran for over")]
+    assert [record.levelname for record in said] == ["INFO"]  # once, at its start: not an error
     # The worker's renewal landed: nothing to reclaim when the quiet time is over.
     Job.objects.filter(id=job.id).update(lease_expires_at=timezone.now() + dt.timedelta(seconds=30))
     SweepState.objects.update(quiet_until=timezone.now() - dt.timedelta(seconds=1))

@@ -53,6 +53,9 @@ class SweepStateQuerySet(models.QuerySet["SweepState"]):
                 return None
         state = self.get(pk=SweepState.SINGLETON)
         state.quiet = self.filter(pk=SweepState.SINGLETON, quiet_until__gt=Now()).exists()
+        # Both made by the update above, from the same statement time: exactly quiet_for apart.
+        began = state.quiet_until is not None and state.started_at is not None
+        state.quiet_began = began and state.quiet_until == state.started_at + dt.timedelta(seconds=quiet_for)
         return state
 
 
@@ -71,8 +74,10 @@ class SweepState(models.Model):
 
     objects = SweepStateQuerySet.as_manager()
 
-    # Not stored, set by ``begin``: whether this sweep leaves expired leases alone.
+    # Not stored, set by ``begin``: whether this sweep leaves expired leases alone, and
+    # whether it is the first of such a quiet time.
     quiet = False
+    quiet_began = False
 
     class Meta:
         verbose_name = "sweep"

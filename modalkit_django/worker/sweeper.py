@@ -108,11 +108,14 @@ def sweep(*, worker: str) -> SweepResult | None:
         return None
     result = SweepResult(quiet=state.quiet)
     try:
-        if state.quiet:
-            logger.warning(
-                "The sweeps stopped for a while (an outage?); leases are left to renew before any is reclaimed"
+        if state.quiet_began:
+            # After an outage, or just as likely a time when no worker ran: not a warning.
+            logger.info(
+                "No sweep ran for over %ss: expired leases are left %ss to their workers' renewals first",
+                settings.sweep_interval_seconds * 2,
+                quiet_seconds(),
             )
-        else:
+        if not state.quiet:
             _reclaim(result)
         _expire(result)
         # Batches whose last jobs just ended: their completion messages are due now.
