@@ -508,3 +508,24 @@ def test_the_command_line_parser_is_what_manage_py_uses() -> None:
     # those parsers reject what the real command would.
     assert parse_command_line(["modalkit", "purge"]) is not None  # --older-than is required
     assert parse_command_line(["modalkit", "purge", "--older-than", "30d"]) is None
+
+
+def test_every_line_of_the_guarantee_table_names_a_test_that_exists() -> None:
+    """The table's promises are tests: each line names its own (a prefix ending in "…", a
+    whole name, a test module or a make target), and a name no test has any more fails."""
+    page = (DOCS / "explanation" / "guarantees.md").read_text()
+    table = page.split("## What is promised")[1].split("### What runs twice")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| what ", "| ---"))]
+    assert len(rows) >= 10
+    shown = [row.rsplit("|", 2)[-2] for row in rows]
+    assert [
+        row for row, proof in zip(rows, shown, strict=True) if not re.search(r"`test_|make faults|tests/", proof)
+    ] == []
+    test_files = (ROOT / "tests").glob("test_*.py")
+    tests = set(re.findall(r"^def (test_\w+)", "\n".join(path.read_text() for path in test_files), re.M))
+    named = re.findall(r"`(test_[a-z0-9_]+)(…?)`", table)
+    missing = [
+        name for name, cut in named if not any(test == name or (cut and test.startswith(name)) for test in tests)
+    ]
+    assert missing == []
+    assert all(path_exists(token) for token in re.findall(r"`(tests/[\w/]+\.py)`", table))
