@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
@@ -163,6 +166,40 @@ def test_a_batch_whose_lease_was_lost_stops_and_writes_nothing(
     job.refresh_from_db()
     assert (job.status, job.result) == ("running", None)  # as the reclaiming run left it
     assert "The lease of 1 jobs was lost while they ran; their work is dropped" in caplog.text
+
+
+def lease_expires_at(job_id: Any) -> Any:
+    try:
+        return Job.objects.values_list("lease_expires_at", flat=True).get(id=job_id)
+    finally:
+        connection.close()  # a thread of the test's own
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_renewal_never_waits_behind_the_workers_other_statements(run_async: Any) -> None:
+    """The worker's hot-path thread busy for seconds (a slow finish, a lock wait): its
+    leases are renewed on time anyway, on a connection of their own."""
+    job = submit()
+
+    async def run() -> tuple[Any, Any]:
+        batch_engine = engine.Engine()
+        [claimed] = await batch_engine.claim(1)
+        running = asyncio.create_task(batch_engine.run_batch([claimed]))
+        busy = asyncio.create_task(database.run_db(time.sleep, 3))  # the hot-path thread, held
+        await asyncio.sleep(1.5)  # three heartbeats
+        renewed = await sync_to_async(lease_expires_at, thread_sensitive=False)(job.id)
+        assert not busy.done()
+        running.cancel()
+        await asyncio.gather(running, busy, return_exceptions=True)
+        await database.LEASES.close()  # its connection, before the test database is dropped
+        return claimed.lease_expires_at, renewed
+
+    with flow.with_modalkit(
+        WORKER={"HEARTBEAT_SECONDS": 0.5, "LEASE_SECONDS": 2},
+        INFERENCE={"BACKEND": "tests.doubles.ScriptedInference", "OPTIONS": {"delay": 30}},
+    ):
+        claimed_until, renewed_until = run_async(run)
+    assert renewed_until > claimed_until
 
 
 def test_transient_inference_error_requeues_the_job(run_async: Any, scripted: ScriptedInference) -> None:
