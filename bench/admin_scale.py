@@ -38,9 +38,8 @@ ROWS = 1_000_000
 SEED_JOBS = """
 INSERT INTO modalkit_django_job (
     id, model_name, status, priority, batch_id, message, meta, success_queue, failure_queue,
-    result, error, attempts, reruns, owner_id, api_key_prefix, created_at, queued_at, started_at,
-    finished_at, enqueued_at, progress, progress_message, partial_outputs, idempotency_key,
-    request_fingerprint, run_after
+    result, error, attempts, runs, reruns, owner_id, api_key_prefix, created_at, queued_at, started_at,
+    finished_at, progress, progress_message, output_count, idempotency_key, request_fingerprint, run_after
 )
 SELECT
     gen_random_uuid(),
@@ -54,17 +53,18 @@ SELECT
     'results-' || (g %% 20),
     'failures-' || (g %% 20),
     '{"status": "success", "sentiment": "positive", "confidence": 0.9}'::jsonb,
-    -- Queued or running with a delivery: re-run once (its deliveries are the last run's).
-    NULL, 1, CASE WHEN g %% 50 = 0 OR g %% 100 = 1 THEN 1 ELSE 0 END, %(owner)s, '',
+    -- Each claimed once; queued or running with a delivery: re-run once (its deliveries
+    -- are the last run's).
+    NULL, 1, 1, CASE WHEN g %% 50 = 0 OR g %% 100 = 1 THEN 1 ELSE 0 END, %(owner)s, '',
     now() - make_interval(secs => g * 3),
-    now() - make_interval(secs => g * 3),
+    -- One queued job in 100 scheduled a day ahead: due then (queued_at, as a run_after
+    -- sets it), so the "scheduled" filter finds them among the queued.
+    CASE WHEN g %% 5000 = 0 THEN now() + interval '1 day' ELSE now() - make_interval(secs => g * 3) END,
     now() - make_interval(secs => g * 3 - 1),
     now() - make_interval(secs => g * 3 - 2),
-    NULL,
     CASE WHEN g %% 100 = 1 THEN (g %% 97) / 97.0 END,
     CASE WHEN g %% 100 = 1 THEN 'step ' || (g %% 97) ELSE '' END,
-    '[]'::jsonb, '', '',
-    -- One queued job in 100 scheduled a day ahead: the "scheduled" filter finds them among the queued.
+    0, '', '',
     CASE WHEN g %% 5000 = 0 THEN now() + interval '1 day' END
 FROM generate_series(1, %(rows)s) AS g
 """
@@ -123,7 +123,8 @@ def seed(rows: int) -> None:
             print(f"reusing the {rows:,} seeded jobs")
             return
         started = time.perf_counter()
-        cursor.execute("TRUNCATE modalkit_django_job, modalkit_django_queuedelivery")
+        # CASCADE: the jobs' partial outputs (modalkit_django_joboutput) go with them.
+        cursor.execute("TRUNCATE modalkit_django_job, modalkit_django_queuedelivery CASCADE")
         cursor.execute(SEED_JOBS, {"rows": rows, "owner": admin.pk})
         print(f"seeded {rows:,} jobs in {time.perf_counter() - started:.1f} s")
         started = time.perf_counter()

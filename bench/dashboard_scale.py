@@ -40,20 +40,20 @@ WITH rows AS (
     FROM generate_series(1, %(rows)s) AS g
 ), jobs AS (
     INSERT INTO modalkit_django_job (
-        id, model_name, status, priority, message, meta, success_queue, failure_queue, result, attempts, reruns,
-        api_key_prefix, created_at, queued_at, started_at, finished_at, partial_outputs, progress_message,
+        id, model_name, status, priority, message, meta, success_queue, failure_queue, result, attempts, runs,
+        reruns, api_key_prefix, created_at, queued_at, started_at, finished_at, output_count, progress_message,
         idempotency_key, request_fingerprint
     )
     SELECT gen_random_uuid(),
         CASE WHEN g %% 10 = 0 THEN 'translation' WHEN g %% 10 = 1 THEN 'vision' ELSE 'sentiment' END,
         status, 1, jsonb_build_object('text', 'row ' || g), jsonb_build_object('n', g), 'results', 'failures',
-        CASE WHEN status = 'succeeded' THEN '{"status": "success"}'::jsonb END, 1, 0, '',
+        CASE WHEN status = 'succeeded' THEN '{"status": "success"}'::jsonb END, 1, 1, 0, '',
         finished - make_interval(secs => 0.2 + (g %% 89) / 20.0 + (g %% 97) / 10.0),
         finished - make_interval(secs => 0.2 + (g %% 89) / 20.0 + (g %% 97) / 10.0),
         CASE WHEN status NOT IN ('queued', 'expired', 'canceled')
              THEN finished - make_interval(secs => 0.2 + (g %% 89) / 20.0) END,
         CASE WHEN status NOT IN ('queued', 'running') THEN finished END,
-        '[]'::jsonb, '', '', ''
+        0, '', '', ''
     FROM rows
     RETURNING id, status, finished_at, (meta->>'n')::int AS n
 )

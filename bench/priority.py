@@ -2,22 +2,22 @@
 
     .venv/bin/python bench/priority.py --low 10000
 
-Queues ``--low`` low-priority jobs (their wake-ups all in the Redis stream), starts one
-worker process (local inference, the Redis stream broker, as bench/throughput.py does),
-waits until it has run ``--warm`` of them, then submits one job through
-``modalkit_django.submit_job``, whose wake-up joins the stream behind the rest, and reports its
-submit-to-finish latency beside the mean batch time (claim to finish, per lease).
+Queues ``--low`` low-priority jobs (their wake-ups in the Redis stream, as a batch submit
+sends them), starts one worker process (local inference, the Redis stream broker, as
+bench/throughput.py does), waits until it has run ``--warm`` of them, then submits one job
+through ``modalkit_django.submit_job`` and reports its submit-to-finish latency beside the
+mean batch time (claim to finish, per lease).
 
-It runs twice: the job submitted as ``high`` (the claims woken for low jobs take it along),
-then as ``low`` (the control: it waits for its wake-up, behind the flood). Also prints
-the claim's plan for a batch of low wake-ups with a high job queued.
+It runs twice: the job submitted as ``high`` (a worker claims the highest priority first,
+whatever woke it: the job is in the next batch any worker claims), then as ``low`` (the
+control: due last, it waits behind the whole flood). Also prints the plan of the claim
+of one batch with the flood and a high job queued.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import time
@@ -56,41 +56,41 @@ def fill(low: int) -> None:
     QueueDelivery.objects.all().delete()
     Job.objects.all().delete()
     now = timezone.now()
+    # Due from the insert, by the database's clock (queued_at's default), as a submit's.
     jobs = Job.objects.bulk_create(
         Job(model_name="sentiment", message={"text": f"a good film {n}"}, success_queue="bench_results",
-            priority=Job.Priority.LOW, created_at=now, queued_at=now, enqueued_at=now)
+            priority=Job.Priority.LOW, created_at=now)
         for n in range(low)
     )  # fmt: skip
 
     async def wake() -> None:
         # The consumer group must exist before the messages, or the worker never sees them.
         await broker.get_broker().startup()
-        await broker.akick_many(tasks.run_job, [str(job.id) for job in jobs])
+        # As a batch submit wakes workers: one run_jobs per WAKE_CHUNK jobs, a nudge each.
+        await tasks.BrokerWaker().awake_jobs([job.id for job in jobs])
 
     broker.submit(wake()).result(60)
     connection.close()
 
 
 def explain() -> str:
-    """The claim's plan for 100 low wake-ups with a high job queued, rolled back."""
+    """The plan of a worker's claim of one batch, the flood and a high job queued, rolled back."""
     from django.db import connection, transaction
-    from django.utils import timezone
 
+    from modalkit_django.conf import get_settings
     from modalkit_django.models import Job
     from modalkit_django.models.sql import _claim_sql
 
-    low = Job.objects.filter(status="queued", priority=Job.Priority.LOW)
-    ids = [str(pk) for pk in low.values_list("id", flat=True)[:100]]
-    now = timezone.now()
-    params = {"ids": ids, "queued": "queued", "running": "running", "now": now, "token": uuid.uuid4(),
-              "expires": now, "extra": len(ids)}  # fmt: skip
+    worker = get_settings().worker
+    # A worker's fetch loop claims among every runnable job, not among ids.
+    params = {"limit": worker.batch_size, "token": uuid.uuid4(), "lease": worker.lease_seconds}
     with transaction.atomic(), connection.cursor() as cursor:
         # As autovacuum would have by then: a freshly loaded table has no statistics.
         cursor.execute(f'ANALYZE "{Job._meta.db_table}"')
-        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + _claim_sql(Job), params)
+        cursor.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + _claim_sql(Job, among_ids=False), params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
         transaction.set_rollback(True)
-    return re.sub(r"'\{[0-9a-f,-]+\}'", "'{…the woken ids…}'", plan)
+    return plan
 
 
 def run(low: int, warm: int, priority: str) -> dict[str, Any]:
@@ -99,7 +99,6 @@ def run(low: int, warm: int, priority: str) -> dict[str, Any]:
 
     import modalkit_django
     from bench.throughput import start_worker, stop
-    from modalkit_django.jobs.scheduling import Schedule
     from modalkit_django.models import Job
 
     fill(low)
@@ -113,7 +112,9 @@ def run(low: int, warm: int, priority: str) -> dict[str, Any]:
             time.sleep(0.05)
         waiting = Job.objects.filter(status="queued").count()
         job = modalkit_django.submit_job(
-            message={"text": "an urgent film"}, success_queue="bench_results", schedule=Schedule(priority=priority)
+            message={"text": "an urgent film"},
+            success_queue="bench_results",
+            schedule=modalkit_django.Schedule(priority=priority),
         )
         deadline = time.monotonic() + 600
         while Job.objects.exclude(status="succeeded").exists():
@@ -155,9 +156,8 @@ def main() -> None:
     setup()
     fill(args.low)
     import modalkit_django
-    from modalkit_django.jobs.scheduling import Schedule
 
-    modalkit_django.submit_job(message={"text": "x"}, schedule=Schedule(priority="high"))
+    modalkit_django.submit_job(message={"text": "x"}, schedule=modalkit_django.Schedule(priority="high"))
     print(explain(), flush=True)
     for priority in args.priorities.split(","):
         print(run(args.low, args.warm, priority), flush=True)

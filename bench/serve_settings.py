@@ -12,9 +12,17 @@ from project.settings import MODALKIT
 ROOT_URLCONF = os.environ.get("BENCH_URLCONF", "project.urls")
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 MODALKIT = {
     **MODALKIT,
-    "BROKER": {"URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), "QUEUE_NAME": os.environ["BENCH_QUEUE"]},
+    "BROKER": {"URL": REDIS_URL, "QUEUE_NAME": os.environ["BENCH_QUEUE"]},
+    # Results to Redis lists, as the demo sends them when it has a broker: with one, check
+    # E017 refuses the memory backend. No worker runs here, so none is sent.
+    "QUEUES": {
+        **MODALKIT["QUEUES"],
+        "redis": {"BACKEND": "modalkit_django.queues.redis.RedisBackend", "OPTIONS": {"url": REDIS_URL}},
+    },
+    "QUEUE_ROUTES": [("*", "redis")],
 }
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 if os.environ.get("BENCH_NO_MIDDLEWARE"):

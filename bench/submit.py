@@ -106,7 +106,8 @@ def _sockets(pid: int, port: int) -> list[str]:
 
 
 def serving_pids(server_pid: int, port: int) -> list[int]:
-    """The processes started by ``server_pid`` that listen on ``port``: the ones serving."""
+    """The processes started by ``server_pid`` that listen on ``port``: the ones serving; or
+    ``server_pid`` itself, if it serves alone (``uvicorn --workers 1`` starts no others)."""
     children = []
     for entry in os.listdir("/proc"):
         try:
@@ -117,7 +118,7 @@ def serving_pids(server_pid: int, port: int) -> list[int]:
                 children.append(int(entry))
         except OSError:  # ended meanwhile
             continue
-    return sorted(pid for pid in children if listens(pid, port))
+    return sorted(pid for pid in children if listens(pid, port)) or ([server_pid] if listens(server_pid, port) else [])
 
 
 def listens(pid: int, port: int) -> bool:
@@ -321,11 +322,17 @@ def main() -> None:
     }
     servers, apps = args.servers.split(","), args.apps.split(",")
     levels: list[Level] = []
-    for round_ in range(args.rounds):
-        for server in servers:
-            for app in apps:
-                port = 18000 + round_ * 100 + len(levels) % 100
-                levels += run_server(server, app, sides[app], args, port, key)
+    try:
+        for round_ in range(args.rounds):
+            for server in servers:
+                for app in apps:
+                    port = 18000 + round_ * 100 + len(levels) % 100
+                    levels += run_server(server, app, sides[app], args, port, key)
+    finally:
+        import redis
+
+        # The wake-ups no worker read: the stream is the run's own, and Redis is shared.
+        redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")).delete(args.env["BENCH_QUEUE"])
     print(f"\nmedians of {args.rounds} round(s), {args.requests} requests per level; split: connections per process")
     print("server            app         clients    req/s   p50 ms   p99 ms  errors  split (rounds by ,)")
     for server in servers:
