@@ -10,6 +10,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema
+from ninja.decorators import decorate_view
 from ninja.errors import ValidationError
 from ninja.params import functions as param
 from ninja.responses import Status
@@ -21,7 +22,7 @@ from ..jobs import batches
 from ..models import Job, JobStatus
 from .admission import admit, idempotency_key_header
 from .auth import caller_of, owner_of
-from .errors import http_errors
+from .errors import http_errors, ours
 from .schemas import (
     AnyObject,
     BatchAccepted,
@@ -82,6 +83,7 @@ def add_batch_routes(
         response={202: BatchAccepted, **with_body, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
         summary="Queue many jobs in one request; one message to completion_queue when all finished",
     )
+    @decorate_view(ours)
     async def async_predict_batch(
         request: HttpRequest,
         response: HttpResponse,
@@ -130,6 +132,7 @@ def add_batch_routes(
         response={200: BatchOut, **_COMMON, 404: ErrorOut},
         summary="A batch's jobs, counted by status",
     )
+    @decorate_view(ours)
     async def get_batch(request: HttpRequest, batch_id: str) -> Any:
         with http_errors():
             status = await run_sync(batches.get_batch, batch_id=batch_id, owner=owner_of(request))
@@ -140,6 +143,7 @@ def add_batch_routes(
         response={200: job_page_schema(job_out), **_COMMON, 404: ErrorOut},
         summary="A batch's jobs with their results, in item order (404: `after` is not one of them)",
     )
+    @decorate_view(ours)
     async def list_batch_jobs(
         request: HttpRequest,
         batch_id: str,

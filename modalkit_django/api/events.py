@@ -48,13 +48,14 @@ from django.db import DEFAULT_DB_ALIAS
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from ninja import Router
+from ninja.decorators import decorate_view
 from ninja.params import functions as param
 
 from ..conf import get_settings
 from ..jobs.queries import get_job
 from ..models import FINISHED_JOB_STATUSES, Job, JobOutput
 from .auth import owner_of
-from .errors import http_errors
+from .errors import http_errors, ours
 from .schemas import ErrorOut
 from .threads import run_sync
 from .watch import read_jobs, watching
@@ -137,6 +138,7 @@ def add_event_routes(router: Router, common: dict[int, Any]) -> None:
         description=_DESCRIPTION,
         openapi_extra=_OPENAPI,
     )
+    @decorate_view(ours)
     async def job_events(
         request: HttpRequest,
         job_id: str,

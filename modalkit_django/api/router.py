@@ -9,6 +9,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
+from ninja.decorators import decorate_view
 from ninja.params import functions as param
 from ninja.responses import Status
 
@@ -21,7 +22,7 @@ from ..models import Job, JobStatus
 from .admission import admit, idempotency_key_header
 from .auth import ApiKeyBearer, StaticApiKey, caller_of, owner_of
 from .batches import add_batch_routes
-from .errors import http_errors
+from .errors import http_errors, ours
 from .events import add_event_routes
 from .intake import asubmit_job
 from .schemas import (
@@ -113,6 +114,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         response={200: output_model, **with_body, 404: ErrorOut, 502: ErrorOut, 504: ErrorOut},
         summary="Run the model now and return its output",
     )
+    @decorate_view(ours)
     async def predict(request: HttpRequest, payload: predict_request, model_name: str | None = None) -> Any:  # type: ignore[valid-type]
         with http_errors():
             require_pipeline()
@@ -124,6 +126,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         response={202: JobAccepted, **with_body, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
         summary="Queue a job; its result goes to success_queue or failure_queue",
     )
+    @decorate_view(ours)
     async def async_predict(
         request: HttpRequest,
         response: HttpResponse,
@@ -157,6 +160,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         response={200: job_page_schema(job_out), **common, 404: ErrorOut},
         summary="Your jobs, newest first (404: `before` is not one of them)",
     )
+    @decorate_view(ours)
     async def list_jobs(
         request: HttpRequest,
         status: JobStatus | None = None,
@@ -176,6 +180,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         return {"jobs": [_job_out(job) for job in jobs], "next": following.id if following else None}
 
     @router.get("/jobs/{job_id}", response={200: job_out, **common, 404: ErrorOut}, summary="A job's status and result")
+    @decorate_view(ours)
     async def get_job(request: HttpRequest, job_id: str) -> Any:
         with http_errors():
             job, outputs = await run_sync(_read_job, job_id, owner_of(request))
@@ -186,6 +191,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         response={200: job_out, **common, 404: ErrorOut, 409: ErrorOut},
         summary="Cancel a job that has not started, or one running on a Modal call",
     )
+    @decorate_view(ours)
     async def cancel_job(request: HttpRequest, job_id: str) -> Any:
         def cancel() -> tuple[Job, list[dict[str, Any]]]:
             job = queries.get_job(job_id=job_id, owner=owner_of(request))
