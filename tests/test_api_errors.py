@@ -176,6 +176,7 @@ def test_on_a_hosts_api_our_answers_are_for_our_routes_only(
             response = client.get(f"/api/jobs/{uuid.uuid4()}")
             assert response.status_code == 500
             assert set(response.json()) == {"detail", "error_id"}
+            assert client.get("/api/jobs/not-a-uuid").status_code == 422
             assert Client().get("/api/jobs").json() == {"detail": "Unauthorized"}
             assert raised == ["/api/mine/boom", "/api/mine/db"]  # ours answered, nothing raised
     finally:

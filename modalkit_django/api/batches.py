@@ -82,6 +82,7 @@ def add_batch_routes(
         "/async/predict/batch",
         response={202: BatchAccepted, **with_body, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
         summary="Queue many jobs in one request; one message to completion_queue when all finished",
+        operation_id="submit_batch",
     )
     @decorate_view(ours)
     async def async_predict_batch(
@@ -131,9 +132,10 @@ def add_batch_routes(
         "/batches/{batch_id}",
         response={200: BatchOut, **_COMMON, 404: ErrorOut},
         summary="A batch's jobs, counted by status",
+        operation_id="get_batch",
     )
     @decorate_view(ours)
-    async def get_batch(request: HttpRequest, batch_id: str) -> Any:
+    async def get_batch(request: HttpRequest, batch_id: uuid.UUID) -> Any:
         with http_errors():
             status = await run_sync(batches.get_batch, batch_id=batch_id, owner=owner_of(request))
         return _batch_out(status)
@@ -142,11 +144,12 @@ def add_batch_routes(
         "/batches/{batch_id}/jobs",
         response={200: job_page_schema(job_out), **_COMMON, 404: ErrorOut},
         summary="A batch's jobs with their results, in item order (404: `after` is not one of them)",
+        operation_id="list_batch_jobs",
     )
     @decorate_view(ours)
     async def list_batch_jobs(
         request: HttpRequest,
-        batch_id: str,
+        batch_id: uuid.UUID,
         status: JobStatus | None = None,
         limit: int = param.Query(100, ge=1, le=1000),
         after: uuid.UUID | None = _AFTER,

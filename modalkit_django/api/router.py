@@ -44,7 +44,7 @@ __all__ = ["build_router"]
 _PAGE_CURSOR = param.Query(None, description="The `next` of the previous page.")
 
 
-def _read_job(job_id: str, owner: Any) -> tuple[Job, list[dict[str, Any]]]:
+def _read_job(job_id: uuid.UUID, owner: Any) -> tuple[Job, list[dict[str, Any]]]:
     """The caller's job, and its current run's partial outputs."""
     job = queries.get_job(job_id=job_id, owner=owner)
     return job, job.partial_outputs
@@ -113,6 +113,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         "/predict",
         response={200: output_model, **with_body, 404: ErrorOut, 502: ErrorOut, 504: ErrorOut},
         summary="Run the model now and return its output",
+        operation_id="predict",
     )
     @decorate_view(ours)
     async def predict(request: HttpRequest, payload: predict_request, model_name: str | None = None) -> Any:  # type: ignore[valid-type]
@@ -125,6 +126,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         "/async/predict",
         response={202: JobAccepted, **with_body, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
         summary="Queue a job; its result goes to success_queue or failure_queue",
+        operation_id="submit_job",
     )
     @decorate_view(ours)
     async def async_predict(
@@ -159,6 +161,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         "/jobs",
         response={200: job_page_schema(job_out), **common, 404: ErrorOut},
         summary="Your jobs, newest first (404: `before` is not one of them)",
+        operation_id="list_jobs",
     )
     @decorate_view(ours)
     async def list_jobs(
@@ -179,9 +182,14 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
             )
         return {"jobs": [_job_out(job) for job in jobs], "next": following.id if following else None}
 
-    @router.get("/jobs/{job_id}", response={200: job_out, **common, 404: ErrorOut}, summary="A job's status and result")
+    @router.get(
+        "/jobs/{job_id}",
+        response={200: job_out, **common, 404: ErrorOut},
+        summary="A job's status and result",
+        operation_id="get_job",
+    )
     @decorate_view(ours)
-    async def get_job(request: HttpRequest, job_id: str) -> Any:
+    async def get_job(request: HttpRequest, job_id: uuid.UUID) -> Any:
         with http_errors():
             job, outputs = await run_sync(_read_job, job_id, owner_of(request))
         return _job_out(job, outputs)
@@ -190,9 +198,10 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         "/jobs/{job_id}/cancel",
         response={200: job_out, **common, 404: ErrorOut, 409: ErrorOut},
         summary="Cancel a job that has not started, or one running on a Modal call",
+        operation_id="cancel_job",
     )
     @decorate_view(ours)
-    async def cancel_job(request: HttpRequest, job_id: str) -> Any:
+    async def cancel_job(request: HttpRequest, job_id: uuid.UUID) -> Any:
         def cancel() -> tuple[Job, list[dict[str, Any]]]:
             job = queries.get_job(job_id=job_id, owner=owner_of(request))
             control.cancel_job(job=job)
