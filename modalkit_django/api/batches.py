@@ -20,7 +20,7 @@ from ..conf import get_pipeline_class, get_settings
 from ..inference.pipeline import InferencePipeline
 from ..jobs import batches
 from ..models import Job, JobStatus
-from .admission import admit, idempotency_key_header
+from .admission import admit, idempotency_key_header, refuse_unless_utf8
 from .auth import caller_of, owner_of
 from .errors import http_errors, ours
 from .schemas import (
@@ -92,6 +92,7 @@ def add_batch_routes(
         model_name: str | None = None,
         idempotency_key: str | None = idempotency_key_header("batch"),
     ) -> Any:
+        refuse_unless_utf8(request)
         items = payload.items  # type: ignore[attr-defined]
         limit = get_settings().api.max_batch_items
         if len(items) > limit:

@@ -19,7 +19,7 @@ from ..exceptions import ModalkitImproperlyConfigured
 from ..inference.pipeline import InferencePipeline
 from ..jobs import control, queries
 from ..models import Job, JobStatus
-from .admission import admit, idempotency_key_header
+from .admission import admit, idempotency_key_header, refuse_unless_utf8
 from .auth import ApiKeyBearer, StaticApiKey, caller_of, owner_of
 from .batches import add_batch_routes
 from .errors import http_errors, ours
@@ -111,14 +111,17 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
 
     @router.post(
         "/predict",
-        response={200: output_model, **with_body, 404: ErrorOut, 502: ErrorOut, 504: ErrorOut},
+        response={200: output_model, **with_body, 404: ErrorOut, 429: ErrorOut, 502: ErrorOut, 504: ErrorOut},
         summary="Run the model now and return its output",
+        description="Counted against the key's limits as a submit of one job is.",
         operation_id="predict",
     )
     @decorate_view(ours)
     async def predict(request: HttpRequest, payload: predict_request, model_name: str | None = None) -> Any:  # type: ignore[valid-type]
+        refuse_unless_utf8(request)
         with http_errors():
             require_pipeline()
+            await admit(caller_of(request), ())
             name = resolve_model(model_name)
             return await get_inference_backend().apredict(name, payload.message.model_dump(mode="json"))  # type: ignore[attr-defined]
 
@@ -136,6 +139,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         model_name: str | None = None,
         idempotency_key: str | None = idempotency_key_header("job"),
     ) -> Any:
+        refuse_unless_utf8(request)
         caller = caller_of(request)
         with http_errors():
             require_pipeline()
