@@ -22,7 +22,7 @@ from ..inference.pipeline import InferencePipeline
 from .errors import add_error_handlers
 from .router import build_router
 
-__all__ = ["URLS_NAMESPACE", "build_api", "is_lean", "lean_urls", "outside_request_transactions"]
+__all__ = ["URLS_NAMESPACE", "build_api", "is_lean", "lean", "lean_urls", "outside_request_transactions"]
 
 # The namespace of the API's URLs, as reverse() takes them: "modalkit:get_job".
 URLS_NAMESPACE = "modalkit"
@@ -63,12 +63,19 @@ def lean_urls(api: NinjaAPI) -> tuple[list[URLResolver | URLPattern], str, str]:
     """``api.urls``, its views marked for the lean ASGI path and outside request transactions."""
     patterns, app_name, namespace = api.urls
     for pattern in _patterns(patterns):
-        setattr(outside_request_transactions(pattern.callback), _LEAN, True)
+        lean(outside_request_transactions(pattern.callback))
     return patterns, app_name, namespace
 
 
+def lean(view: View) -> View:
+    """Mark ``view`` for the lean ASGI path: an async view that needs no ``MIDDLEWARE``
+    (no session, user, CSRF or messages). The API's views, and the benchmark's floor."""
+    setattr(view, _LEAN, True)
+    return view
+
+
 def is_lean(view: Any) -> bool:
-    """Whether the lean ASGI path may serve ``view`` (one of :func:`lean_urls`)."""
+    """Whether the lean ASGI path may serve ``view`` (marked by :func:`lean`)."""
     return getattr(view, _LEAN, False) is True
 
 
