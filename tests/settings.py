@@ -49,6 +49,10 @@ MODALKIT = {
 }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Static files straight from the apps' folders, with no collectstatic before each run
+# (WhiteNoise's finders); the host-project test serves collected ones.
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True
 DEBUG = False
 LOGGING = {
     "version": 1,
