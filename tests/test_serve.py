@@ -121,7 +121,7 @@ def test_static_files_answer_through_the_production_server(launcher: Launcher) -
         docs = client.get("/api/docs")
         [docs_css] = re.findall(r'href="([^"]+\.css)"', docs.text)
         docs_css_answer = client.get(docs_css)
-    assert (admin_css.status_code, admin_css.headers["Content-Type"]) == (200, "text/css; charset=\"utf-8\"")
+    assert (admin_css.status_code, admin_css.headers["Content-Type"]) == (200, 'text/css; charset="utf-8"')
     assert docs.status_code == 200
     assert docs_css.startswith("/static/")  # "ninja" is installed: no CDN
     assert (docs_css_answer.status_code, docs_css_answer.headers["Content-Type"].split(";")[0]) == (200, "text/css")
