@@ -85,7 +85,7 @@ def test_the_lean_path_answers_under_atomic_requests_or_not(atomic_requests: boo
 
 @pytest.fixture
 def starts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """broker.start() calls, recorded; the receiver connected again afterwards."""
+    """broker.start() calls, recorded, with the app's receiver connected."""
     started: list[str] = []
     done = threading.Event()
 
@@ -94,11 +94,10 @@ def starts(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         done.set()
 
     monkeypatch.setattr(broker, "start", start)
-    request_started.disconnect(dispatch_uid=apps._START_BROKER)
+    # Connected as the app connects it (the suite's conftest disconnects it).
     request_started.connect(apps.start_broker_on_first_request, dispatch_uid=apps._START_BROKER)
     yield started
     request_started.disconnect(dispatch_uid=apps._START_BROKER)
-    request_started.connect(apps.start_broker_on_first_request, dispatch_uid=apps._START_BROKER)
 
 
 @pytest.mark.parametrize("server", [WSGIHandler, ASGIHandler, ApiHandler])
