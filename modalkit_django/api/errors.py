@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -44,7 +45,7 @@ from ..exceptions import (
 )
 from .admission import TooManyRequests
 
-__all__ = ["RETRY_AFTER_SECONDS", "add_error_handlers", "http_errors", "ours"]
+__all__ = ["ANSWERED", "RETRY_AFTER_SECONDS", "add_error_handlers", "http_errors", "ours"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ def http_errors() -> Iterator[None]:
 # Set on the requests of the API's own operations (``ours``).
 _OURS = "_modalkit_api_route"
 
+# Every NinjaAPI given the API's answers: the app's own, and a host's on the manual path
+# (a system check looks at those under ATOMIC_REQUESTS).
+ANSWERED: weakref.WeakSet[NinjaAPI] = weakref.WeakSet()
+
 Run = Callable[..., Awaitable[HttpResponse]]
 
 
@@ -125,6 +130,7 @@ def add_error_handlers(api: NinjaAPI) -> NinjaAPI:
         return theirs(request, exc)
 
     setattr(on_exception, _OURS, True)
+    ANSWERED.add(api)
     # The instance's own on_exception, called by every operation of this API: ninja
     # offers no per-router handlers, and a handler added per class would also take the
     # host's routes (or be replaced by the host's own catch-all).

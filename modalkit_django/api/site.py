@@ -10,6 +10,7 @@ error answers (``add_error_handlers``): that is the manual path.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,13 +23,16 @@ from ..inference.pipeline import InferencePipeline
 from .errors import add_error_handlers
 from .router import build_router
 
-__all__ = ["URLS_NAMESPACE", "build_api", "is_lean", "lean", "lean_urls", "outside_request_transactions"]
+__all__ = ["BUILT", "URLS_NAMESPACE", "build_api", "is_lean", "lean", "lean_urls", "outside_request_transactions"]
 
 # The namespace of the API's URLs, as reverse() takes them: "modalkit:get_job".
 URLS_NAMESPACE = "modalkit"
 
 # Set on the views the lean ASGI path may serve.
 _LEAN = "_modalkit_lean"
+
+# The NinjaAPIs build_api() made: the app's own, unlike a host's (the manual path).
+BUILT: weakref.WeakSet[NinjaAPI] = weakref.WeakSet()
 
 View = Callable[..., Any]
 
@@ -43,6 +47,7 @@ def build_api(pipeline: type[InferencePipeline] | None = None) -> NinjaAPI:
     )
     add_error_handlers(api)
     api.add_router("/", build_router(pipeline))
+    BUILT.add(api)
     return api
 
 
