@@ -40,7 +40,8 @@ run: $(VENV)/.installed
 	DJANGO_DEBUG=1 $(PY) manage.py runserver 127.0.0.1:$(PORT)
 
 # Production serving: uvicorn, one process per core, the API on its lean path
-# (modalkit_django.asgi). Set DATABASE_URL, BROKER_URL and DJANGO_SECRET_KEY; run workers
+# (modalkit_django.asgi), static files collected and served by WhiteNoise. Set
+# DATABASE_URL, BROKER_URL and DJANGO_SECRET_KEY; run workers
 # beside it with `manage.py taskiq worker`. On Linux each process accepts on a socket of
 # its own (modalkit_django.serve, SO_REUSEPORT): with uvicorn's one shared socket, one
 # process took most keep-alive connections (bench/submit.py --servers uvicorn,uvicorn-reuseport).
@@ -52,6 +53,7 @@ SERVER := $(PY) -m uvicorn project.asgi:application --workers $(WEB_PROCESSES)
 endif
 serve: $(VENV)/.installed-extras
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-0} $(SERVER) --host $${HOST:-127.0.0.1} --port $(PORT) --no-access-log
 
 # The suite, after the static checks (ruff, mypy, migrations) that CI holds it to.

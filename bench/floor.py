@@ -3,10 +3,10 @@
 ``POST /floor/submit``: one INSERT of a job row and one TaskIQ ``.kiq`` on the upstream
 Redis stream broker, then 202, through Django's ASGI handler and ``MIDDLEWARE``, as a
 team would serve it. ``POST /api/floor/submit``: the same view on the API's lean path
-(``modalkit_django.asgi``), to tell what the path gives from what group commit gives.
-``POST /api/floor/predict``: a minimal ninja endpoint behind the same API-key auth as
-the project, returning a constant: the cost of ninja and auth alone, against which
-``/api/predict`` is measured.
+(``modalkit_django.asgi``; marked for it, as the API's own views are), to tell what the
+path gives from what group commit gives. ``POST /api/floor/predict``: a minimal ninja
+endpoint behind the same API-key auth as the project, returning a constant, on the lean
+path too: the cost of ninja and auth alone, against which ``/api/predict`` is measured.
 """
 
 import json
@@ -19,6 +19,7 @@ from ninja import NinjaAPI
 from taskiq_redis import RedisStreamBroker
 
 from modalkit_django.api.auth import ApiKeyBearer
+from modalkit_django.api.site import lean, lean_urls
 from modalkit_django.models import Job
 
 broker = RedisStreamBroker(
@@ -54,4 +55,13 @@ async def predict(request: HttpRequest) -> dict[str, object]:
     return {"status": "success", "sentiment": "positive", "confidence": 0.95}
 
 
-urlpatterns = [path("floor/submit", submit), path("api/floor/submit", submit), path("api/floor/", api.urls)]
+@csrf_exempt
+async def lean_submit(request: HttpRequest) -> JsonResponse:
+    return await submit(request)
+
+
+urlpatterns = [
+    path("floor/submit", submit),
+    path("api/floor/submit", lean(lean_submit)),
+    path("api/floor/", lean_urls(api)),
+]

@@ -357,15 +357,16 @@ def taskiq_options() -> str:
 
 
 def http_api_page() -> str:
-    from project.urls import api
+    from modalkit_django.urls import api
 
     schema = api.get_openapi_schema()
     sections = [
         "# HTTP API",
         GENERATED_NOTE,
         "The operations and schemas below are the OpenAPI schema the demo project serves "
-        "(`/api/openapi.json`, browsable at `/api/docs`), with the API mounted under `/api/`. "
-        "In your project the prefix is where you mount the router, and `message` and `result` are "
+        '(`/api/openapi.json`, browsable at `/api/docs`), with `include("modalkit_django.urls")` '
+        "mounted at the root, so the API is under `/api/`. In your project the prefix is where you "
+        "include it, and `message` and `result` are "
         "typed by your pipeline's `input_model` and `output_model` (here the demo's "
         "`SentimentRequest` and `SentimentResponse`). Errors are listed with their causes in "
         "[HTTP errors](http-errors.md).",
@@ -455,14 +456,14 @@ def operation_section(method: str, path: str, operation: dict[str, Any]) -> list
 
 
 def response_body(media_type: str, content: dict[str, Any]) -> str:
-    if "schema" in content:
-        return schema_type(content["schema"])
     events = [
         option["properties"]["event"]["const"]
-        for option in content.get("itemSchema", {}).get("oneOf", [])
+        for option in content.get("schema", {}).get("oneOf", [])
         if "const" in option.get("properties", {}).get("event", {})
     ]
-    return f"`{media_type}`" + (f": events {', '.join(code(event) for event in events)}" if events else "")
+    if events:  # a stream: its schema is one event's (OpenAPI 3.1 has no itemSchema)
+        return f"`{media_type}`: events {', '.join(code(event) for event in events)}"
+    return schema_type(content["schema"]) if "schema" in content else f"`{media_type}`"
 
 
 def schema_section(name: str, component: dict[str, Any]) -> list[str]:

@@ -12,7 +12,7 @@ What a host project may use, importable from here (``from modalkit_django import
 Names are loaded on first use (PEP 562): importing this package costs nothing, and the
 models are only touched once Django's apps are ready. Every other module is internal, even
 where it is importable; the dotted paths that settings name (``queues.*``, ``clients.*``,
-``inference.*``, ``urls``, ``metrics.urls``, ``asgi``, ``serve``) are public too.
+``inference.*``, ``urls``, ``health.urls``, ``metrics.urls``, ``asgi``, ``serve``) are public too.
 """
 
 from __future__ import annotations

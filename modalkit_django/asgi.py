@@ -1,4 +1,4 @@
-"""The ASGI application: the API on a lean path, everything else on Django's own handler.
+"""The ASGI application: the API's own routes on a lean path, everything else on Django's handler.
 
 In ``asgi.py``::
 
@@ -10,12 +10,14 @@ Django's ASGI handler runs each request in a context of its own thread and calls
 ``MIDDLEWARE`` that is not natively async (all of Django's own) through a thread hop,
 before and after the view: measured here, about thirty hops and two thread starts per
 request, most of a submit's cost, and the reason throughput fell as clients were added.
-Bearer-token API requests need none of it (no session, CSRF cookie or messages), so
-requests under ``api_prefix`` go to :class:`ApiHandler`: the same request, URL
-resolution, view and error handling, on the event loop, with no per-request thread.
-What ``SecurityMiddleware`` does (``SECURE_SSL_REDIRECT``, HSTS, ``nosniff``, the
-referrer and cross-origin policies) is still applied, in place. Everything else (the
-admin, your pages) is Django's handler with your ``MIDDLEWARE``, unchanged.
+Bearer-token API requests need none of it (no session, CSRF cookie or messages), so a
+request whose path resolves to one of the API's views as ``include("modalkit_django.urls")``
+mounts them (wherever it is mounted) goes to :class:`ApiHandler`: the same request, view
+and error handling, on the event loop, with no per-request thread; its URL is resolved
+once, here. What ``SecurityMiddleware`` does (``SECURE_SSL_REDIRECT``, HSTS, ``nosniff``,
+the referrer and cross-origin policies) is still applied, in place. Every other path (the
+admin, your pages, your own APIs, beside ours under ``/api/`` or not) is Django's handler
+with your ``MIDDLEWARE``, unchanged. Paths are resolved with ``ROOT_URLCONF``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import warnings
 from contextlib import closing
 from typing import Any, cast
 
@@ -31,9 +34,9 @@ from django.conf import settings
 from django.core import signals
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
-from django.http import HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.middleware.security import SecurityMiddleware
-from django.urls import set_script_prefix
+from django.urls import ResolverMatch, get_resolver, set_script_prefix
 
 __all__ = ["ApiHandler", "get_asgi_application"]
 
@@ -57,6 +60,10 @@ class ApiHandler(ASGIHandler):
         self._security = SecurityMiddleware(lambda request: HttpResponse())
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await self.serve(scope, receive, send)
+
+    async def serve(self, scope: Scope, receive: Any, send: Any, match: ResolverMatch | None = None) -> None:
+        """Answer the request; ``match``: its URL, if already resolved."""
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         if (too_big := _declared_too_big(scope)) is not None:
@@ -74,6 +81,7 @@ class ApiHandler(ASGIHandler):
                 # Django's answer is an HTML page; an API client gets the API's JSON shape.
                 response = _json_error(error.status_code, error.reason_phrase)
             else:
+                request.resolver_match = match
                 # SecurityMiddleware's checks and headers are plain computation: no hop needed.
                 response = self._security.process_request(request) or await self.get_response_async(request)
                 response = self._security.process_response(request, cast(HttpResponse, response))
@@ -84,6 +92,10 @@ class ApiHandler(ASGIHandler):
             else:
                 await self.send_response(response, send)
             response.close()  # sends request_finished
+
+    def resolve_request(self, request: HttpRequest) -> ResolverMatch:
+        # Resolved once, by the application that chose this path.
+        return request.resolver_match or super().resolve_request(request)
 
 
 async def _send_until_disconnect(sending: Any, receive: Any) -> None:
@@ -121,10 +133,23 @@ def _declared_too_big(scope: Scope) -> HttpResponse | None:
     return None
 
 
-def get_asgi_application(*, api_prefix: str = "/api/") -> Any:
-    """The project's ASGI application: requests under ``api_prefix`` take the API's lean
-    path (:class:`ApiHandler`), all others Django's handler."""
+def get_asgi_application(*, api_prefix: str | None = None) -> Any:
+    """The project's ASGI application: a request for one of the API's views takes the
+    lean path (:class:`ApiHandler`), every other request Django's handler.
+
+    ``api_prefix`` is deprecated and ignored: which requests are the API's is read from
+    the URLconf (what ``include("modalkit_django.urls")`` mounts), wherever it is.
+    """
+    if api_prefix is not None:
+        warnings.warn(
+            "get_asgi_application(api_prefix=...) is ignored: the lean path serves the API's own URLs "
+            "(include('modalkit_django.urls')), wherever they are mounted; drop the argument.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     django.setup(set_prefix=False)
+    from .api.site import is_lean
+
     pages = ASGIHandler()
     api = ApiHandler()
     # What start-up made (settings, URLs, models, schemas) lives as long as the process:
@@ -134,9 +159,22 @@ def get_asgi_application(*, api_prefix: str = "/api/") -> Any:
     gc.freeze()
 
     async def application(scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(api_prefix):
-            await api(scope, receive, send)
+        if scope["type"] == "http" and (match := _resolve(scope)) is not None and is_lean(match.func):
+            await api.serve(scope, receive, send, match)
         else:
             await pages(scope, receive, send)
 
     return application
+
+
+def _resolve(scope: Scope) -> ResolverMatch | None:
+    """The view ``scope``'s path resolves to, as Django's handler would resolve it; ``None``
+    if none does, or if resolving fails: Django's handler then answers, and reports it."""
+    path = scope["path"]
+    script_name = get_script_prefix(scope).rstrip("/")
+    if script_name and (path.startswith(script_name + "/") or path == script_name):
+        path = path[len(script_name) :]
+    try:
+        return get_resolver().resolve(path)
+    except Exception:  # Resolver404, or a URLconf that does not load: Django's handler says which
+        return None

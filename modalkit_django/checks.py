@@ -149,6 +149,12 @@ CHECKS = {
         '`MODALKIT["WORKER"]["REQUEUE_AFTER_SECONDS"]` is set, but no longer used.',
         "Remove it: workers claim runnable jobs themselves (WORKER['POLL_INTERVAL_SECONDS']).",
     ),
+    "modalkit_django.W005": _warning(
+        "`ATOMIC_REQUESTS` is on and a `NinjaAPI` of your own serves the API's router: Django refuses "
+        "its async views inside a request transaction (a 500 for every request).",
+        "Mount the API with path('', include('modalkit_django.urls')), whose views keep out of request "
+        "transactions, or mark your NinjaAPI's views with transaction.non_atomic_requests.",
+    ),
 }
 
 
@@ -171,6 +177,7 @@ def one_line(message: checks.CheckMessage) -> str:
 def register() -> None:
     checks.register(check_modalkit, CHECK_TAG)
     checks.register(check_metrics, CHECK_TAG)
+    checks.register(check_request_transactions, CHECK_TAG, checks.Tags.urls)
 
 
 def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -379,3 +386,40 @@ def _check_broker(broker: conf.BrokerSettings, app_prefix: str) -> list[checks.C
         )
         errors.append(_report("modalkit_django.W002", shared))
     return errors
+
+
+def check_request_transactions(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """W005: the router on a host's ``NinjaAPI`` (the manual path) under ``ATOMIC_REQUESTS``."""
+    from django.db import connections
+    from django.urls import URLResolver, get_resolver
+
+    from .api.errors import ANSWERED
+    from .api.site import BUILT
+
+    atomic = [alias for alias in connections if connections.settings[alias].get("ATOMIC_REQUESTS")]
+    if not atomic:
+        return []
+
+    def namespaces(patterns: Sequence[Any]) -> set[str]:
+        found: set[str] = set()
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                found |= {pattern.namespace} if pattern.namespace else set()
+                found |= namespaces(pattern.url_patterns)
+        return found
+
+    try:
+        mounted = namespaces(get_resolver().url_patterns)  # imports the URLconf, which builds the APIs
+    except Exception:  # Django's own URL checks report it
+        return []
+    hosts = [api for api in ANSWERED if api not in BUILT and api.urls_namespace in mounted]
+    return [
+        _report(
+            "modalkit_django.W005",
+            f"ATOMIC_REQUESTS is on for {', '.join(map(repr, atomic))}, and the NinjaAPI "
+            f"{api.urls_namespace!r} serves the API's router: Django answers its requests with a 500.",
+        )
+        for api in sorted(hosts, key=lambda api: str(api.urls_namespace))
+    ]

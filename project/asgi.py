@@ -7,8 +7,3 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 from modalkit_django.asgi import get_asgi_application
 
 application = get_asgi_application()
-
-# See wsgi.py.
-from modalkit_django import broker  # noqa: E402
-
-broker.start()

@@ -57,6 +57,19 @@ def _worker_statements_on_the_test_thread(request: pytest.FixtureRequest) -> Ite
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _no_broker_start_on_requests() -> None:
+    """The test process is no server: a live server's first request (the browser tests')
+    would start the embedded worker, which would run the queued jobs tests seed. Tests
+    that want it start it (broker.start(), or a submit's wake-up); tests/test_urls.py
+    tests the start on the first request."""
+    from django.core.signals import request_started
+
+    from modalkit_django import apps
+
+    request_started.disconnect(dispatch_uid=apps._START_BROKER)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _stop_in_process_broker(django_db_setup: Any) -> Iterator[None]:
     """Stop the embedded worker before the test database is dropped: it holds a connection."""
     yield

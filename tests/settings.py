@@ -63,6 +63,10 @@ if skew := float(os.environ.get("MODALKIT_TEST_CLOCK_SKEW_SECONDS", "0")):
 SILENCED_SYSTEM_CHECKS = ["modalkit_django.E017"]
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Static files straight from the apps' folders, with no collectstatic before each run
+# (WhiteNoise's finders); the host-project test serves collected ones.
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True
 DEBUG = False
 # The handler on the root logger: pytest's caplog sees every record, and a worker
 # subprocess prints each line once (TaskIQ adds a root handler only when there is none).

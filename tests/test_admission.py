@@ -36,6 +36,10 @@ def submit(client: Client, **body: Any) -> Any:
     return client.post("/api/async/predict", data=json.dumps(payload), content_type="application/json")
 
 
+def predict(client: Client) -> Any:
+    return client.post("/api/predict", data=json.dumps({"message": {"text": "good"}}), content_type="application/json")
+
+
 # --- Granted queues -----------------------------------------------------------------
 
 
@@ -100,6 +104,29 @@ def test_the_rate_limit_setting_applies_to_keys_without_their_own(user: Any) -> 
     assert [submit(client).status_code for _ in range(2)] == [202, 429]
 
 
+def test_predict_counts_against_the_keys_rate_limit_as_a_submit(user: Any) -> None:
+    client, _ = client_for(user, rate_limit=2)
+    assert [predict(client).status_code, submit(client).status_code] == [200, 202]
+    refused = predict(client)
+    assert refused.status_code == 429
+    assert "may submit 2 jobs a minute" in refused.json()["detail"]
+    assert 1 <= int(refused["Retry-After"]) <= 61
+
+
+@flow.with_modalkit(API={"RATE_LIMIT_PER_MINUTE": 1})
+def test_predict_counts_against_the_rate_limit_setting(user: Any) -> None:
+    client, _ = client_for(user)
+    assert [predict(client).status_code for _ in range(2)] == [200, 429]
+
+
+def test_predict_is_refused_while_the_keys_cap_of_waiting_jobs_is_reached(user: Any) -> None:
+    client, _ = client_for(user, max_queued_jobs=1)
+    [job_id] = [submit(client).json()["job_id"]]
+    assert predict(client).status_code == 429
+    flow.claim([job_id])
+    assert predict(client).status_code == 200
+
+
 def test_a_key_with_its_cap_of_jobs_waiting_gets_a_429_until_one_runs(user: Any) -> None:
     client, _ = client_for(user, max_queued_jobs=2)
     first, _ = (submit(client).json()["job_id"] for _ in range(2))
@@ -111,6 +138,28 @@ def test_a_key_with_its_cap_of_jobs_waiting_gets_a_429_until_one_runs(user: Any)
 
     flow.claim([first])  # running: no longer waiting
     assert submit(client).status_code == 202
+
+
+# --- Bodies -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-le"])
+@pytest.mark.parametrize("url", ["/api/predict", "/api/async/predict", "/api/async/predict/batch"])
+def test_a_body_in_utf16_or_utf32_is_a_400(api: Client, url: str, encoding: str) -> None:
+    message = {"message": {"text": "good"}}
+    body = {"items": [message]} if url.endswith("batch") else message
+    response = api.post(url, data=json.dumps(body).encode(encoding), content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "detail": "The request body must be JSON in UTF-8 (RFC 8259), without a UTF-16 or UTF-32 encoding."
+    }
+    assert not Job.objects.exists()
+
+
+def test_a_utf8_body_with_a_bom_is_read(api: Client) -> None:
+    body = "\ufeff" + json.dumps({"message": {"text": "good"}})
+    response = api.post("/api/async/predict", data=body.encode(), content_type="application/json")
+    assert response.status_code == 202
 
 
 # --- Queue names --------------------------------------------------------------------

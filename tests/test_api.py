@@ -276,11 +276,20 @@ def test_failed_job_shows_its_error(api: Client, user: Any) -> None:
     )
 
 
-@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid", "1"])
-def test_unknown_job_is_a_404(api: Client, job_id: str) -> None:
+def test_unknown_job_is_a_404(api: Client) -> None:
+    job_id = uuid.uuid4()
     response = api.get(f"/api/jobs/{job_id}")
     assert response.status_code == 404
     assert response.json() == {"detail": f"Job {job_id} not found"}
+
+
+@pytest.mark.parametrize("url", ["/api/jobs/{}", "/api/jobs/{}/cancel", "/api/jobs/{}/events"])
+@pytest.mark.parametrize("job_id", ["not-a-uuid", "1"])
+def test_a_job_id_that_is_not_a_uuid_is_a_422(api: Client, url: str, job_id: str) -> None:
+    response = (api.post if url.endswith("cancel") else api.get)(url.format(job_id))
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["loc"], error["type"]) == (["path", "job_id"], "uuid_parsing")
 
 
 def test_someone_elses_job_is_a_404(api: Client, other_user: Any) -> None:
@@ -327,6 +336,32 @@ def test_openapi_documents_the_models_types_and_auth(client: Client) -> None:
     assert components["AsyncPredictRequest"]["additionalProperties"] is False
     assert "BearerAuth" in str(schema["components"]["securitySchemes"]) or schema["components"]["securitySchemes"]
     assert client.get("/api/docs").status_code == 200
+
+
+def test_the_schema_is_valid_openapi_with_short_operation_ids_and_uuid_paths(client: Client) -> None:
+    from openapi_spec_validator import validate
+
+    schema = client.get("/api/openapi.json").json()
+    validate(schema)  # OpenAPI 3.1, strictly: no keyword of a later version
+    assert schema["openapi"] == "3.1.0"
+    assert (schema["info"]["title"], schema["info"]["version"]) == ("modalkit-django", modalkit_django.__version__)
+    paths = schema["paths"].items()
+    operations = {(method.upper(), route): operation for route, item in paths for method, operation in item.items()}
+    assert {key: operation["operationId"] for key, operation in operations.items()} == {
+        ("POST", "/api/predict"): "predict",
+        ("POST", "/api/async/predict"): "submit_job",
+        ("GET", "/api/jobs"): "list_jobs",
+        ("GET", "/api/jobs/{job_id}"): "get_job",
+        ("POST", "/api/jobs/{job_id}/cancel"): "cancel_job",
+        ("GET", "/api/jobs/{job_id}/events"): "stream_job_events",
+        ("POST", "/api/async/predict/batch"): "submit_batch",
+        ("GET", "/api/batches/{batch_id}"): "get_batch",
+        ("GET", "/api/batches/{batch_id}/jobs"): "list_batch_jobs",
+    }
+    for operation in operations.values():
+        for parameter in operation.get("parameters", []):
+            if parameter["in"] == "path":
+                assert parameter["schema"]["format"] == "uuid", parameter
 
 
 # --- Idempotency-Key -------------------------------------------------------------------

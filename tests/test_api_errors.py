@@ -12,10 +12,11 @@ from typing import Any
 import httpx
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.core.signals import got_request_exception
+from django.db import OperationalError, connection
 from django.test import Client, override_settings
 from django.urls import path
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Router
 from ninja.errors import HttpError
 
 import modalkit_django
@@ -186,3 +187,82 @@ def test_a_database_not_migrated_is_a_503_that_says_run_migrate(
     monkeypatch.setattr(queries, "get_job", bad_sql)
     with caplog.at_level(logging.ERROR):
         assert api.get("/api/jobs/00000000-0000-0000-0000-000000000000").status_code == 500
+
+
+# --- A host's own NinjaAPI that mounts the router (the manual path) -------------------------
+
+
+class HostError(Exception):
+    pass
+
+
+def host_urlconf(*, catch_all_first: bool) -> types.ModuleType:
+    """A host's NinjaAPI with a router of its own and ours; its catch-all handler added
+    before or after ``add_error_handlers``."""
+    host = NinjaAPI(urls_namespace=f"host-{uuid.uuid4().hex}")
+    theirs = Router()
+
+    @theirs.get("/boom")
+    def boom(request: Any) -> None:
+        raise RuntimeError("the host's own bug")
+
+    @theirs.get("/db")
+    def db(request: Any) -> None:
+        raise OperationalError("the host's database")
+
+    @theirs.get("/handled")
+    def handled(request: Any) -> None:
+        raise HostError("handled by the host")
+
+    def catch_all(request: Any, exc: Exception) -> Any:
+        return host.create_response(request, {"host": type(exc).__name__}, status=418)
+
+    if catch_all_first:
+        host.add_exception_handler(HostError, catch_all)
+    add_error_handlers(host)
+    add_error_handlers(host)  # idempotent
+    if not catch_all_first:
+        host.add_exception_handler(HostError, catch_all)
+    host.add_router("/mine/", theirs)
+    host.add_router("/", build_router())
+    urlconf = types.ModuleType("host_urls")
+    urlconf.urlpatterns = [path("api/", host.urls)]  # type: ignore[attr-defined]
+    return urlconf
+
+
+@pytest.mark.parametrize("catch_all_first", [True, False])
+def test_on_a_hosts_api_our_answers_are_for_our_routes_only(
+    api_key: str, monkeypatch: pytest.MonkeyPatch, catch_all_first: bool
+) -> None:
+    raised: list[Any] = []
+
+    def record(sender: Any, request: Any, **kwargs: Any) -> None:
+        raised.append(request.path)
+
+    got_request_exception.connect(record)
+    client = Client(headers={"Authorization": f"Bearer {api_key}"}, raise_request_exception=False)
+    try:
+        with override_settings(ROOT_URLCONF=host_urlconf(catch_all_first=catch_all_first)):
+            # The host's routes: Django's own 500 (and its signal), the host's own handler.
+            response = client.get("/api/mine/boom")
+            assert (response.status_code, response["Content-Type"].startswith("text/html")) == (500, True)
+            response = client.get("/api/mine/db")
+            assert (response.status_code, response["Content-Type"].startswith("text/html")) == (500, True)
+            assert "Retry-After" not in response
+            response = client.get("/api/mine/handled")
+            assert (response.status_code, response.json()) == (418, {"host": "HostError"})
+            assert raised == ["/api/mine/boom", "/api/mine/db"]
+
+            # Ours: our shapes, whatever the host's API does.
+            monkeypatch.setattr(queries, "get_job", lambda **kwargs: (_ for _ in ()).throw(OperationalError("away")))
+            response = client.get(f"/api/jobs/{uuid.uuid4()}")
+            assert (response.status_code, response["Retry-After"]) == (503, "5")
+            monkeypatch.setattr(queries, "get_job", lambda **kwargs: (_ for _ in ()).throw(HostError("ours")))
+            response = client.get(f"/api/jobs/{uuid.uuid4()}")
+            assert response.status_code == 500
+            assert set(response.json()) == {"detail", "error_id"}
+            assert client.get("/api/jobs/not-a-uuid").status_code == 422
+            assert Client().get("/api/jobs").json() == {"detail": "Unauthorized"}
+            assert raised == ["/api/mine/boom", "/api/mine/db"]  # ours answered, nothing raised
+    finally:
+        got_request_exception.disconnect(record)

@@ -316,11 +316,13 @@ def test_a_batchs_jobs_are_listed_in_item_order_a_page_at_a_time(api: Client) ->
 
 def test_another_owners_batch_is_a_404(api: Client, other_user: Any) -> None:
     batch = batches.submit_batch(items=[{"message": {"text": "x"}}], owner=other_user).batch
-    for batch_id in (batch.id, uuid.uuid4(), "not-a-uuid"):
+    for batch_id in (batch.id, uuid.uuid4()):
         for url in (f"/api/batches/{batch_id}", f"/api/batches/{batch_id}/jobs"):
             response = api.get(url)
             assert response.status_code == 404
             assert response.json() == {"detail": f"Batch {batch_id} not found"}
+    for url in ("/api/batches/not-a-uuid", "/api/batches/not-a-uuid/jobs"):
+        assert api.get(url).status_code == 422
 
 
 # --- Completion ---------------------------------------------------------------------------

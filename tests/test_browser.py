@@ -42,7 +42,9 @@ if not shutil.which(CHROMIUM):
         allow_module_level=True,
     )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Wake-ups recorded, not sent: an action's wake-up (a re-run) would otherwise start the
+# test process's embedded worker, which would then run the queued jobs later tests seed.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("recording_waker")]
 PASSWORD = "browser-pw"
 Page = Any
 WIDTH, HEIGHT = 1400, 900  # the operator's screen the issue measured

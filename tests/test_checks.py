@@ -300,6 +300,33 @@ def test_refused_modalkit_keys_fail_manage_py_check(tmp_path: Path) -> None:
         call_command("check")
 
 
+def test_w005_the_router_on_a_hosts_ninja_api_under_atomic_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from django.db import connections
+    from django.urls import include, path
+    from ninja import NinjaAPI
+
+    from modalkit_django.api import add_error_handlers, build_router
+    from modalkit_django.api.errors import ANSWERED
+    from modalkit_django.checks import check_request_transactions
+
+    host = add_error_handlers(NinjaAPI(urls_namespace="host-w005"))
+    host.add_router("/", build_router())
+    urlconf = types.ModuleType("w005_urls")
+    urlconf.urlpatterns = [path("api/", host.urls)]  # type: ignore[attr-defined]
+    assert check_request_transactions() == []  # autocommit: nothing to say
+    monkeypatch.setitem(connections.settings["default"], "ATOMIC_REQUESTS", True)
+    with override_settings(ROOT_URLCONF=urlconf):
+        [warning] = check_request_transactions()
+    assert (warning.id, warning.level) == ("modalkit_django.W005", checks.WARNING)
+    assert "'host-w005'" in warning.msg and "include('modalkit_django.urls')" in warning.hint
+    urlconf.urlpatterns = [path("", include("modalkit_django.urls"))]  # type: ignore[attr-defined]
+    with override_settings(ROOT_URLCONF=urlconf):
+        assert host in ANSWERED
+        assert check_request_transactions() == []  # what is mounted is the app's own API
+
+
 CHECK_ID = re.compile(r"modalkit_django\.[EW]\d{3}")
 PACKAGE = Path(__file__).resolve().parent.parent / "modalkit_django"
 

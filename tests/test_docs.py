@@ -242,11 +242,11 @@ def parse_serve(args: list[str]) -> str | None:
 
 
 def split_command(text: str) -> list[str] | None:
-    """A shell command line's words, up to a comment, a continuation or the prose around it
+    """A shell command line's words, up to a comment, a continuation, the next command or the prose around it
     (``(… manage.py modalkit health)``, ``manage.py modalkit: the …``); ``$VARIABLE`` words
     stand for a value. None if it does not split."""
     text = text.split(" # ")[0]
-    text = re.split(r"\)|;|,\s|:\s|:$", text)[0].rstrip().rstrip("\\").strip()
+    text = re.split(r"\)|;|&&|,\s|:\s|:$", text)[0].rstrip().rstrip("\\").strip()
     try:
         words = shlex.split(text)
     except ValueError:

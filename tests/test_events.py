@@ -199,7 +199,7 @@ def test_the_openapi_schema_declares_the_stream_and_the_progress_fields(api: Any
     schema = api.get("/api/openapi.json").json()
     operation = schema["paths"]["/api/jobs/{job_id}/events"]["get"]
     stream = operation["responses"]["200"]["content"]["text/event-stream"]
-    kinds = [item["properties"]["event"]["const"] for item in stream["itemSchema"]["oneOf"]]
+    kinds = [item["properties"]["event"]["const"] for item in stream["schema"]["oneOf"]]
     assert kinds == ["status", "progress", "output", "reset", "end"]
     assert "Last-Event-ID" in [parameter["name"] for parameter in operation["parameters"]]
     job = schema["components"]["schemas"]["Job"]["properties"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bench.submit import established, listens, serving_pids
@@ -111,6 +113,18 @@ def test_each_process_accepts_on_a_socket_of_its_own(launcher: Launcher) -> None
     # The kernel spread the 40 connections over both sockets (all on one: odds 2 in 2**40).
     assert sum(split.values()) == 40, split
     assert all(count > 0 for count in split.values()), split
+
+
+def test_static_files_answer_through_the_production_server(launcher: Launcher) -> None:
+    with httpx.Client(base_url=f"http://127.0.0.1:{launcher.port}", timeout=30) as client:
+        admin_css = client.get("/static/admin/css/base.css")
+        docs = client.get("/api/docs")
+        [docs_css] = re.findall(r'href="([^"]+\.css)"', docs.text)
+        docs_css_answer = client.get(docs_css)
+    assert (admin_css.status_code, admin_css.headers["Content-Type"]) == (200, 'text/css; charset="utf-8"')
+    assert docs.status_code == 200
+    assert docs_css.startswith("/static/")  # "ninja" is installed: no CDN
+    assert (docs_css_answer.status_code, docs_css_answer.headers["Content-Type"].split(";")[0]) == (200, "text/css")
 
 
 def children_of(pid: int) -> list[int]:

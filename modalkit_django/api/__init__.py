@@ -1,9 +1,12 @@
-"""The HTTP API: a ninja ``Router`` for the host project to mount, e.g. under ``/api/``::
+"""The HTTP API: a ninja ``Router``, served by a ``NinjaAPI`` of its own (:mod:`.site`) that
+``include("modalkit_django.urls")`` mounts under ``api/``.
+
+The manual path, for a host that wants the router on a ``NinjaAPI`` of its own::
 
     from ninja import NinjaAPI
     from modalkit_django.api import add_error_handlers, build_router
 
-    api = add_error_handlers(NinjaAPI())
+    api = add_error_handlers(NinjaAPI())  # the API's error answers, for its routes only
     api.add_router("/", build_router())
 
 Views parse input, call one service and shape the answer; domain errors become HTTP

@@ -1,15 +1,19 @@
-"""What a key may submit: the queues it was granted, and its per-key limits.
+"""What a request may submit: a body in UTF-8, the queues its key was granted, the key's limits.
 
-Checked before a job is stored. A refusal is an :class:`~ninja.errors.HttpError`: 403
-for a queue the key was not granted, 429 with ``Retry-After`` for a limit reached.
+Checked before a job is stored, and before ``POST /predict`` calls the model (a call
+counts as a submit of one job). A refusal is an :class:`~ninja.errors.HttpError`: 400
+for a body that is not UTF-8, 403 for a queue the key was not granted, 429 with
+``Retry-After`` for a limit reached.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from django.core.cache import caches
+from django.http import HttpRequest
 from ninja.errors import HttpError
 from ninja.params import functions as param
 
@@ -20,7 +24,7 @@ from .auth import Caller
 from .schemas import NO_NUL
 from .threads import run_sync
 
-__all__ = ["TooManyRequests", "admit", "idempotency_key_header"]
+__all__ = ["TooManyRequests", "admit", "idempotency_key_header", "refuse_unless_utf8"]
 
 
 def idempotency_key_header(what: str) -> Any:
@@ -32,6 +36,18 @@ def idempotency_key_header(what: str) -> Any:
         pattern=NO_NUL,
         description=f"Repeat a request safely: the same key and body return the first {what}.",
     )
+
+
+def refuse_unless_utf8(request: HttpRequest) -> None:
+    """Refuse a JSON body in UTF-16 or UTF-32: JSON between systems is UTF-8 (RFC 8259).
+
+    Python's JSON parser guesses those encodings from the first bytes (a BOM, or the
+    zeros of ASCII text), so such a body parses; a client sending it would be read
+    rightly here and wrongly by the next system its message reaches. A UTF-8 BOM is
+    ignored, as RFC 8259 allows.
+    """
+    if json.detect_encoding(request.body) not in {"utf-8", "utf-8-sig"}:
+        raise HttpError(400, "The request body must be JSON in UTF-8 (RFC 8259), without a UTF-16 or UTF-32 encoding.")
 
 
 class TooManyRequests(HttpError):

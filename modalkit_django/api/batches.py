@@ -10,6 +10,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema
+from ninja.decorators import decorate_view
 from ninja.errors import ValidationError
 from ninja.params import functions as param
 from ninja.responses import Status
@@ -19,9 +20,9 @@ from ..conf import get_pipeline_class, get_settings
 from ..inference.pipeline import InferencePipeline
 from ..jobs import batches
 from ..models import Job, JobStatus
-from .admission import admit, idempotency_key_header
+from .admission import admit, idempotency_key_header, refuse_unless_utf8
 from .auth import caller_of, owner_of
-from .errors import http_errors
+from .errors import http_errors, ours
 from .schemas import (
     AnyObject,
     BatchAccepted,
@@ -81,7 +82,9 @@ def add_batch_routes(
         "/async/predict/batch",
         response={202: BatchAccepted, **with_body, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
         summary="Queue many jobs in one request; one message to completion_queue when all finished",
+        operation_id="submit_batch",
     )
+    @decorate_view(ours)
     async def async_predict_batch(
         request: HttpRequest,
         response: HttpResponse,
@@ -89,6 +92,7 @@ def add_batch_routes(
         model_name: str | None = None,
         idempotency_key: str | None = idempotency_key_header("batch"),
     ) -> Any:
+        refuse_unless_utf8(request)
         items = payload.items  # type: ignore[attr-defined]
         limit = get_settings().api.max_batch_items
         if len(items) > limit:
@@ -129,8 +133,10 @@ def add_batch_routes(
         "/batches/{batch_id}",
         response={200: BatchOut, **_COMMON, 404: ErrorOut},
         summary="A batch's jobs, counted by status",
+        operation_id="get_batch",
     )
-    async def get_batch(request: HttpRequest, batch_id: str) -> Any:
+    @decorate_view(ours)
+    async def get_batch(request: HttpRequest, batch_id: uuid.UUID) -> Any:
         with http_errors():
             status = await run_sync(batches.get_batch, batch_id=batch_id, owner=owner_of(request))
         return _batch_out(status)
@@ -139,10 +145,12 @@ def add_batch_routes(
         "/batches/{batch_id}/jobs",
         response={200: job_page_schema(job_out), **_COMMON, 404: ErrorOut},
         summary="A batch's jobs with their results, in item order (404: `after` is not one of them)",
+        operation_id="list_batch_jobs",
     )
+    @decorate_view(ours)
     async def list_batch_jobs(
         request: HttpRequest,
-        batch_id: str,
+        batch_id: uuid.UUID,
         status: JobStatus | None = None,
         limit: int = param.Query(100, ge=1, le=1000),
         after: uuid.UUID | None = _AFTER,

@@ -1,25 +1,32 @@
-"""Domain errors as HTTP answers, in one place.
+"""Domain errors as HTTP answers, in one place, for the API's routes only.
 
 Views raise what the services raise; :func:`http_errors` maps the domain errors a client
 can cause or should see, and :func:`add_error_handlers` gives the ``NinjaAPI`` the
 answers a router cannot give itself: a database that is briefly away (restarting,
 failing over) is a JSON 503 with ``Retry-After``, not a 500.
+
+Those answers are the API's, not the host's: a ``NinjaAPI`` of the host's that mounts
+:func:`~modalkit_django.api.build_router` keeps its own handlers (and Django's 500, with
+``got_request_exception``) for its own routes. Each of the API's operations marks its
+request (:func:`ours`), and only a marked request's error is answered here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
-from collections.abc import Iterator
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError, ProgrammingError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
-from ninja.errors import HttpError
+from ninja.errors import HttpError, ValidationError
 
 from ..exceptions import (
     BatchNotFound,
@@ -39,7 +46,7 @@ from ..exceptions import (
 from ..redaction import redact_text
 from .admission import TooManyRequests
 
-__all__ = ["RETRY_AFTER_SECONDS", "add_error_handlers", "http_errors"]
+__all__ = ["ANSWERED", "RETRY_AFTER_SECONDS", "add_error_handlers", "http_errors", "ours"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,15 +91,63 @@ def http_errors() -> Iterator[None]:
         raise
 
 
-def add_error_handlers(api: NinjaAPI) -> NinjaAPI:
-    """Give ``api`` the error answers the router's views rely on; returns ``api``.
+# Set on the requests of the API's own operations (``ours``).
+_OURS = "_modalkit_api_route"
 
-    Every error is JSON in the API's shape (``{"detail": ...}``), whatever ``DEBUG``
-    says: a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` is a 413, a limit reached a 429
-    with ``Retry-After``, a database that is away a 503 with ``Retry-After``, a database
-    not migrated yet a 503 (logged in one line: run ``migrate``), and anything
-    unexpected a 500 that carries an error id, logged with the traceback.
+# Every NinjaAPI given the API's answers: the app's own, and a host's on the manual path
+# (a system check looks at those under ATOMIC_REQUESTS).
+ANSWERED: weakref.WeakSet[NinjaAPI] = weakref.WeakSet()
+
+Run = Callable[..., Awaitable[HttpResponse]]
+
+
+def ours(run: Run) -> Run:
+    """``decorate_view(ours)``: the operation is the API's, so :func:`add_error_handlers`
+    answers its errors, and the host's handlers do not."""
+
+    @functools.wraps(run)
+    async def run_ours(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        setattr(request, _OURS, True)
+        return await run(request, *args, **kwargs)
+
+    return run_ours
+
+
+def add_error_handlers(api: NinjaAPI) -> NinjaAPI:
+    """Give ``api`` the error answers the router's views rely on, for the router's own
+    operations only; returns ``api``. Idempotent.
+
+    Every error of theirs is JSON in the API's shape (``{"detail": ...}``), whatever
+    ``DEBUG`` says: a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` is a 413, a limit reached
+    a 429 with ``Retry-After``, a database that is away a 503 with ``Retry-After``, a
+    database not migrated yet a 503 (logged in one line: run ``migrate``), and anything
+    unexpected a 500 that carries an error id, logged with the traceback. The
+    other routes of ``api`` keep the handlers ``api`` has, whenever they were added.
     """
+    theirs = api.on_exception
+    if getattr(theirs, _OURS, False):
+        return api
+    answer = _answers(api)
+
+    def on_exception(request: HttpRequest, exc: Exception) -> HttpResponse:
+        if getattr(request, _OURS, False):
+            return answer(request, exc)
+        return theirs(request, exc)
+
+    setattr(on_exception, _OURS, True)
+    ANSWERED.add(api)
+    # The instance's own on_exception, called by every operation of this API: ninja
+    # offers no per-router handlers, and a handler added per class would also take the
+    # host's routes (or be replaced by the host's own catch-all).
+    api.on_exception = on_exception  # type: ignore[method-assign,assignment]
+    return api
+
+
+Handler = Callable[[HttpRequest, Any], HttpResponse]
+
+
+def _answers(api: NinjaAPI) -> Handler:
+    """What the API answers to an error of one of its operations."""
 
     def database_unavailable(request: HttpRequest, exc: Any) -> HttpResponse:
         logger.warning("Answering 503: the database is unavailable (%s: %s)", type(exc).__name__, exc)
@@ -122,16 +177,37 @@ def add_error_handlers(api: NinjaAPI) -> NinjaAPI:
         response["Retry-After"] = str(exc.retry_after)
         return response
 
+    # ninja's own answers, as its default handlers give them (the host may have changed
+    # its API's): an HTTP error, invalid parameters, a 404.
+    def http_error(request: HttpRequest, exc: Any) -> HttpResponse:
+        return api.create_response(request, {"detail": str(exc)}, status=exc.status_code)
+
+    def invalid(request: HttpRequest, exc: Any) -> HttpResponse:
+        return api.create_response(request, {"detail": exc.errors}, status=422)
+
+    def not_found(request: HttpRequest, exc: Any) -> HttpResponse:
+        return api.create_response(request, {"detail": "Not Found"}, status=404)
+
     def unexpected(request: HttpRequest, exc: Any) -> HttpResponse:
         error_id = uuid.uuid4().hex[:12]
         logger.error("Answering 500 (error id %s) to %s %r", error_id, request.method, request.path, exc_info=exc)
         detail = f"Internal error; quote the error id {error_id} to the service's operators."
         return api.create_response(request, {"detail": detail, "error_id": error_id}, status=500)
 
-    for error in (OperationalError, InterfaceError):
-        api.add_exception_handler(error, database_unavailable)
-    api.add_exception_handler(ProgrammingError, not_migrated)
-    api.add_exception_handler(RequestDataTooBig, too_big)
-    api.add_exception_handler(TooManyRequests, too_many)
-    api.add_exception_handler(Exception, unexpected)
-    return api
+    handlers: dict[type[Exception], Handler] = {
+        OperationalError: database_unavailable,
+        InterfaceError: database_unavailable,
+        ProgrammingError: not_migrated,
+        RequestDataTooBig: too_big,
+        TooManyRequests: too_many,
+        HttpError: http_error,
+        ValidationError: invalid,
+        Http404: not_found,
+        Exception: unexpected,
+    }
+
+    def answer(request: HttpRequest, exc: Exception) -> HttpResponse:
+        handler = next(handlers[cls] for cls in type(exc).__mro__ if cls in handlers)
+        return handler(request, exc)
+
+    return answer

@@ -48,13 +48,14 @@ from django.db import DEFAULT_DB_ALIAS
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from ninja import Router
+from ninja.decorators import decorate_view
 from ninja.params import functions as param
 
 from ..conf import get_settings
 from ..jobs.queries import get_job
-from ..models import FINISHED_JOB_STATUSES, Job, JobOutput
+from ..models import FINISHED_JOB_STATUSES, Job, JobOutput, JobStatus
 from .auth import owner_of
-from .errors import http_errors
+from .errors import http_errors, ours
 from .schemas import ErrorOut
 from .threads import run_sync
 from .watch import read_jobs, watching
@@ -78,50 +79,74 @@ have, the new attempt's start from index 0), and last `end` `{"status", "attempt
 duplicates and without two attempts' outputs spliced."""
 
 
-def _event(name: str, data: dict[str, Any], *, with_id: bool = False) -> dict[str, Any]:
-    """One kind of event, as OpenAPI 3.2 describes a ``text/event-stream`` item."""
+def _event(name: str, data: dict[str, Any], description: str, *, with_id: bool = False) -> dict[str, Any]:
+    """One kind of event: its ``event`` name, and its ``data``, a line of JSON."""
     properties: dict[str, Any] = {
         "event": {"const": name},
         "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
     }
     if with_id:
         properties["id"] = {"type": "string", "description": "The partial output's attempt and index: `attempt:index`."}
-    return {"type": "object", "required": ["event", "data"], "properties": properties}
+    return {
+        "title": f"{name} event",
+        "description": description,
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": properties,
+    }
 
 
-_NUMBER_OR_NULL = {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]}
+def _object(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+_ATTEMPT = {"type": "integer", "description": "The run of the job (re-runs included) the event is of."}
+_STATUS = {"type": "string", "enum": [status.value for status in JobStatus]}
 _OBJECT_OR_NULL = {"anyOf": [{"type": "object"}, {"type": "null"}]}
 _EVENTS = [
-    _event("status", {"type": "object", "properties": {"status": {"type": "string"}, "attempt": {"type": "integer"}}}),
-    _event("progress", {"type": "object", "properties": {"progress": _NUMBER_OR_NULL, "message": {"type": "string"}}}),
+    _event("status", _object(status=_STATUS, attempt=_ATTEMPT), "The job's status changed, or it runs again."),
+    _event(
+        "progress",
+        _object(
+            progress={"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]},
+            message={"type": "string"},
+        ),
+        "What the running pipeline said of its progress.",
+    ),
     _event(
         "output",
-        {
-            "type": "object",
-            "properties": {"attempt": {"type": "integer"}, "index": {"type": "integer"}, "output": {"type": "object"}},
-        },
+        _object(attempt=_ATTEMPT, index={"type": "integer", "minimum": 0}, output={"type": "object"}),
+        "A partial output of the attempt, from index 0.",
         with_id=True,
     ),
-    _event("reset", {"type": "object", "properties": {"attempt": {"type": "integer"}}}),
+    _event(
+        "reset",
+        _object(attempt=_ATTEMPT),
+        "The job runs again: drop the outputs you have; the new attempt's start from index 0.",
+    ),
     _event(
         "end",
-        {
-            "type": "object",
-            "properties": {
-                "status": {"type": "string"},
-                "attempt": {"type": "integer"},
-                "result": _OBJECT_OR_NULL,
-                "error": _OBJECT_OR_NULL,
-            },
-        },
+        _object(
+            status={"anyOf": [_STATUS, {"type": "null"}]},
+            attempt={"anyOf": [_ATTEMPT, {"type": "null"}]},
+            result=_OBJECT_OR_NULL,
+            error=_OBJECT_OR_NULL,
+        ),
+        "The last event: the job ended (or was deleted: every field null).",
     ),
 ]
+# OpenAPI 3.1 has no way to describe the items of a stream (3.2 adds ``itemSchema``): the
+# media type's schema describes one event of it, as django-ninja describes its own SSE
+# responses, so that it validates as 3.1 and the event list stays in the document.
 _OPENAPI = {
     "responses": {
         "200": {
-            "description": "The job's events",
-            # OpenAPI 3.2's way: each event (not the stream) is described.
-            "content": {"text/event-stream": {"itemSchema": {"oneOf": _EVENTS}}},
+            "description": "The job's events, as Server-Sent Events (`text/event-stream`) until it ends",
+            "content": {
+                "text/event-stream": {
+                    "schema": {"description": "One event of the stream, by its `event` name.", "oneOf": _EVENTS}
+                }
+            },
         }
     }
 }
@@ -136,10 +161,12 @@ def add_event_routes(router: Router, common: dict[int, Any]) -> None:
         summary="Stream a job's status, progress and partial outputs (Server-Sent Events)",
         description=_DESCRIPTION,
         openapi_extra=_OPENAPI,
+        operation_id="stream_job_events",
     )
+    @decorate_view(ours)
     async def job_events(
         request: HttpRequest,
-        job_id: str,
+        job_id: uuid.UUID,
         last_event_id: str | None = param.Header(
             None,
             alias="Last-Event-ID",

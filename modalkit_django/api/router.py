@@ -9,6 +9,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from ninja import Router
+from ninja.decorators import decorate_view
 from ninja.params import functions as param
 from ninja.responses import Status
 
@@ -18,10 +19,10 @@ from ..exceptions import ModalkitImproperlyConfigured
 from ..inference.pipeline import InferencePipeline
 from ..jobs import control, queries
 from ..models import Job, JobStatus
-from .admission import admit, idempotency_key_header
+from .admission import admit, idempotency_key_header, refuse_unless_utf8
 from .auth import ApiKeyBearer, StaticApiKey, caller_of, owner_of
 from .batches import add_batch_routes
-from .errors import http_errors
+from .errors import http_errors, ours
 from .events import add_event_routes
 from .intake import asubmit_job
 from .schemas import (
@@ -43,7 +44,7 @@ __all__ = ["build_router"]
 _PAGE_CURSOR = param.Query(None, description="The `next` of the previous page.")
 
 
-def _read_job(job_id: str, owner: Any) -> tuple[Job, list[dict[str, Any]]]:
+def _read_job(job_id: uuid.UUID, owner: Any) -> tuple[Job, list[dict[str, Any]]]:
     """The caller's job, and its current run's partial outputs."""
     job = queries.get_job(job_id=job_id, owner=owner)
     return job, job.partial_outputs
@@ -110,12 +111,17 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
 
     @router.post(
         "/predict",
-        response={200: output_model, **with_body, 404: ErrorOut, 502: ErrorOut, 504: ErrorOut},
+        response={200: output_model, **with_body, 404: ErrorOut, 429: ErrorOut, 502: ErrorOut, 504: ErrorOut},
         summary="Run the model now and return its output",
+        description="Counted against the key's limits as a submit of one job is.",
+        operation_id="predict",
     )
+    @decorate_view(ours)
     async def predict(request: HttpRequest, payload: predict_request, model_name: str | None = None) -> Any:  # type: ignore[valid-type]
+        refuse_unless_utf8(request)
         with http_errors():
             require_pipeline()
+            await admit(caller_of(request), ())
             name = resolve_model(model_name)
             return await get_inference_backend().apredict(name, payload.message.model_dump(mode="json"))  # type: ignore[attr-defined]
 
@@ -123,7 +129,9 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         "/async/predict",
         response={202: JobAccepted, **with_body, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
         summary="Queue a job; its result goes to success_queue or failure_queue",
+        operation_id="submit_job",
     )
+    @decorate_view(ours)
     async def async_predict(
         request: HttpRequest,
         response: HttpResponse,
@@ -131,6 +139,7 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         model_name: str | None = None,
         idempotency_key: str | None = idempotency_key_header("job"),
     ) -> Any:
+        refuse_unless_utf8(request)
         caller = caller_of(request)
         with http_errors():
             require_pipeline()
@@ -156,7 +165,9 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         "/jobs",
         response={200: job_page_schema(job_out), **common, 404: ErrorOut},
         summary="Your jobs, newest first (404: `before` is not one of them)",
+        operation_id="list_jobs",
     )
+    @decorate_view(ours)
     async def list_jobs(
         request: HttpRequest,
         status: JobStatus | None = None,
@@ -175,8 +186,14 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
             )
         return {"jobs": [_job_out(job) for job in jobs], "next": following.id if following else None}
 
-    @router.get("/jobs/{job_id}", response={200: job_out, **common, 404: ErrorOut}, summary="A job's status and result")
-    async def get_job(request: HttpRequest, job_id: str) -> Any:
+    @router.get(
+        "/jobs/{job_id}",
+        response={200: job_out, **common, 404: ErrorOut},
+        summary="A job's status and result",
+        operation_id="get_job",
+    )
+    @decorate_view(ours)
+    async def get_job(request: HttpRequest, job_id: uuid.UUID) -> Any:
         with http_errors():
             job, outputs = await run_sync(_read_job, job_id, owner_of(request))
         return _job_out(job, outputs)
@@ -185,8 +202,10 @@ def build_router(pipeline: type[InferencePipeline] | None = None) -> Router:
         "/jobs/{job_id}/cancel",
         response={200: job_out, **common, 404: ErrorOut, 409: ErrorOut},
         summary="Cancel a job that has not started, or one running on a Modal call",
+        operation_id="cancel_job",
     )
-    async def cancel_job(request: HttpRequest, job_id: str) -> Any:
+    @decorate_view(ours)
+    async def cancel_job(request: HttpRequest, job_id: uuid.UUID) -> Any:
         def cancel() -> tuple[Job, list[dict[str, Any]]]:
             job = queries.get_job(job_id=job_id, owner=owner_of(request))
             control.cancel_job(job=job)

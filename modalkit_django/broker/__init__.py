@@ -141,10 +141,11 @@ async def _ready() -> None:
 def start() -> None:
     """Start the broker for sending from this (web) process.
 
-    With the in-process broker this also starts the embedded worker, sweep included,
-    so call it from ``wsgi.py``/``asgi.py``. Safe to call more than once. A broker that
-    cannot be reached now is only logged: the web process serves anyway, keeps the jobs
-    it accepts, and connects on the next send.
+    With the in-process broker this also starts the embedded worker, sweep included. The
+    app calls it when a server process serves its first request (``apps.py``); call it
+    yourself to start sooner. Safe to call more than once. A broker that cannot be reached
+    now is only logged: the web process serves anyway, keeps the jobs it accepts, and
+    connects on the next send.
     """
     global _started_here
     _started_here = True
@@ -158,8 +159,8 @@ def start() -> None:
 
 def reaches_workers() -> bool:
     """Whether a message sent from this process reaches a worker: always through an
-    out-of-process broker; through the in-process one only where :func:`start` ran (the
-    web process, whose embedded worker runs it). Elsewhere (a ``manage.py`` command, a
+    out-of-process broker; through the in-process one only where :func:`start` ran (a
+    process that serves requests, whose embedded worker runs it). Elsewhere (a ``manage.py`` command, a
     script) sending would start a worker of its own in that process, cut off when it exits."""
     return get_settings().broker.url is not None or _started_here
 

@@ -54,8 +54,9 @@ class SweepStateQuerySet(models.QuerySet["SweepState"]):
         state = self.get(pk=SweepState.SINGLETON)
         state.quiet = self.filter(pk=SweepState.SINGLETON, quiet_until__gt=Now()).exists()
         # Both made by the update above, from the same statement time: exactly quiet_for apart.
-        began = state.quiet_until is not None and state.started_at is not None
-        state.quiet_began = began and state.quiet_until == state.started_at + dt.timedelta(seconds=quiet_for)
+        quiet_until, started_at = state.quiet_until, state.started_at
+        if quiet_until is not None and started_at is not None:
+            state.quiet_began = quiet_until == started_at + dt.timedelta(seconds=quiet_for)
         return state
 
 
