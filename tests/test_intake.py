@@ -41,7 +41,7 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         sizes.append(len(jobs))
         if not first.is_set():
             first.set()
-            threading.Event().wait(0.2)
+            threading.Event().wait(0.5)
         real_insert(jobs)
 
     monkeypatch.setattr(intake, "_insert", insert)
@@ -53,7 +53,8 @@ def test_submits_that_arrive_together_share_one_insert_and_one_wake_up(
 ) -> None:
     async def fifty_clients() -> list[Job]:
         first = asyncio.create_task(modalkit_django.asubmit_job(message={"text": "first"}))
-        await asyncio.sleep(0.05)  # the first insert is under way: the rest pile up behind it
+        while not batches:  # the first insert is under way (and slow): the rest pile up behind it
+            await asyncio.sleep(0.005)
         rest = [modalkit_django.asubmit_job(message={"text": f"good {n}"}) for n in range(49)]
         return [await first, *await asyncio.gather(*rest)]
 
