@@ -27,10 +27,10 @@ sends = QueueDelivery.objects.db_manager(EMBEDDED)
 
 
 def queued(count: int, **fields: Any) -> list[Job]:
-    now = timezone.now()
-    return jobs.bulk_create(
-        Job(model_name="sentiment", message={"text": f"good {n}"}, queued_at=now, **fields) for n in range(count)
-    )
+    # Due when the database made them (queued_at's default): a time written from Python,
+    # to the microsecond, would read as later than SQLite's now() (to the millisecond)
+    # within the same millisecond.
+    return jobs.bulk_create(Job(model_name="sentiment", message={"text": f"good {n}"}, **fields) for n in range(count))
 
 
 def finish(results: list[tuple[Job, Any]]) -> list[QueueDelivery]:
