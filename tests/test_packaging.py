@@ -7,8 +7,10 @@ nothing else but what a test of a real project adds (``ATOMIC_REQUESTS``, a view
 ``NinjaAPI`` of the host's own under ``/api/``). First the README's five minutes (SQLite,
 the in-process broker, ``runserver``), its ``curl`` requests run as written; then the
 production recipe of the deploy and metrics guides (PostgreSQL, a Redis broker, the
-Procfile's release, web and worker lines as written), with a client generated from the
-served schema. It runs on whatever Python and Django the suite runs on, so each CI row
+Procfile's release, web and worker lines as written): readiness before the release step
+(503, naming ``migrate``) and with Redis down (200, degraded), the worker's one line per
+process while Redis is down, and a client generated from the served schema whose job's
+result waits for Redis to come back. It runs on whatever Python and Django the suite runs on, so each CI row
 checks its own.
 """
 
@@ -44,7 +46,7 @@ from packaging.requirements import Requirement
 from modalkit_django import __version__
 
 from .conftest import ROOT, wait_until
-from .private_services import free_port
+from .private_services import PrivateRedis, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -308,7 +310,7 @@ def test_a_new_project_made_from_the_readme_runs_jobs(host_project: dict[str, An
         host_project,
         "shell",
         "-c",
-        "from modalkit_django.models import Job; print(Job.objects.create(model_name='sentiment', "
+        "from modalkit_django import Job; print(Job.objects.create(model_name='sentiment', "
         "message={'text': 'good'}).id)",
     )
     assert created.returncode == 0, created.stderr
@@ -392,7 +394,7 @@ def generated_client(schema: dict[str, Any], where: Path) -> Any:
 
 
 def test_the_production_recipe_serves_the_same_project(
-    host_project: dict[str, Any], host_database: str, redis_client: Any, tmp_path: Path
+    host_project: dict[str, Any], host_database: str, tmp_path: Path
 ) -> None:
     blocks = [
         *marked_blocks(ROOT / "docs" / "how-to" / "deploy.md"),
@@ -411,21 +413,32 @@ def test_the_production_recipe_serves_the_same_project(
     }
     write_blocks(project, blocks)
     write_blocks(project, [("mysite/settings.py", "append", HOST_SETTINGS)])  # the new DATABASES too
-    postfix = f"-test-{uuid.uuid4().hex[:6]}"
+    redis = PrivateRedis()  # not started yet: the broker and the results' Redis are down
     port = free_port()
     env = {
         **host_project["env"],
         "DJANGO_SECRET_KEY": "host-project-" + "s" * 50,
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DATABASE_URL": host_database,
-        "BROKER_URL": settings.REDIS_URL,
-        "MODALKIT_APP_POSTFIX": postfix,  # a broker stream of the test's own
+        "BROKER_URL": redis.url,
         "METRICS_TOKEN": "m" * 24,
         "PORT": str(port),
     }
     procfile = dict(line.split(": ", 1) for line in (project / "Procfile").read_text().splitlines())
     processes = Processes(host_project, env)
     try:
+        # Before the release step: the server serves, and readiness says what is missing.
+        early = Processes(host_project, env)
+        early.start(f"exec {procfile['web']}")
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                wait_for_server(client, early)
+                unmigrated = client.get("/ready")
+        finally:
+            early.stop()
+        assert unmigrated.status_code == 503, unmigrated.text
+        assert "manage.py migrate" in unmigrated.json()["checks"]["migrations"]["error"], unmigrated.text
+
         release = subprocess.run(
             ["bash", "-c", procfile["release"]], cwd=project, env=env, capture_output=True, text=True, timeout=180
         )
@@ -440,6 +453,13 @@ def test_the_production_recipe_serves_the_same_project(
         processes.start(f"exec {procfile['worker']}")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             wait_for_server(client, processes)
+            # Redis down: ready (submits wait in the database), saying the broker is degraded.
+            degraded = client.get("/ready")
+            assert (degraded.status_code, degraded.json()["status"]) == (200, "degraded"), degraded.text
+            assert degraded.json()["checks"]["broker"]["status"] == "error", degraded.text
+            # The worker said so in one line per process, and keeps running.
+            said = "retrying in the background, and running the jobs"
+            wait_until(lambda: processes.output().count(said) == 2, timeout=60, what=processes.output())
             # Static files, collected by the release step and served by WhiteNoise.
             stylesheet = client.get("/static/admin/css/base.css")
             assert (stylesheet.status_code, stylesheet.headers["Content-Type"]) == (200, 'text/css; charset="utf-8"')
@@ -459,6 +479,7 @@ def test_the_production_recipe_serves_the_same_project(
                 body = AsyncPredictRequest(message=SentimentRequest(text="I love it"), success_queue="shop-results")
                 accepted = submit_job.sync(client=api, body=body)
                 assert type(accepted).__name__ == "JobAccepted", accepted
+                redis.start()  # the job runs from the database; its result waits for Redis
 
                 def finished() -> Any:
                     job = get_job.sync(accepted.job_id, client=api)
@@ -470,9 +491,9 @@ def test_the_production_recipe_serves_the_same_project(
                 assert [delivery.status.value for delivery in job.deliveries] == ["sent"]
     finally:
         processes.stop()
+        redis.stop()
         for name in [name for name in sys.modules if name.startswith("modalkit_client")]:
             del sys.modules[name]
-        redis_client.delete(f"shop{postfix}:jobs")
         for path, text in originals.items():
             (project / path).write_text(text)
         (project / "Procfile").unlink(missing_ok=True)
