@@ -126,6 +126,14 @@ screenshots: $(VENV)/.installed-dev
 	scripts/ensure-browser
 	MODALKIT_SCREENSHOTS=docs/screenshots $(PY) -m pytest --no-cov -q tests/test_browser.py $(PYTEST_ARGS)
 
+# What one job writes to PostgreSQL (row versions, index entries, WAL, bytes on disk):
+# counts from pg_stat and from the WAL read with pg_waldump, so it must run where the
+# database's files are (this machine), as root or postgres.
+.PHONY: bench-storage
+bench-storage: $(VENV)/.installed-dev
+	scripts/ensure-services
+	$(PY) bench/storage.py
+
 # The admin at 1,000,000 jobs and 1,000,000 deliveries: seeds its own database once
 # (modalkit_bench_admin, about a minute), then prints the median time of each page.
 .PHONY: bench-admin
