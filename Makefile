@@ -134,6 +134,14 @@ bench-storage: $(VENV)/.installed-dev
 	scripts/ensure-services
 	$(PY) bench/storage.py
 
+# Submits, claims, the drain and the admin on an empty database, then again with
+# HISTORY finished jobs (and their deliveries) in the tables; prints the ratios.
+HISTORY ?= 2000000
+.PHONY: bench-history
+bench-history: $(VENV)/.installed-dev
+	scripts/ensure-services
+	$(PY) bench/history.py --history $(HISTORY)
+
 # The admin at 1,000,000 jobs and 1,000,000 deliveries: seeds its own database once
 # (modalkit_bench_admin, about a minute), then prints the median time of each page.
 .PHONY: bench-admin
