@@ -114,6 +114,7 @@ def seed() -> dict[str, Any]:
             queued_at=queued,
             started_at=started,
             finished_at=finished,
+            attempts=1,  # each ran once
             success_queue="results",
             failure_queue="errors",
         )
