@@ -142,6 +142,14 @@ bench-history: $(VENV)/.installed-dev
 	scripts/ensure-services
 	$(PY) bench/history.py --history $(HISTORY)
 
+# `modalkit purge` of RETENTION_JOBS finished jobs while a client submits at 200/s: the
+# purge's time, the submits' latency before, during and after, the dead tuples it leaves.
+RETENTION_JOBS ?= 1000000
+.PHONY: bench-retention
+bench-retention: $(VENV)/.installed-dev
+	scripts/ensure-services
+	$(PY) bench/retention.py --jobs $(RETENTION_JOBS)
+
 # The admin at 1,000,000 jobs and 1,000,000 deliveries: seeds its own database once
 # (modalkit_bench_admin, about a minute), then prints the median time of each page.
 .PHONY: bench-admin
