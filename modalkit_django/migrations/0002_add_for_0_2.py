@@ -6,7 +6,7 @@ validated apart, new columns neither rewrite nor scan their table, and each new
 ``NOT NULL`` column keeps a database default while 0.1 (which does not write it) inserts
 rows. ``0003_remove_after_0_2_deploy`` removes what 0.1 still needs once 0.2 runs.
 
-It replaces the unreleased migrations 0002–0011 of the 0.2 development, with the schema
+It replaces the unreleased migrations 0002-0011 of the 0.2 development, with the schema
 they made. New tables get their indexes and constraints as usual: they are empty.
 """
 

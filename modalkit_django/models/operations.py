@@ -23,6 +23,7 @@ PostgreSQL builds concurrently only outside a transaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import NotSupportedError, migrations, models
@@ -222,7 +223,7 @@ class AddFieldSafely(migrations.AddField):
         self.temporary_default = temporary_default
         super().__init__(model_name, name, field, **kwargs)
 
-    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+    def deconstruct(self) -> tuple[str, Sequence[Any], dict[str, Any]]:
         name, args, kwargs = super().deconstruct()
         if self.temporary_default is not None:
             kwargs["temporary_default"] = self.temporary_default
