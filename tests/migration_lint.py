@@ -24,9 +24,11 @@ that still runs until the deploy:
 - ``raw``: ``RunSQL``/``RunPython``, unless allowed with a reason (``ALLOWED``): what they
   touch cannot be told from outside.
 - ``concurrent-in-atomic``: a concurrent operation in a migration without ``atomic = False``.
+- ``validate-in-atomic``: ``ValidateConstraint`` in a transaction, which keeps the
+  exclusive locks of the operations before it while it reads the table.
 - ``built-then-dropped``: an index built and dropped again within the unreleased migrations.
 
-Tables a new migration creates are exempt (they are empty), except for the last three.
+Tables a new migration creates are exempt (they are empty), except for the last four.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ RELEASES = {"0.1.0": "0001_initial"}
 
 # RunPython/RunSQL reviewed by hand: (migration, operation's position) -> why it holds nothing.
 ALLOWED = {
-    ("0003_remove_after_0_2_deploy", "10.0"): "DROP INDEX CONCURRENTLY of the job owner's foreign-key index",
-    ("0003_remove_after_0_2_deploy", "11"): "DROP INDEX CONCURRENTLY of the delivery message_id LIKE index",
+    ("0005_remove_after_0_2_deploy", "10.0"): "DROP INDEX CONCURRENTLY of the job owner's foreign-key index",
+    ("0005_remove_after_0_2_deploy", "11"): "DROP INDEX CONCURRENTLY of the delivery message_id LIKE index",
 }
 
 CONCURRENT = ("AddIndexConcurrently", "RemoveIndexConcurrently", "AddUniqueIndexConcurrently")
@@ -148,6 +150,8 @@ def lint(
             kind = type(operation).__name__
             if kind in CONCURRENT and migration.atomic:
                 problem("concurrent-in-atomic", f"{kind} needs a migration with atomic = False")
+            if kind == "ValidateConstraint" and migration.atomic:
+                problem("validate-in-atomic", "in a transaction, the scan keeps the locks taken before it")
             if isinstance(operation, migrations.RunPython | migrations.RunSQL):
                 if (migration.name, position) not in allowed:
                     problem("raw", f"{kind} is not in ALLOWED (add it with the reason it holds no table)")

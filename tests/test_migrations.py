@@ -56,7 +56,12 @@ def test_releases_name_migrations_on_disk_and_the_unreleased_ones_follow_the_las
     loader = MigrationLoader(None, ignore_no_migrations=True)
     for version, name in RELEASES.items():
         assert (APP, name) in loader.disk_migrations, version
-    assert [migration.name for migration in unreleased(loader)] == ["0002_add_for_0_2", "0003_remove_after_0_2_deploy"]
+    assert [migration.name for migration in unreleased(loader)] == [
+        "0002_add_for_0_2",
+        "0003_add_job_columns_for_0_2",
+        "0004_build_for_0_2",
+        "0005_remove_after_0_2_deploy",
+    ]
 
 
 BAD = {
@@ -108,6 +113,10 @@ BAD = {
     ),
     "RunSQL nobody reviewed": ([migrations.RunSQL("UPDATE modalkit_django_job SET meta = '{}'")], "raw"),
     "RunPython nobody reviewed": ([migrations.RunPython(migrations.RunPython.noop)], "raw"),
+    "a validation in an atomic migration": (
+        [operations.ValidateConstraint("job", "modalkit_job_status_valid")],
+        "validate-in-atomic",
+    ),
     "a concurrent build in an atomic migration": (
         [operations.AddIndexConcurrently("job", models.Index(fields=["message"], name="bad_idx"))],
         "concurrent-in-atomic",
@@ -190,6 +199,11 @@ def test_tables_made_after_the_release_are_exempt() -> None:
 # Lock modes that stop inserts and updates (they conflict with ROW EXCLUSIVE).
 WRITE_BLOCKING = {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"}
 JOBS = 30_000
+# The longest a write-blocking lock may be seen held. 0003's transaction of catalogue
+# changes to the job table takes ~0.25 s at a load average of 5 on 2 cores, nearly all of
+# it Django rendering its model states between the statements (each runs in ~1 ms); the
+# margin is for a machine busier still.
+MAX_HOLD = 1.0
 
 
 def manage_env(database_url: str, name: str = "") -> dict[str, str]:
@@ -253,15 +267,15 @@ def upgrade_database() -> Any:
 
 def test_migrating_a_serving_database_holds_no_write_blocking_lock(upgrade_database: Any, tmp_path: Path) -> None:
     """While ``migrate`` runs to the head on 30,000 jobs and deliveries, a watcher polls
-    ``pg_locks`` every millisecond or so: a write-blocking lock on the job or delivery table
-    is seen only on catalogue-only statements, never for more than a moment. A plain
-    ``CREATE INDEX`` here holds a SHARE lock for tens of milliseconds per index (the
-    previous 0002-0011 fail this test), and a writer that inserts and updates jobs with
-    a 2 s ``lock_timeout`` all along never times out. Before the second migration (after
-    the deploy), the schema serves 0.1's inserts and 0.2 answers ready."""
+    ``pg_locks`` every few milliseconds: the migration holds no SHARE lock (a plain
+    ``CREATE INDEX``, tens of milliseconds per index here) on the job or delivery table,
+    and no write-blocking lock for longer than MAX_HOLD (the previous 0002-0011, in
+    transactions, held ACCESS EXCLUSIVE for over 4 s here). A writer that inserts and
+    updates jobs with a 2 s ``lock_timeout`` all along never times out. Before the last
+    migration (after the deploy), the schema takes 0.1's inserts and 0.2 answers ready."""
     url, server, name = upgrade_database
     stop = threading.Event()
-    seen: dict[tuple[int, str, str], list[float]] = {}
+    seen: dict[tuple[int, str, str], list[tuple[float, str]]] = {}
     writes: list[float] = []
     errors: list[BaseException] = []
     deployed = threading.Event()
@@ -283,7 +297,7 @@ def test_migrating_a_serving_database_holds_no_write_blocking_lock(upgrade_datab
                 now = time.monotonic()
                 for pid, mode, relation, query in rows:
                     if mode in WRITE_BLOCKING:
-                        seen.setdefault((pid, mode, f"{tables[relation]}: {query[:120]}"), []).append(now)
+                        seen.setdefault((pid, mode, tables[relation]), []).append((now, query[:100]))
 
     def write() -> None:
         try:
@@ -326,7 +340,7 @@ def test_migrating_a_serving_database_holds_no_write_blocking_lock(upgrade_datab
                 "-c",
                 "import pathlib, time\n"
                 "from django.core.management import call_command as c\n"
-                f"c('migrate', '{APP}', '0002_add_for_0_2', verbosity=0)\n"
+                f"c('migrate', '{APP}', '0004_build_for_0_2', verbosity=0)\n"
                 "c('modalkit', 'health')\n"
                 f"pathlib.Path('{ready}').touch()\n"
                 f"while not pathlib.Path('{go}').exists(): time.sleep(0.01)\n"
@@ -352,6 +366,25 @@ def test_migrating_a_serving_database_holds_no_write_blocking_lock(upgrade_datab
             thread.join(timeout=10)
     assert not errors, errors
     assert len(writes) > 10
-    long_held = {key: times[-1] - times[0] for key, times in seen.items() if times[-1] - times[0] > 0.05}
+    holds = [hold for sightings in seen.values() for hold in holds_of(sightings)]
+    assert holds, "the watcher saw none of the catalogue changes' brief locks"
+    long_held = [(key, hold) for key, sightings in seen.items() for hold in holds_of(sightings) if hold[0] > MAX_HOLD]
     assert not long_held, long_held
+    print(f"longest write-blocking hold seen: {max(hold for hold, _ in holds):.3f} s")
     assert not [key for key in seen if key[1] == "ShareLock"], seen
+
+
+def holds_of(sightings: list[tuple[float, str]]) -> list[tuple[float, list[str]]]:
+    """Each span of sightings with no gap of 50 ms: how long, and its statements."""
+    holds: list[tuple[float, list[str]]] = []
+    start = last = sightings[0][0]
+    queries: list[str] = []
+    for when, query in sightings:
+        if when - last > 0.05:
+            holds.append((last - start, queries))
+            start, queries = when, []
+        last = when
+        if query not in queries:
+            queries.append(query)
+    holds.append((last - start, queries))
+    return holds

@@ -1,13 +1,17 @@
-"""0.2's schema, added to a 0.1 database while 0.1 keeps serving (run before the deploy).
+"""0.2's new tables, and the delivery and API key columns, added to a 0.1 database while
+0.1 serves (before the deploy).
 
-Nothing here stops writes to the job, delivery or API key tables for longer than a
-catalogue update: indexes are built concurrently, checks are added ``NOT VALID`` and
-validated apart, new columns neither rewrite nor scan their table, and each new
-``NOT NULL`` column keeps a database default while 0.1 (which does not write it) inserts
-rows. ``0003_remove_after_0_2_deploy`` removes what 0.1 still needs once 0.2 runs.
+Catalogue changes only, in one transaction: new columns neither rewrite nor scan their
+table (their checks are added ``NOT VALID``), each new ``NOT NULL`` column keeps a database
+default while 0.1 (which does not write it) inserts rows, and new checks hold new rows
+only. If the transaction cannot have a table (``lock_timeout``), it rolls back whole and
+``migrate`` can run again. ``0003_add_job_columns_for_0_2`` does the same for the job
+table; ``0004_build_for_0_2`` validates the checks and builds the indexes while writes go
+on; ``0005_remove_after_0_2_deploy`` removes what 0.1 still needs, once 0.2 runs.
 
-It replaces the unreleased migrations 0002-0011 of the 0.2 development, with the schema
-they made. New tables get their indexes and constraints as usual: they are empty.
+With 0003-0005, it replaces the unreleased migrations 0002-0011 of the 0.2
+development, with the schema they made. New tables get their indexes and constraints as
+usual: they are empty.
 """
 
 import uuid
@@ -24,9 +28,6 @@ from modalkit_django.models import operations
 
 
 class Migration(migrations.Migration):
-    # PostgreSQL builds indexes concurrently only outside a transaction.
-    atomic = False
-
     dependencies = [
         ("modalkit_django", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
@@ -144,6 +145,30 @@ class Migration(migrations.Migration):
                 "indexes": [models.Index(fields=["-last_beat_at"], name="modalkit_worker_beat_idx")],
             },
         ),
+        migrations.CreateModel(
+            name="JobOutput",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("run", models.PositiveIntegerField(help_text="The job's runs when it was yielded.")),
+                ("seq", models.PositiveIntegerField(help_text="Its index among its run's outputs.")),
+                ("output", models.JSONField()),
+                (
+                    "job",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="outputs",
+                        to="modalkit_django.job",
+                    ),
+                ),
+            ],
+            options={
+                "ordering": ["job", "run", "seq"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("job", "run", "seq"), name="modalkit_joboutput_unique")
+                ],
+            },
+        ),
         # API keys: every key 0.1 made, and any 0.1 makes until the deploy, may send to
         # every queue, as in 0.1 (the default, a constant, fills the old rows in place).
         operations.AddFieldSafely(
@@ -176,108 +201,6 @@ class Migration(migrations.Migration):
                 validators=[django.core.validators.MinValueValidator(1)],
             ),
         ),
-        # Jobs: new columns, in the order the 0.2 development added them.
-        operations.AddFieldSafely(
-            model_name="job",
-            name="idempotency_key",
-            field=models.CharField(blank=True, max_length=255),
-            temporary_default="",
-        ),
-        migrations.AddField(
-            model_name="job",
-            name="queued_at",
-            field=models.DateTimeField(db_default=django.db.models.functions.datetime.Now()),
-        ),
-        operations.AddFieldSafely(
-            model_name="job",
-            name="request_fingerprint",
-            field=models.CharField(blank=True, max_length=64),
-            temporary_default="",
-        ),
-        operations.AddFieldSafely(
-            model_name="job",
-            name="api_key_prefix",
-            field=models.CharField(blank=True, max_length=16),
-            temporary_default="",
-        ),
-        migrations.AddField(
-            model_name="job",
-            name="modal_call_id",
-            field=models.CharField(blank=True, max_length=64, null=True),
-        ),
-        migrations.AddField(
-            model_name="job",
-            name="expires_at",
-            field=models.DateTimeField(blank=True, null=True),
-        ),
-        operations.AddFieldSafely(
-            model_name="job",
-            name="priority",
-            field=models.SmallIntegerField(choices=[(0, "Low"), (1, "Normal"), (2, "High")], default=1),
-            temporary_default=1,
-        ),
-        migrations.AddField(
-            model_name="job",
-            name="progress",
-            field=models.FloatField(blank=True, null=True),
-        ),
-        operations.AddFieldSafely(
-            model_name="job",
-            name="progress_message",
-            field=models.CharField(blank=True, max_length=255),
-            temporary_default="",
-        ),
-        # A new column of NULLs: PostgreSQL adds its foreign key without reading the table.
-        migrations.AddField(
-            model_name="job",
-            name="batch",
-            field=models.ForeignKey(
-                blank=True,
-                db_index=False,
-                null=True,
-                on_delete=django.db.models.deletion.CASCADE,
-                related_name="jobs",
-                to="modalkit_django.batch",
-            ),
-        ),
-        operations.AddFieldSafely(
-            model_name="job",
-            name="output_count",
-            field=models.PositiveIntegerField(default=0),
-            temporary_default=0,
-        ),
-        operations.AddFieldSafely(
-            model_name="job",
-            name="runs",
-            field=models.PositiveIntegerField(
-                default=0, help_text="Times a worker claimed this job, re-runs included."
-            ),
-            temporary_default=0,
-        ),
-        migrations.CreateModel(
-            name="JobOutput",
-            fields=[
-                ("id", models.BigAutoField(primary_key=True, serialize=False)),
-                ("run", models.PositiveIntegerField(help_text="The job's runs when it was yielded.")),
-                ("seq", models.PositiveIntegerField(help_text="Its index among its run's outputs.")),
-                ("output", models.JSONField()),
-                (
-                    "job",
-                    models.ForeignKey(
-                        db_index=False,
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="outputs",
-                        to="modalkit_django.job",
-                    ),
-                ),
-            ],
-            options={
-                "ordering": ["job", "run", "seq"],
-                "constraints": [
-                    models.UniqueConstraint(fields=("job", "run", "seq"), name="modalkit_joboutput_unique")
-                ],
-            },
-        ),
         # Deliveries: their times are the database's (defaults only, no rewrite).
         migrations.AddField(
             model_name="queuedelivery",
@@ -301,93 +224,12 @@ class Migration(migrations.Migration):
                 choices=[("success", "Success"), ("failure", "Failure"), ("batch", "Batch")], max_length=8
             ),
         ),
-        # Checks: new rows at once, the old ones read later without stopping writes.
+        # Checks hold new rows at once; 0003 reads the old ones.
         migrations.RemoveConstraint(model_name="queuedelivery", name="modalkit_delivery_route_valid"),
         operations.AddConstraintNotValid(
             model_name="queuedelivery",
             constraint=models.CheckConstraint(
                 condition=models.Q(("route__in", ["success", "failure", "batch"])), name="modalkit_delivery_route_valid"
             ),
-        ),
-        operations.AddConstraintNotValid(
-            model_name="job",
-            constraint=models.CheckConstraint(
-                condition=models.Q(("priority__in", [0, 1, 2])), name="modalkit_job_priority_valid"
-            ),
-        ),
-        operations.ValidateConstraint(model_name="queuedelivery", name="modalkit_delivery_route_valid"),
-        operations.ValidateConstraint(model_name="job", name="modalkit_job_priority_valid"),
-        # Indexes, built while writes go on.
-        operations.AddUniqueIndexConcurrently(
-            model_name="job",
-            constraint=models.UniqueConstraint(
-                condition=models.Q(("idempotency_key", ""), _negated=True),
-                fields=("owner", "idempotency_key"),
-                name="modalkit_job_idempotency_key_unique",
-            ),
-        ),
-        operations.AddUniqueIndexConcurrently(
-            model_name="job",
-            constraint=models.UniqueConstraint(
-                condition=models.Q(models.Q(("idempotency_key", ""), _negated=True), ("owner__isnull", True)),
-                fields=("idempotency_key",),
-                name="modalkit_job_idempotency_key_unowned_unique",
-            ),
-        ),
-        operations.AddIndexConcurrently(
-            model_name="job",
-            index=models.Index(
-                condition=models.Q(("status", "queued")), fields=["queued_at"], name="modalkit_job_waiting_idx"
-            ),
-        ),
-        operations.AddIndexConcurrently(
-            model_name="job",
-            index=models.Index(fields=["status", "-created_at"], name="modalkit_job_status_idx"),
-        ),
-        operations.AddIndexConcurrently(
-            model_name="job",
-            index=models.Index(fields=["model_name", "-created_at"], name="modalkit_job_model_idx"),
-        ),
-        operations.AddIndexConcurrently(
-            model_name="job",
-            index=models.Index(
-                condition=models.Q(("status", "queued")),
-                fields=["-priority", "queued_at"],
-                name="modalkit_job_priority_idx",
-            ),
-        ),
-        operations.AddIndexConcurrently(
-            model_name="job",
-            index=models.Index(
-                condition=models.Q(("expires_at__isnull", False), ("status", "queued")),
-                fields=["expires_at"],
-                name="modalkit_job_deadline_idx",
-            ),
-        ),
-        operations.AddIndexConcurrently(
-            model_name="job",
-            index=models.Index(
-                condition=models.Q(("batch__isnull", False)), fields=["batch"], name="modalkit_job_batch_idx"
-            ),
-        ),
-        operations.AddIndexConcurrently(
-            model_name="job",
-            index=models.Index(
-                condition=models.Q(("batch__isnull", False), ("status__in", ("queued", "running"))),
-                fields=["batch"],
-                name="modalkit_job_batch_open_idx",
-            ),
-        ),
-        operations.AddIndexConcurrently(
-            model_name="queuedelivery",
-            index=models.Index(fields=["status", "-created_at"], name="modalkit_delivery_status_idx"),
-        ),
-        operations.AddIndexConcurrently(
-            model_name="queuedelivery",
-            index=models.Index(fields=["backend", "-created_at"], name="modalkit_delivery_backend_idx"),
-        ),
-        operations.AddIndexConcurrently(
-            model_name="queuedelivery",
-            index=models.Index(fields=["queue_name", "-created_at"], name="modalkit_delivery_queue_idx"),
         ),
     ]

@@ -5,20 +5,22 @@ holds a lock that stops writes for longer than a catalogue update.
 
 - ``AddIndexConcurrently`` / ``RemoveIndexConcurrently``: ``CREATE``/``DROP INDEX
   CONCURRENTLY``. A build that failed half-way leaves an ``INVALID`` index behind; the next
-  ``migrate`` drops it and builds again.
+  ``migrate`` drops it and builds again (and keeps a valid index of the name, built by a
+  ``migrate`` that stopped before recording the migration).
 - ``AddUniqueIndexConcurrently``: a ``UniqueConstraint`` that Django makes as a unique
   index (one with a ``condition``), built concurrently.
 - ``AddConstraintNotValid`` then ``ValidateConstraint``: the check holds new rows at once;
-  the old ones are read later under a lock that lets writes through.
+  the old ones are read later under a lock that lets writes through. Validate in a
+  non-atomic migration: in a transaction, the scan would keep the locks taken before it.
 - ``AddFieldSafely``: ``ADD COLUMN`` that neither rewrites nor scans the table: its check
-  (a positive integer's ``>= 0``) is added ``NOT VALID`` and validated apart, and a
+  (a positive integer's ``>= 0``) is added ``NOT VALID`` (validate it apart), and a
   ``temporary_default`` stays in the database so that the released code, which does not
   write the column, can still insert rows until ``DropTemporaryDefault`` runs after the
   deploy.
 
 They are PostgreSQL's forms. On another database (the embedded SQLite) each does what the
-plain Django operation does; a migration using them sets ``atomic = False``, since
-PostgreSQL builds concurrently only outside a transaction.
+plain Django operation does. A migration building or validating sets ``atomic = False``,
+since PostgreSQL builds concurrently only outside a transaction.
 """
 
 from __future__ import annotations
@@ -52,16 +54,17 @@ def outside_transaction(
         raise NotSupportedError(f"{type(operation).__name__} needs a migration with atomic = False.")
 
 
-def drop_invalid_leftover(schema_editor: BaseDatabaseSchemaEditor, name: str) -> None:
-    """Drop an index of this name that an interrupted concurrent build left ``INVALID``."""
+def built_already(schema_editor: BaseDatabaseSchemaEditor, name: str) -> bool:
+    """Whether a valid index of this name exists (a ``migrate`` that stopped after building
+    it); an ``INVALID`` one, which an interrupted concurrent build leaves, is dropped."""
     with schema_editor.connection.cursor() as cursor:
         cursor.execute(
-            "SELECT 1 FROM pg_index WHERE indexrelid = to_regclass(%s) AND NOT indisvalid",
-            [schema_editor.quote_name(name)],
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [schema_editor.quote_name(name)]
         )
-        leftover = cursor.fetchone() is not None
-    if leftover:
+        row = cursor.fetchone()
+    if row is not None and not row[0]:
         schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {schema_editor.quote_name(name)}")
+    return row is not None and bool(row[0])
 
 
 class AddIndexConcurrently(migrations.AddIndex):
@@ -77,8 +80,9 @@ class AddIndexConcurrently(migrations.AddIndex):
             return super().database_forwards(app_label, schema_editor, from_state, to_state)
         outside_transaction(schema_editor, self)
         model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            drop_invalid_leftover(schema_editor, self.index.name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model) and not built_already(
+            schema_editor, self.index.name
+        ):
             schema_editor.add_index(model, self.index, concurrently=True)  # type: ignore[call-arg]
 
     def database_backwards(
@@ -118,8 +122,8 @@ class RemoveIndexConcurrently(migrations.RemoveIndex):
         model = to_state.apps.get_model(app_label, self.model_name)
         if self.allow_migrate_model(schema_editor.connection.alias, model):
             index = to_state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
-            drop_invalid_leftover(schema_editor, index.name)
-            schema_editor.add_index(model, index, concurrently=True)  # type: ignore[call-arg]
+            if not built_already(schema_editor, index.name):
+                schema_editor.add_index(model, index, concurrently=True)  # type: ignore[call-arg]
 
 
 class AddUniqueIndexConcurrently(migrations.AddConstraint):
@@ -141,8 +145,9 @@ class AddUniqueIndexConcurrently(migrations.AddConstraint):
             return super().database_forwards(app_label, schema_editor, from_state, to_state)
         outside_transaction(schema_editor, self)
         model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            drop_invalid_leftover(schema_editor, self.constraint.name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model) and not built_already(
+            schema_editor, self.constraint.name
+        ):
             statement: Any = self.constraint.create_sql(model, schema_editor)
             statement.template = statement.template.replace(
                 "CREATE UNIQUE INDEX", "CREATE UNIQUE INDEX CONCURRENTLY", 1
@@ -210,8 +215,9 @@ class AddFieldSafely(migrations.AddField):
     """``ADD COLUMN`` that neither rewrites nor scans a large table.
 
     The column's check (a ``PositiveIntegerField``'s ``>= 0``), which PostgreSQL would verify
-    row by row under an exclusive lock, is added ``NOT VALID`` and validated apart, under the
-    name PostgreSQL gives a column's check (``<table>_<column>_check``). A
+    row by row under an exclusive lock, is added ``NOT VALID`` under the name PostgreSQL
+    gives a column's check (``<table>_<column>_check``): validate it with
+    ``ValidateConstraint`` in a migration of its own, with ``atomic = False``. A
     ``temporary_default`` (a constant: PostgreSQL stores it once, no rewrite) fills the old
     rows and stays as the column's default until ``DropTemporaryDefault`` removes it, so the
     released code, which does not know the column, still inserts rows meanwhile.
@@ -256,7 +262,6 @@ class AddFieldSafely(migrations.AddField):
         if check:
             name = quote(f"{table}_{field.column}_check")
             schema_editor.execute(f"ALTER TABLE {quote(table)} ADD CONSTRAINT {name} CHECK ({check}) NOT VALID")
-            schema_editor.execute(f"ALTER TABLE {quote(table)} VALIDATE CONSTRAINT {name}")
 
     def add_elsewhere(
         self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: ProjectState, to_state: ProjectState

@@ -1,7 +1,7 @@
 """What 0.1 needed and 0.2 does not, removed once 0.2 runs everywhere (after the deploy).
 
 Every step is a catalogue change or a concurrent index drop: the temporary defaults
-``0002_add_for_0_2`` left for 0.1's inserts, the ``enqueued_at`` column and the index 0.1
+0002 and 0003 left for 0.1's inserts, the ``enqueued_at`` column and the index 0.1
 claimed by, and three indexes no 0.2 query uses but every write keeps up:
 
 - the job's ``owner_id`` index, which ``modalkit_job_owner_idx`` (owner, created) leads with;
@@ -59,7 +59,7 @@ class Migration(migrations.Migration):
     after_deploy = True
 
     dependencies = [
-        ("modalkit_django", "0002_add_for_0_2"),
+        ("modalkit_django", "0004_build_for_0_2"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
