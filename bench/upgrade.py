@@ -84,7 +84,7 @@ def build(jobs: int) -> float:
         "for app in ('admin', 'auth', 'contenttypes', 'sessions'): c('migrate', app, verbosity=0)"
     )
     started = time.monotonic()
-    chunk = 250_000
+    chunk = 100_000
     with psycopg.connect(**server, dbname=name, autocommit=True) as db:
         for first in range(0, jobs, chunk):
             size = min(chunk, jobs - first)

@@ -388,3 +388,27 @@ def holds_of(sightings: list[tuple[float, str]]) -> list[tuple[float, list[str]]
             queries.append(query)
     holds.append((last - start, queries))
     return holds
+
+
+def test_the_embedded_sqlite_database_migrates_forwards_back_and_forwards(tmp_path: Path) -> None:
+    """The concurrent and NOT VALID operations are PostgreSQL's; on SQLite (the embedded
+    default) they do what Django's plain operations do, both ways."""
+    database = tmp_path / "embedded.sqlite3"
+    result = manage(
+        f"sqlite:///{database}",
+        "shell",
+        "-c",
+        "from django.core.management import call_command as c\n"
+        "from django.db import connection\n"
+        "c('migrate', verbosity=0)\n"
+        f"c('migrate', '{APP}', '{last_released()}', verbosity=0)\n"
+        "c('migrate', verbosity=0)\n"
+        "with connection.cursor() as cursor:\n"
+        "    cursor.execute(\"SELECT name FROM sqlite_master WHERE tbl_name = 'modalkit_django_job'\")\n"
+        "    print(sorted(row[0] for row in cursor.fetchall()))",
+    )
+    assert result.returncode == 0, result.stderr
+    names = result.stdout
+    for name in ("modalkit_job_priority_idx", "modalkit_job_batch_open_idx", "modalkit_job_idempotency_key_unique"):
+        assert name in names
+    assert "modalkit_job_queued_idx" not in names
