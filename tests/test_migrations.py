@@ -259,6 +259,15 @@ def upgrade_database() -> Any:
             " status, attempts, last_error, external_id, created_at, job_id) SELECT gen_random_uuid(), 'success',"
             " 'q', 'default', id::text, '{}', 'sent', 1, '', '', now(), id FROM modalkit_django_job"
         )
+        # 0.1's API keys could send anywhere: after the upgrade, their grant says so.
+        db.execute(
+            "INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, email, is_staff,"
+            " is_active, date_joined) VALUES ('!', false, 'owner', '', '', '', false, true, now())"
+        )
+        db.execute(
+            "INSERT INTO modalkit_django_apikey (name, prefix, digest, created_at, owner_id)"
+            " SELECT 'old', 'mk_old', 'digest', now(), id FROM auth_user"
+        )
         db.execute("ANALYZE")
     yield url, server, name
     with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
@@ -366,6 +375,8 @@ def test_migrating_a_serving_database_holds_no_write_blocking_lock(upgrade_datab
             thread.join(timeout=10)
     assert not errors, errors
     assert len(writes) > 10
+    with psycopg.connect(**server, dbname=name) as db:
+        assert db.execute("SELECT allowed_queues FROM modalkit_django_apikey").fetchall() == [(["*"],)]
     holds = [hold for sightings in seen.values() for hold in holds_of(sightings)]
     assert holds, "the watcher saw none of the catalogue changes' brief locks"
     long_held = [(key, hold) for key, sightings in seen.items() for hold in holds_of(sightings) if hold[0] > MAX_HOLD]
