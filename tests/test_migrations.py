@@ -277,9 +277,9 @@ def upgrade_database() -> Any:
 def test_migrating_a_serving_database_holds_no_write_blocking_lock(upgrade_database: Any, tmp_path: Path) -> None:
     """While ``migrate`` runs to the head on 30,000 jobs and deliveries, a watcher polls
     ``pg_locks`` every few milliseconds: the migration holds no SHARE lock (a plain
-    ``CREATE INDEX``, tens of milliseconds per index here) on the job or delivery table,
-    and no write-blocking lock for longer than MAX_HOLD (the previous 0002-0011, in
-    transactions, held ACCESS EXCLUSIVE for over 4 s here). A writer that inserts and
+    ``CREATE INDEX``) on the job or delivery table, and no write-blocking lock for longer
+    than MAX_HOLD. The previous 0002-0011 fail both here: SHARE for up to 0.8 s, ACCESS
+    EXCLUSIVE for 1.1 s (0.35 s at most now, on the same loaded machine). A writer that inserts and
     updates jobs with a 2 s ``lock_timeout`` all along never times out. Before the last
     migration (after the deploy), the schema takes 0.1's inserts and 0.2 answers ready."""
     url, server, name = upgrade_database
