@@ -238,10 +238,17 @@ def configuration_problems() -> tuple[list[str], list[str]]:
 
 def unapplied_migrations(connection: BaseDatabaseWrapper | None = None) -> list[str]:
     """The migrations on disk not applied to the database of ``connection`` (the default
-    one's if ``None``), in the order ``migrate`` would apply them (``app_label.name``)."""
+    one's if ``None``), in the order ``migrate`` would apply them (``app_label.name``).
+
+    A migration marked ``after_deploy = True`` is left out: it removes what the previous
+    release still uses, so the new processes run, and answer ready, before it is applied."""
     executor = MigrationExecutor(connection or connections[DEFAULT_DB_ALIAS])
     plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
-    return [f"{migration.app_label}.{migration.name}" for migration, _ in plan]
+    return [
+        f"{migration.app_label}.{migration.name}"
+        for migration, _ in plan
+        if not getattr(migration, "after_deploy", False)
+    ]
 
 
 def _database_key(alias: str) -> tuple[Any, ...]:

@@ -8,7 +8,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -17,108 +16,173 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('prefix', models.CharField(editable=False, help_text="The key's first characters.", max_length=16)),
-                ('digest', models.CharField(editable=False, max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='modalkit_api_keys', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100)),
+                ("prefix", models.CharField(editable=False, help_text="The key's first characters.", max_length=16)),
+                ("digest", models.CharField(editable=False, max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="modalkit_api_keys",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API key',
+                "verbose_name": "API key",
             },
         ),
         migrations.CreateModel(
-            name='Job',
+            name="Job",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('model_name', models.CharField(max_length=100)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('canceled', 'Canceled'), ('expired', 'Expired')], default='queued', max_length=16)),
-                ('message', models.JSONField(help_text='The validated model input.')),
-                ('meta', models.JSONField(blank=True, default=dict)),
-                ('success_queue', models.CharField(blank=True, max_length=255)),
-                ('failure_queue', models.CharField(blank=True, max_length=255)),
-                ('result', models.JSONField(blank=True, null=True)),
-                ('error', models.JSONField(blank=True, help_text='{"type": ..., "message": ...}', null=True)),
-                ('attempts', models.PositiveIntegerField(default=0, help_text='Times a worker claimed this job.')),
-                ('reruns', models.PositiveIntegerField(default=0, help_text='Times an operator re-ran this job.')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('enqueued_at', models.DateTimeField(blank=True, null=True)),
-                ('run_after', models.DateTimeField(blank=True, null=True)),
-                ('lease_token', models.UUIDField(blank=True, null=True)),
-                ('lease_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('owner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='modalkit_jobs', to=settings.AUTH_USER_MODEL)),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ("model_name", models.CharField(max_length=100)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("canceled", "Canceled"),
+                            ("expired", "Expired"),
+                        ],
+                        default="queued",
+                        max_length=16,
+                    ),
+                ),
+                ("message", models.JSONField(help_text="The validated model input.")),
+                ("meta", models.JSONField(blank=True, default=dict)),
+                ("success_queue", models.CharField(blank=True, max_length=255)),
+                ("failure_queue", models.CharField(blank=True, max_length=255)),
+                ("result", models.JSONField(blank=True, null=True)),
+                ("error", models.JSONField(blank=True, help_text='{"type": ..., "message": ...}', null=True)),
+                ("attempts", models.PositiveIntegerField(default=0, help_text="Times a worker claimed this job.")),
+                ("reruns", models.PositiveIntegerField(default=0, help_text="Times an operator re-ran this job.")),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("enqueued_at", models.DateTimeField(blank=True, null=True)),
+                ("run_after", models.DateTimeField(blank=True, null=True)),
+                ("lease_token", models.UUIDField(blank=True, null=True)),
+                ("lease_expires_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="modalkit_jobs",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='QueueDelivery',
+            name="QueueDelivery",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('route', models.CharField(choices=[('success', 'Success'), ('failure', 'Failure')], max_length=8)),
-                ('queue_name', models.CharField(max_length=255)),
-                ('backend', models.CharField(help_text="Alias in MODALKIT['QUEUES'].", max_length=100)),
-                ('message_id', models.CharField(max_length=100, unique=True)),
-                ('payload', models.JSONField()),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('sent', 'Sent'), ('retrying', 'Retrying'), ('dead', 'Dead')], default='pending', max_length=8)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('last_error', models.TextField(blank=True)),
-                ('next_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('sent_at', models.DateTimeField(blank=True, null=True)),
-                ('external_id', models.CharField(blank=True, help_text='Id the queue gave the message.', max_length=255)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='modalkit_django.job')),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ("route", models.CharField(choices=[("success", "Success"), ("failure", "Failure")], max_length=8)),
+                ("queue_name", models.CharField(max_length=255)),
+                ("backend", models.CharField(help_text="Alias in MODALKIT['QUEUES'].", max_length=100)),
+                ("message_id", models.CharField(max_length=100, unique=True)),
+                ("payload", models.JSONField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("pending", "Pending"), ("sent", "Sent"), ("retrying", "Retrying"), ("dead", "Dead")],
+                        default="pending",
+                        max_length=8,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("last_error", models.TextField(blank=True)),
+                ("next_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("sent_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "external_id",
+                    models.CharField(blank=True, help_text="Id the queue gave the message.", max_length=255),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="deliveries", to="modalkit_django.job"
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'queue deliveries',
-                'ordering': ['-created_at'],
+                "verbose_name_plural": "queue deliveries",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['-created_at'], name='modalkit_job_created_idx'),
+            model_name="job",
+            index=models.Index(fields=["-created_at"], name="modalkit_job_created_idx"),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['owner', '-created_at'], name='modalkit_job_owner_idx'),
+            model_name="job",
+            index=models.Index(fields=["owner", "-created_at"], name="modalkit_job_owner_idx"),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(condition=models.Q(('status', 'queued')), fields=['enqueued_at'], name='modalkit_job_queued_idx'),
+            model_name="job",
+            index=models.Index(
+                condition=models.Q(("status", "queued")), fields=["enqueued_at"], name="modalkit_job_queued_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(condition=models.Q(('status', 'running')), fields=['lease_expires_at'], name='modalkit_job_running_idx'),
+            model_name="job",
+            index=models.Index(
+                condition=models.Q(("status", "running")), fields=["lease_expires_at"], name="modalkit_job_running_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(condition=models.Q(('status__in', ('succeeded', 'failed', 'canceled', 'expired'))), fields=['finished_at'], name='modalkit_job_finished_idx'),
+            model_name="job",
+            index=models.Index(
+                condition=models.Q(("status__in", ("succeeded", "failed", "canceled", "expired"))),
+                fields=["finished_at"],
+                name="modalkit_job_finished_idx",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='job',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['queued', 'running', 'succeeded', 'failed', 'canceled', 'expired'])), name='modalkit_job_status_valid'),
+            model_name="job",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["queued", "running", "succeeded", "failed", "canceled", "expired"])),
+                name="modalkit_job_status_valid",
+            ),
         ),
         migrations.AddIndex(
-            model_name='queuedelivery',
-            index=models.Index(fields=['-created_at'], name='modalkit_delivery_created_idx'),
+            model_name="queuedelivery",
+            index=models.Index(fields=["-created_at"], name="modalkit_delivery_created_idx"),
         ),
         migrations.AddIndex(
-            model_name='queuedelivery',
-            index=models.Index(condition=models.Q(('status__in', ('pending', 'retrying'))), fields=['next_attempt_at'], name='modalkit_delivery_due_idx'),
+            model_name="queuedelivery",
+            index=models.Index(
+                condition=models.Q(("status__in", ("pending", "retrying"))),
+                fields=["next_attempt_at"],
+                name="modalkit_delivery_due_idx",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='queuedelivery',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['pending', 'sent', 'retrying', 'dead'])), name='modalkit_delivery_status_valid'),
+            model_name="queuedelivery",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["pending", "sent", "retrying", "dead"])),
+                name="modalkit_delivery_status_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='queuedelivery',
-            constraint=models.CheckConstraint(condition=models.Q(('route__in', ['success', 'failure'])), name='modalkit_delivery_route_valid'),
+            model_name="queuedelivery",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("route__in", ["success", "failure"])), name="modalkit_delivery_route_valid"
+            ),
         ),
     ]
