@@ -24,7 +24,9 @@ namespace with the delay. It prints the medians, each ratio against the relay wi
 delay (the honest one: the same path, only the delay differs) and against loopback,
 the load average, and what the workers' round trips were for: the relay counts each time
 a client sends after it has received (a *turn*, one round trip whatever it pipelines) and
-names it by its first statement or command.
+names it by its first statement or command. ``--worker-env BENCH_TRACE=DIR`` has each
+worker process write how long its database steps queued for their thread and ran on it
+(bench/trace.py); ``--paths delay`` drains only the delayed path.
 """
 
 from __future__ import annotations
@@ -210,8 +212,8 @@ def teardown() -> None:
     Deleting the namespace deletes its end of the pair, the pair with it, and the qdiscs on both."""
     if NAMESPACE in _ip("netns", "list").stdout.split():
         _ip("netns", "del", NAMESPACE)
-    if _ip("link", "show", HOST_END, check=False).returncode == 0:
-        _ip("link", "del", HOST_END)
+    # The pair goes with the namespace, though not always before ``ip netns del`` returns.
+    _ip("link", "del", HOST_END, check=False)
 
 
 def setup_namespace() -> None:
@@ -277,6 +279,9 @@ def main() -> None:
         "--worker-env", action="append", default=[], metavar="KEY=VALUE",
         help="for the workers of every path, e.g. BENCH_BATCH_SIZE=200",
     )  # fmt: skip
+    parser.add_argument(
+        "--paths", default="loopback,relay,delay", help="which to drain each round (loopback, relay, delay)"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "rtt.json", help="where to write the figures")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -296,7 +301,8 @@ def main() -> None:
     services = args.delay_services.split(",")
     inside = ["ip", "netns", "exec", NAMESPACE]
     relay: RelayProcess | None = None
-    rows: dict[str, list[float]] = {"loopback": [], "relay, no delay": [], "relay and delay": []}
+    names = {"loopback": "loopback", "relay": "relay, no delay", "delay": "relay and delay"}
+    rows: dict[str, list[float]] = {names[path]: [] for path in args.paths.split(",")}
     loads: list[tuple[float, float, float]] = []
     turns: dict[str, Counter[tuple[str, str]]] = {name: Counter() for name in rows}
     try:
@@ -344,10 +350,11 @@ def main() -> None:
     print(f"\n{args.processes} worker processes, {args.jobs} jobs, {args.rounds} rounds (medians):")
     for name, rate in medians.items():
         print(f"  {name:16} {rate:7.0f} jobs/s   rounds {[round(r) for r in rows[name]]}")
-    delayed = rows["relay and delay"]
+    delayed = rows.get("relay and delay", [])
     ratios = {
         against: sorted(d / b for d, b in zip(delayed, rows[against], strict=True))
         for against in ("relay, no delay", "loopback")
+        if delayed and against in rows
     }
     for against, values in ratios.items():
         print(
@@ -358,7 +365,7 @@ def main() -> None:
     jobs = args.jobs * args.rounds
     print("\nround trips per 100 jobs (relay and delay), by what each was for:")
     per_100: dict[str, Any] = {}
-    for (service, label), n in turns["relay and delay"].most_common():
+    for (service, label), n in turns.get("relay and delay", Counter()).most_common():
         per_100[f"{service}: {label}"] = round(100 * n / jobs, 2)
         print(f"  {100 * n / jobs:8.2f}  {service:8} {label}")
     args.json.write_text(

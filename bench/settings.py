@@ -42,3 +42,9 @@ MODALKIT = {
     },
 }
 LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+# BENCH_TRACE=DIR: each worker process writes its database steps' times there (bench/trace.py).
+if os.environ.get("BENCH_TRACE"):
+    from bench import trace
+
+    trace.install(os.environ["BENCH_TRACE"])
