@@ -27,7 +27,10 @@ MODALKIT = {
         **MODALKIT["QUEUES"],
         "redis": {
             "BACKEND": "modalkit_django.queues.redis.RedisBackend",
-            "OPTIONS": {"url": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), "key_prefix": "bench:"},
+            "OPTIONS": {
+                "url": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                "key_prefix": os.environ.get("BENCH_KEY_PREFIX", "bench:"),
+            },
         },
     },
     "QUEUE_ROUTES": [("*", "redis")],
@@ -35,6 +38,13 @@ MODALKIT = {
     "WORKER": {
         **({} if os.environ.get("BENCH_SWEEP") else {"SWEEP_INTERVAL_SECONDS": 3600}),
         "BATCHES_IN_FLIGHT": int(os.environ.get("BENCH_BATCHES_IN_FLIGHT", "2")),
+        "BATCH_SIZE": int(os.environ.get("BENCH_BATCH_SIZE", "100")),
     },
 }
 LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+# BENCH_TRACE=DIR: each worker process writes its database steps' times there (bench/trace.py).
+if os.environ.get("BENCH_TRACE"):
+    from bench import trace
+
+    trace.install(os.environ["BENCH_TRACE"])

@@ -32,11 +32,15 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# The Redis list the results are pushed to (bench/settings.py's key prefix, and the jobs'
+# success queue): a prefix of its own keeps two benchmarks on one Redis apart.
+RESULTS_KEY = os.environ.get("BENCH_KEY_PREFIX", "bench:") + "bench_results"
 
 
 def start_worker(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -106,8 +110,10 @@ def bench_noop(total: int, max_async: int | None, workers: int = 1) -> float:
 
 
 def bench_modalkit(
-    total: int, max_async: int | None, extra_env: dict[str, str], workers: int = 1
+    total: int, max_async: int | None, extra_env: dict[str, str], workers: int = 1, prefix: Sequence[str] = ()
 ) -> tuple[float, dict[str, float]]:
+    """Jobs per second for ``total`` jobs drained by ``workers`` processes, whose command
+    starts with ``prefix`` (bench/rtt.py: ``ip netns exec NAME``)."""
     # One stream per session: Django reads its settings (and the queue name) once.
     queue = os.environ.setdefault("BENCH_MODALKIT_QUEUE", f"bench-modalkit-{uuid.uuid4().hex[:6]}")
     os.environ["BENCH_QUEUE"] = queue
@@ -149,23 +155,21 @@ def bench_modalkit(
     connection.close()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings", "BENCH_QUEUE": queue, **extra_env}
     worker = start_worker(
-        [sys.executable, "manage.py", "taskiq", "worker", "--workers", str(workers), "--log-level", "WARNING",
-         *max_async_option(max_async)],
+        [*prefix, sys.executable, "manage.py", "taskiq", "worker", "--workers", str(workers), "--log-level",
+         "WARNING", *max_async_option(max_async)],
         env,
     )  # fmt: skip
     import redis
 
     results = redis.Redis.from_url(REDIS_URL)
-    results.delete("bench:bench_results")
+    results.delete(RESULTS_KEY)
     try:
         deadline = time.monotonic() + 600
         # Polled on the Redis list, as cheap as the no-op's poll of its stream: a COUNT of
         # the deliveries every 0.2 s had PostgreSQL scan the table (13 ms at 20,000 rows)
         # beside the worker it measures. The count, once the list is full, waits for the
         # last sends to be recorded.
-        while results.llen("bench:bench_results") < total or (
-            QueueDelivery.objects.filter(status="sent").count() < total
-        ):
+        while results.llen(RESULTS_KEY) < total or (QueueDelivery.objects.filter(status="sent").count() < total):
             if worker.poll() is not None:
                 raise RuntimeError(worker.stderr.read().decode() if worker.stderr else "worker died")
             if time.monotonic() > deadline:
@@ -173,7 +177,7 @@ def bench_modalkit(
             time.sleep(0.01)
     finally:
         stop(worker)
-    pushed = results.llen("bench:bench_results")
+    pushed = results.llen(RESULTS_KEY)
     assert pushed == total, f"{pushed} results on the Redis list for {total} jobs"
     span = Job.objects.aggregate(start=Min("started_at"))["start"]
     end = QueueDelivery.objects.aggregate(end=Max("sent_at"))["end"]
