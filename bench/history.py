@@ -45,9 +45,9 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
 
 from bench.submit import drive, prepare, request_bytes, serve  # noqa: E402
 from bench.submit import stop as stop_server  # noqa: E402
-from bench.throughput import REDIS_URL, start_worker, stop  # noqa: E402
+from bench.throughput import REDIS_URL, RESULTS_KEY, start_worker, stop  # noqa: E402
 
-RESULTS = "bench:bench_results"
+RESULTS = RESULTS_KEY  # the Redis list bench/settings.py sends results to
 WARM_UP = 300
 # The server and `prepare` run the demo project as bench/submit.py serves it; this process
 # and the workers, with bench/settings.py (results to the Redis list RESULTS).

@@ -43,7 +43,7 @@ os.environ.setdefault("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/
 os.environ.setdefault("BENCH_QUEUE", f"bench-storage-{uuid.uuid4().hex[:6]}")
 os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
 
-from bench.throughput import REDIS_URL, _create_database, start_worker, stop  # noqa: E402
+from bench.throughput import REDIS_URL, RESULTS_KEY, _create_database, start_worker, stop  # noqa: E402
 
 CHUNK = 1000
 SLOT = "modalkit_bench_storage"
@@ -137,15 +137,13 @@ def drain(total: int, processes: int) -> float:
     from modalkit_django.models import QueueDelivery
 
     results = redis.Redis.from_url(REDIS_URL)
-    results.delete("bench:bench_results")
+    results.delete(RESULTS_KEY)
     env = {**os.environ, "INFERENCE": "local"}
     command = [sys.executable, "manage.py", "taskiq", "worker", "--workers", str(processes), "--log-level", "WARNING"]
     worker = start_worker(command, env)
     began = time.monotonic()
     try:
-        while (
-            results.llen("bench:bench_results") < total or QueueDelivery.objects.filter(status="sent").count() < total
-        ):
+        while results.llen(RESULTS_KEY) < total or QueueDelivery.objects.filter(status="sent").count() < total:
             if worker.poll() is not None:
                 raise RuntimeError(worker.stderr.read().decode() if worker.stderr else "worker died")
             if time.monotonic() - began > 600:
