@@ -451,7 +451,7 @@ def check_connection_pooler(
             continue
         session_state = []
         if not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"):
-            session_state.append("DISABLE_SERVER_SIDE_CURSORS is off (iterating a QuerySet in chunks declares a cursor)")
+            session_state.append("DISABLE_SERVER_SIDE_CURSORS is off (a chunked QuerySet read declares a cursor)")
         if connection.settings_dict["OPTIONS"].get("prepare_threshold") is not None:
             session_state.append("OPTIONS['prepare_threshold'] is set (psycopg prepares statements)")
         if not session_state:

@@ -212,12 +212,15 @@ class PrivatePgBouncer:
         except psycopg.Error:
             return False
 
+    def connect_admin(self) -> psycopg.Connection[tuple[object, ...]]:
+        """PgBouncer's admin console. It takes simple queries only, outside transactions:
+        execute ``bytes`` with ``prepare=False``."""
+        return psycopg.connect(self.url("pgbouncer"), autocommit=True, connect_timeout=1)
+
     def admin(self, command: str) -> list[tuple[object, ...]]:
-        """A command on PgBouncer's admin console (``SHOW POOLS``, ``KILL db``...)."""
-        # The console speaks the simple query protocol only, outside any transaction.
-        with psycopg.connect(self.url("pgbouncer"), autocommit=True, connect_timeout=1) as connection:
-            cursor = connection.cursor()
-            cursor.execute(command.encode(), prepare=False)  # bytes: sent as a simple query
+        """A command on the admin console (``SHOW POOLS``, ``KILL db``...)."""
+        with self.connect_admin() as connection:
+            cursor = connection.execute(command.encode(), prepare=False)
             return cursor.fetchall() if cursor.description else []
 
     def release(self, database: str) -> None:

@@ -39,11 +39,14 @@ from .private_services import PrivatePgBouncer
 from .test_admin_scale import make_jobs
 
 pytestmark = [
+    pytest.mark.pgbouncer,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(shutil.which("pgbouncer") is None, reason="pgbouncer is not installed (scripts/ensure-pgbouncer)"),
+    pytest.mark.skipif(not shutil.which("pgbouncer"), reason="pgbouncer is not installed (scripts/ensure-pgbouncer)"),
 ]
 THROUGH_PGBOUNCER = os.environ.get("MODALKIT_TEST_PGBOUNCER") == "1"
-only_through_pgbouncer = pytest.mark.skipif(not THROUGH_PGBOUNCER, reason="make pgbouncer runs it (pytest -p tests.pgbouncer)")
+only_through_pgbouncer = pytest.mark.skipif(
+    not THROUGH_PGBOUNCER, reason="make pgbouncer runs it (pytest -p tests.pgbouncer)"
+)
 
 
 @pytest.fixture
@@ -96,10 +99,13 @@ def test_iterator_needs_disable_server_side_cursors(through: Any, bouncer: Priva
     declared = through(DISABLE_SERVER_SIDE_CURSORS=False)
     rows = ContentType.objects.using(declared).order_by("pk").iterator(chunk_size=1)
     next(rows)
-    with another_client_holds_the_last_server_connection(bouncer):
-        # Django's error, then psycopg's as the iterator closes the cursor it cannot find.
-        with pytest.raises((DatabaseError, psycopg.Error), match=r'cursor "_django_curs_\w+" does not exist') as lost:
-            next(rows)
+    # Django's error, then psycopg's as the iterator closes the cursor it cannot find.
+    lost_cursor = r'cursor "_django_curs_\w+" does not exist'
+    with (
+        another_client_holds_the_last_server_connection(bouncer),
+        pytest.raises((DatabaseError, psycopg.Error), match=lost_cursor) as lost,
+    ):
+        next(rows)
     # psycopg's cursor object, which nothing could close, goes quietly.
     del lost, rows
     with warnings.catch_warnings():
@@ -120,15 +126,30 @@ def test_the_apps_own_statements_need_no_prepared_statements(through: Any, bounc
     tokens = [uuid.uuid4()]
     prepared = through(OPTIONS={"prepare_threshold": 0})  # prepared at the first execution
     sql.renew_leases(Job, tokens, lease_seconds=30, using=prepared)
-    with another_client_holds_the_last_server_connection(bouncer):
-        with pytest.raises(DatabaseError, match=r"prepared statement \"_pg3_\d+\" does not exist"):
-            sql.renew_leases(Job, tokens, lease_seconds=30, using=prepared)
+    with (
+        another_client_holds_the_last_server_connection(bouncer),
+        pytest.raises(DatabaseError, match=r"prepared statement \"_pg3_\d+\" does not exist"),
+    ):
+        sql.renew_leases(Job, tokens, lease_seconds=30, using=prepared)
 
     unprepared = through()  # Django's default, prepare_threshold None
     assert connections[unprepared].get_connection_params()["prepare_threshold"] is None
     sql.renew_leases(Job, tokens, lease_seconds=30, using=unprepared)
     with another_client_holds_the_last_server_connection(bouncer):
         assert sql.renew_leases(Job, tokens, lease_seconds=30, using=unprepared) == []
+
+
+def test_pgbouncer_carries_the_time_zone_django_sets(bouncer: PrivatePgBouncer) -> None:
+    """Django sets the session's time zone on a new connection when the server's differs
+    from ``TIME_ZONE``; PgBouncer keeps it per client and sets it on whichever server
+    connection it lends that client."""
+    with psycopg.connect(bouncer.url(connection.settings_dict["NAME"]), autocommit=True) as client:
+        client.execute("SET TIME ZONE 'America/New_York'")
+        with another_client_holds_the_last_server_connection(bouncer) as other:
+            [[elsewhere]] = client.execute("SELECT current_setting('TimeZone')").fetchall()
+            [[held]] = other.execute("SELECT current_setting('TimeZone')").fetchall()
+    assert elsewhere == "America/New_York"  # on another server connection, set again
+    assert held != "America/New_York"  # and the server connection it was set on was reset
 
 
 # What a session keeps between transactions, as it would be written in this app's code.
