@@ -184,7 +184,8 @@ def register() -> None:
     checks.register(check_modalkit, CHECK_TAG)
     checks.register(check_metrics, CHECK_TAG)
     checks.register(check_request_transactions, CHECK_TAG, checks.Tags.urls)
-    checks.register(check_connection_pooler, CHECK_TAG, checks.Tags.database)
+    # Not under CHECK_TAG: `check --tag modalkit` (and /ready) would run it on every database.
+    checks.register(check_connection_pooler, checks.Tags.database)
 
 
 def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:

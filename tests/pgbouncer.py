@@ -25,6 +25,7 @@ from .private_services import PrivatePgBouncer
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/modalkit"
 
 _bouncer: PrivatePgBouncer | None = None
+_stats: list[dict[str, Any]] = []
 
 
 @pytest.hookimpl(wrapper=True)
@@ -48,22 +49,17 @@ def _pgbouncer_lets_go_of_the_test_database(django_db_setup: Any) -> Iterator[No
     from django.db import connection
 
     assert _bouncer is not None
+    _stats.extend(_bouncer.stats())  # before KILL forgets the database's
     _bouncer.release(connection.settings_dict["NAME"])
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """What went through PgBouncer: proof the run used it, per database."""
-    if _bouncer is None:
-        return
-    with _bouncer.connect_admin() as console:
-        cursor = console.execute(b"SHOW STATS", prepare=False)
-        names = [column.name for column in cursor.description or ()]
-        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    for row in rows:
+    for row in _stats:
         if row["database"] != "pgbouncer":
             terminalreporter.write_line(
                 f"PgBouncer (transaction mode): database {row['database']}: {row['total_xact_count']} transactions, "
-                f"{row['total_query_count']} queries, clients waited {row['total_wait_time'] / 1e6:.1f} s in all"
+                f"{row['total_query_count']} queries, clients waited {int(row['total_wait_time']) / 1e6:.1f} s in all"
             )
 
 

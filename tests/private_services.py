@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
@@ -177,8 +178,10 @@ class PrivatePgBouncer:
             f"auth_type = trust\nauth_file = {self.directory / 'users.txt'}\nadmin_users = postgres\n"
             "pool_mode = transaction\n"
             f"default_pool_size = {pool_size}\nmax_client_conn = 1000\n"
-            # A restarted server is tried again after a second, not the default 15.
-            "server_login_retry = 1\n"
+            # A restarted server is tried again after a second, not the default 15; a client
+            # kept waiting 5 s for a server connection (PostgreSQL down) gets an error, which
+            # the API answers with a 503, not a request held for the default 120 s.
+            "server_login_retry = 1\nquery_wait_timeout = 5\n"
             f"logfile = {self.directory / 'pgbouncer.log'}\npidfile = {self.directory / 'pgbouncer.pid'}\n"
         )
         self.as_postgres = os.geteuid() == 0
@@ -222,6 +225,13 @@ class PrivatePgBouncer:
         with self.connect_admin() as connection:
             cursor = connection.execute(command.encode(), prepare=False)
             return cursor.fetchall() if cursor.description else []
+
+    def stats(self) -> list[dict[str, Any]]:
+        """``SHOW STATS``: a row per database, its transactions, queries and waits so far."""
+        with self.connect_admin() as console:
+            cursor = console.execute(b"SHOW STATS", prepare=False)
+            names = [column.name for column in cursor.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def release(self, database: str) -> None:
         """Close the server connections PgBouncer keeps open to ``database``, so that it

@@ -3,6 +3,7 @@ Redis of its own, which tests may stop, kill and start again."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -160,7 +161,15 @@ class Stack:
         for log in self.logs:
             log.close()
         if self.bouncer is not None:
-            self.bouncer.stop()
+            try:
+                figures = {
+                    row["database"]: {"transactions": int(row["total_xact_count"]),
+                                      "waited_s": round(int(row["total_wait_time"]) / 1e6, 1)}
+                    for row in self.bouncer.stats() if row["database"] != "pgbouncer"
+                }  # fmt: skip
+                print(f"\nPGBOUNCER {json.dumps(figures)}")
+            finally:
+                self.bouncer.stop()
 
     def session_state_errors(self) -> list[str]:
         """The errors in the PostgreSQL server's log that session state lost under
