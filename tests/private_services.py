@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -160,9 +161,9 @@ class PrivatePgBouncer:
     """
 
     # The failure modes of session state under transaction pooling, as the server reports
-    # them: a statement prepared on one server connection and run on another, a cursor
-    # declared on one and fetched from another.
-    SESSION_STATE_ERRORS = ("prepared statement", "cursor", "advisory")
+    # them (and the client's error repeats): a statement prepared on one server connection
+    # and run on another, a cursor declared on one and fetched from another.
+    LOST_SESSION_STATE = re.compile(r'(?:prepared statement|cursor) "[^"]+" does not exist')
 
     def __init__(self, server_port: int, *, pool_size: int = 10, server_host: str = "127.0.0.1") -> None:
         if shutil.which("pgbouncer") is None:

@@ -175,11 +175,7 @@ class Stack:
         """The errors in the PostgreSQL server's log that session state lost under
         transaction pooling causes (a prepared statement or cursor not found)."""
         log = (self.postgres.datadir / "log").read_text(errors="replace")
-        return [
-            line
-            for line in log.splitlines()
-            if "ERROR:" in line and any(word in line for word in PrivatePgBouncer.SESSION_STATE_ERRORS)
-        ]
+        return [line for line in log.splitlines() if PrivatePgBouncer.LOST_SESSION_STATE.search(line)]
 
 
 def children(pid: int) -> set[int]:
