@@ -11,7 +11,7 @@ PYTHON_OLDEST ?= $(shell scripts/find-python --oldest)
 OLDEST := .venv-oldest
 UV_VERSION := 0.13.9
 
-.PHONY: run serve test test-oldest faults scale lint clean
+.PHONY: run serve test test-oldest faults scale pgbouncer lint clean
 
 # uv installs the pinned requirements several times faster than pip.
 $(UV):
@@ -60,6 +60,7 @@ serve: $(VENV)/.installed-extras
 test: lint
 	scripts/ensure-services
 	scripts/ensure-browser
+	scripts/ensure-pgbouncer
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The whole suite again on the oldest supported row (CI runs it after `make test`).
@@ -72,6 +73,7 @@ $(OLDEST)/.installed: requirements.txt requirements-extras.txt requirements-dev.
 test-oldest: $(OLDEST)/.installed
 	scripts/ensure-services
 	scripts/ensure-browser
+	scripts/ensure-pgbouncer
 	$(OLDEST)/bin/python -m pytest --no-cov $(PYTEST_ARGS)
 
 # Faults caused for real with the shipped timers (minutes): kills workers, Redis, PostgreSQL
@@ -83,6 +85,25 @@ faults: $(VENV)/.installed-dev
 scale: $(VENV)/.installed-dev
 	scripts/ensure-services
 	$(PY) -m pytest tests/test_scale.py -m scale --no-cov -s -q $(PYTEST_ARGS)
+
+# End-to-end and fault tests again, with every database connection (the test process's,
+# the web processes' and workers', migrate's) through a private PgBouncer in transaction mode
+# (tests/pgbouncer.py; docs/how-to/pgbouncer.md). CI runs it after `make scale`. Any test
+# runs so: make pgbouncer PGBOUNCER_TESTS=tests/test_sweeper.py
+# Chosen to prove each path once in about two minutes: the API and workers as processes,
+# lease renewals, the sweep, heartbeats, deliveries, a PostgreSQL outage. (Two web and two
+# worker processes draining 600 jobs, tests/test_e2e_processes.py, passes too: a minute more.)
+PGBOUNCER_TESTS ?= tests/test_pgbouncer.py \
+	tests/test_e2e_faults.py::test_a_job_survives_its_worker_being_killed \
+	tests/test_e2e_faults.py::test_a_slow_job_that_is_alive_is_never_reclaimed \
+	tests/test_e2e_faults.py::test_two_workers_sweep_once_per_period_between_them \
+	tests/test_heartbeats.py::test_a_worker_beats_counts_its_jobs_and_records_its_clean_stop \
+	tests/test_e2e_worker.py::test_job_succeeds_and_its_result_is_delivered \
+	tests/test_faults.py::test_postgres_stopped_for_ten_seconds
+pgbouncer: $(VENV)/.installed-dev
+	scripts/ensure-services
+	scripts/ensure-pgbouncer
+	$(PY) -m pytest -p tests.pgbouncer -m 'e2e or faults or pgbouncer' --no-cov -q $(PGBOUNCER_TESTS) $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -155,6 +155,12 @@ CHECKS = {
         "Mount the API with path('', include('modalkit_django.urls')), whose views keep out of request "
         "transactions, or mark your NinjaAPI's views with transaction.non_atomic_requests.",
     ),
+    "modalkit_django.W006": _warning(
+        "A PostgreSQL database is reached through a connection pooler (PgBouncer) with session state "
+        "turned on: a server-side cursor or a prepared statement may land on another server connection.",
+        "In transaction pooling, set DISABLE_SERVER_SIDE_CURSORS = True for that database and leave "
+        "OPTIONS['prepare_threshold'] unset (Django's default: None). See the PgBouncer how-to.",
+    ),
 }
 
 
@@ -178,6 +184,8 @@ def register() -> None:
     checks.register(check_modalkit, CHECK_TAG)
     checks.register(check_metrics, CHECK_TAG)
     checks.register(check_request_transactions, CHECK_TAG, checks.Tags.urls)
+    # Not under CHECK_TAG: `check --tag modalkit` (and /ready) would run it on every database.
+    checks.register(check_connection_pooler, checks.Tags.database)
 
 
 def check_modalkit(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -423,3 +431,46 @@ def check_request_transactions(
         )
         for api in sorted(hosts, key=lambda api: str(api.urls_namespace))
     ]
+
+
+def check_connection_pooler(
+    app_configs: Sequence[AppConfig] | None = None, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """W006: a PostgreSQL database behind a pooler, with server-side cursors or prepared statements.
+
+    A database check: Django runs it only where a database may be queried (``migrate``,
+    ``check --database``). One query per database asks the server the pid of its session:
+    through a pooler it is not the pid the connection was told at login (PgBouncer hands
+    each client a made-up one).
+    """
+    from django.db import DatabaseError, connections
+
+    messages = []
+    for alias in databases or ():
+        connection = connections[alias]
+        if connection.vendor != "postgresql":
+            continue
+        session_state = []
+        if not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"):
+            session_state.append("DISABLE_SERVER_SIDE_CURSORS is off (a chunked QuerySet read declares a cursor)")
+        if connection.settings_dict["OPTIONS"].get("prepare_threshold") is not None:
+            session_state.append("OPTIONS['prepare_threshold'] is set (psycopg prepares statements)")
+        if not session_state:
+            continue
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                [server_pid] = cursor.fetchone()
+            pooled = connection.connection.info.backend_pid != server_pid
+        except DatabaseError:  # unreachable: the command that needs it says so
+            continue
+        if pooled:
+            messages.append(
+                _report(
+                    "modalkit_django.W006",
+                    f"The database {alias!r} is reached through a connection pooler, and "
+                    f"{'; '.join(session_state)}: in transaction pooling these fail at random "
+                    "(cursor or prepared statement does not exist).",
+                )
+            )
+    return messages

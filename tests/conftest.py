@@ -27,6 +27,8 @@ from modalkit_django.queues import queues
 from modalkit_django.queues.memory import MemoryBackend
 from modalkit_django.worker import database
 
+from .private_services import PrivatePgBouncer
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Loopback peers: a fake Modal control plane, an SQS server, a webhook receiver.
@@ -254,3 +256,11 @@ def start_worker(redis_broker: dict[str, str], redis_client: redis.Redis) -> Ite
     yield start
     for worker in workers:
         worker.stop()
+    if os.environ.get("MODALKIT_TEST_PGBOUNCER") == "1":  # make pgbouncer: the server's log is not ours to read
+        lost = [
+            line
+            for worker in workers
+            for line in worker.log_path.read_text().splitlines()
+            if PrivatePgBouncer.LOST_SESSION_STATE.search(line)
+        ]
+        assert lost == [], "session state lost through PgBouncer"

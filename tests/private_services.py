@@ -1,8 +1,8 @@
-"""A Redis and a PostgreSQL of a test's own, on free loopback ports, to kill and restart.
+"""A Redis, a PostgreSQL and a PgBouncer of a test's own, on free loopback ports, to kill and restart.
 
 Fault tests stop and start these, never the shared servers the rest of the suite (and
-CI) runs against. PostgreSQL refuses to run as root, so when the tests run as root the
-cluster is made and run as the ``postgres`` user.
+CI) runs against. PostgreSQL and PgBouncer refuse to run as root, so when the tests run as
+root they run as the ``postgres`` user.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,11 +18,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
 
-__all__ = ["PrivatePostgres", "PrivateRedis", "free_port"]
+__all__ = ["PrivatePgBouncer", "PrivatePostgres", "PrivateRedis", "free_port"]
 
 
 def free_port() -> int:
@@ -147,3 +149,108 @@ class PrivatePostgres:
         with contextlib.suppress(subprocess.CalledProcessError):  # not running
             self.stop()
         shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+class PrivatePgBouncer:
+    """``pgbouncer`` in transaction mode in front of the PostgreSQL at ``server_port``, as
+    docs/how-to/pgbouncer.md configures it: every database of that server by its own name,
+    trust auth, a server connection lent to a client for one transaction at a time.
+
+    Not the system's pgbouncer service: a process of the test's own, with its ini, auth
+    file, log and pid file in a temporary folder.
+    """
+
+    # The failure modes of session state under transaction pooling, as the server reports
+    # them (and the client's error repeats): a statement prepared on one server connection
+    # and run on another, a cursor declared on one and fetched from another.
+    LOST_SESSION_STATE = re.compile(r'(?:prepared statement|cursor) "[^"]+" does not exist')
+
+    def __init__(self, server_port: int, *, pool_size: int = 10, server_host: str = "127.0.0.1") -> None:
+        if shutil.which("pgbouncer") is None:
+            raise RuntimeError("pgbouncer is not installed: scripts/ensure-pgbouncer (apt-get install -y pgbouncer)")
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="modalkit-pgbouncer-"))
+        (self.directory / "users.txt").write_text('"postgres" ""\n')
+        (self.directory / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={server_host} port={server_port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.directory / 'users.txt'}\nadmin_users = postgres\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {pool_size}\nmax_client_conn = 1000\n"
+            # A restarted server is tried again after a second, not the default 15; a client
+            # kept waiting 5 s for a server connection (PostgreSQL down) gets an error, which
+            # the API answers with a 503, not a request held for the default 120 s.
+            "server_login_retry = 1\nquery_wait_timeout = 5\n"
+            f"logfile = {self.directory / 'pgbouncer.log'}\npidfile = {self.directory / 'pgbouncer.pid'}\n"
+        )
+        self.as_postgres = os.geteuid() == 0
+        if self.as_postgres:
+            shutil.chown(self.directory, "postgres", "postgres")
+            for path in self.directory.iterdir():
+                shutil.chown(path, "postgres", "postgres")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        # As the postgres user when we are root, without runuser between: a signal to the
+        # process reaches pgbouncer itself.
+        user = {"user": "postgres", "group": "postgres", "extra_groups": []} if self.as_postgres else {}
+        self.process = subprocess.Popen(
+            ["pgbouncer", str(self.directory / "pgbouncer.ini")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **user,  # type: ignore[arg-type]
+        )
+        _wait(self.answers, "pgbouncer")
+
+    def answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"pgbouncer exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            self.admin("SHOW VERSION")
+            return True
+        except psycopg.Error:
+            return False
+
+    def connect_admin(self) -> psycopg.Connection[tuple[object, ...]]:
+        """PgBouncer's admin console. It takes simple queries only, outside transactions:
+        execute ``bytes`` with ``prepare=False``."""
+        return psycopg.connect(self.url("pgbouncer"), autocommit=True, connect_timeout=1)
+
+    def admin(self, command: str) -> list[tuple[object, ...]]:
+        """A command on the admin console (``SHOW POOLS``, ``KILL db``...)."""
+        with self.connect_admin() as connection:
+            cursor = connection.execute(command.encode(), prepare=False)
+            return cursor.fetchall() if cursor.description else []
+
+    def stats(self) -> list[dict[str, Any]]:
+        """``SHOW STATS``: a row per database, its transactions, queries and waits so far."""
+        with self.connect_admin() as console:
+            cursor = console.execute(b"SHOW STATS", prepare=False)
+            names = [column.name for column in cursor.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def release(self, database: str) -> None:
+        """Close the server connections PgBouncer keeps open to ``database``, so that it
+        can be dropped (``DROP DATABASE`` refuses while any session is connected)."""
+        with contextlib.suppress(psycopg.Error):  # never connected to
+            self.admin(f"KILL {database}")
+            self.admin(f"RESUME {database}")
+
+    def log(self) -> str:
+        path = self.directory / "pgbouncer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)  # immediate: clients are cut, as in a crash
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        shutil.rmtree(self.directory, ignore_errors=True)

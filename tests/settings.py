@@ -21,6 +21,12 @@ DATABASES = {"default": database(os.environ.get("TEST_DATABASE_URL", "postgres:/
 # The embedded default's database: the ORM paths of the state machine run on it
 # (tests/test_models_orm.py), PostgreSQL's own statements on "default".
 DATABASES["embedded"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+if os.environ.get("MODALKIT_TEST_PGBOUNCER") == "1":
+    # The database is behind PgBouncer in transaction mode (tests/pgbouncer.py, make
+    # pgbouncer): the settings docs/how-to/pgbouncer.md gives for it. Django's default
+    # already prepares no statements; said here as the page says it.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None
 if "MODALKIT_TEST_DATABASE_NAME" in os.environ:
     # A worker subprocess must use the test database the test run created.
     DATABASES["default"]["NAME"] = os.environ["MODALKIT_TEST_DATABASE_NAME"]

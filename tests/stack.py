@@ -3,6 +3,7 @@ Redis of its own, which tests may stop, kill and start again."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import psycopg
 import pytest
 
 from .conftest import ROOT
-from .private_services import PrivatePostgres, PrivateRedis, free_port
+from .private_services import PrivatePgBouncer, PrivatePostgres, PrivateRedis, free_port
 
 # The target of the engine's design: after any single fault, every accepted job settled
 # within 60 s of the fault ending.
@@ -36,10 +37,16 @@ class Stack:
         self.tmp = tmp
         database = f"faults_{uuid.uuid4().hex[:8]}"
         self.database_url = postgres.create_database(database)
+        # Under `make pgbouncer` (tests/pgbouncer.py), every process of the stack connects
+        # through a PgBouncer of its own in transaction mode; the tests' own reads do not.
+        self.bouncer: PrivatePgBouncer | None = None
+        if os.environ.get("MODALKIT_TEST_PGBOUNCER") == "1":
+            self.bouncer = PrivatePgBouncer(postgres.port)
+            self.bouncer.start()
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "TEST_DATABASE_URL": self.database_url,
+            "TEST_DATABASE_URL": self.bouncer.url(database) if self.bouncer else self.database_url,
             "MODALKIT_TEST_DATABASE_NAME": database,
             "MODALKIT_TEST_BROKER_URL": redis.url,
             "MODALKIT_TEST_BROKER_QUEUE": "modalkit-faults",
@@ -153,6 +160,22 @@ class Stack:
                 process.wait(timeout=10)
         for log in self.logs:
             log.close()
+        if self.bouncer is not None:
+            try:
+                figures = {
+                    row["database"]: {"transactions": int(row["total_xact_count"]),
+                                      "waited_s": round(int(row["total_wait_time"]) / 1e6, 1)}
+                    for row in self.bouncer.stats() if row["database"] != "pgbouncer"
+                }  # fmt: skip
+                print(f"\nPGBOUNCER {json.dumps(figures)}")
+            finally:
+                self.bouncer.stop()
+
+    def session_state_errors(self) -> list[str]:
+        """The errors in the PostgreSQL server's log that session state lost under
+        transaction pooling causes (a prepared statement or cursor not found)."""
+        log = (self.postgres.datadir / "log").read_text(errors="replace")
+        return [line for line in log.splitlines() if PrivatePgBouncer.LOST_SESSION_STATE.search(line)]
 
 
 def children(pid: int) -> set[int]:
@@ -169,6 +192,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     try:
         built = Stack(postgres, redis, tmp_path)
         yield built
+        assert built.session_state_errors() == []
     finally:
         if built is not None:
             built.stop()

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core import checks
 from django.test import override_settings
 
-from modalkit_django.checks import CHECKS, check_modalkit
+from modalkit_django.checks import CHECK_TAG, CHECKS, check_connection_pooler, check_modalkit
 
 TWO_MODELS = "model_settings:\n  model_entries:\n    a: {}\n    b: {}\n"
 # Where workers of their own send results: not a memory backend (E017).
@@ -120,6 +120,16 @@ def test_e017_can_be_silenced_on_purpose() -> None:
         call_command("check", "--tag", "modalkit")  # the tests' settings silence it
         with override_settings(SILENCED_SYSTEM_CHECKS=[]), pytest.raises(Exception, match=r"modalkit_django\.E017"):
             call_command("check", "--tag", "modalkit")
+
+
+def test_w006_is_a_database_check_only() -> None:
+    """What it finds, through a real PgBouncer: tests/test_pgbouncer.py. Here: only
+    ``migrate`` and ``check --database`` run it; ``check --tag modalkit`` and ``/ready``
+    (which runs this app's checks) would query every database."""
+    [registered] = [check for check in checks.registry.registry.get_checks() if check is check_connection_pooler]
+    assert registered.tags == (checks.Tags.database,)
+    assert CHECK_TAG not in registered.tags
+    assert check_connection_pooler(databases=None) == []
 
 
 def test_w004_requeue_after_seconds_is_accepted_and_said_to_do_nothing() -> None:
