@@ -27,6 +27,7 @@ import pytest
 from django.contrib.contenttypes.models import ContentType
 from django.core import checks
 from django.db import DatabaseError, connection, connections
+from django.db.migrations.loader import MigrationLoader
 from django.db.utils import load_backend
 from django.test import Client
 from django.urls import reverse
@@ -207,9 +208,9 @@ def test_this_run_reaches_its_database_through_pgbouncer(bouncer: PrivatePgBounc
         [server_pid] = cursor.fetchone()
     assert connection.connection.info.backend_pid != server_pid  # PgBouncer's made-up pid
     # The test database was created and migrated through it (pytest-django's migrate).
-    assert ("modalkit_django", "0011_delivery_times_by_database") in {
-        (app, name) for app, name in connection.cursor().execute("SELECT app, name FROM django_migrations").fetchall()
-    }
+    leaves = MigrationLoader(None, ignore_no_migrations=True).graph.leaf_nodes("modalkit_django")
+    applied = set(connection.cursor().execute("SELECT app, name FROM django_migrations").fetchall())
+    assert leaves and set(leaves) <= applied
     assert check_connection_pooler(databases=["default"]) == []  # the documented settings
 
 
