@@ -40,16 +40,17 @@ from typing import Any
 from urllib.parse import unquote
 
 import taskiq_redis
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, BrokerMessage, TaskiqMessage
 
+from ..conf import get_settings
 from ..redaction import redact_url
 
-__all__ = ["SENTINEL_SCHEME", "RedisStreamBroker", "sentinel_pool"]
+__all__ = ["SENTINEL_SCHEME", "RedisStreamBroker", "build", "ping", "sentinel_pool"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,34 @@ def sentinel_pool(url: str) -> SentinelConnectionPool:
     password = unquote(credentials.partition(":")[2]) or None
     sentinel = Sentinel(sentinels)  # type: ignore[no-untyped-call]
     return SentinelConnectionPool(service, sentinel, db=int(db or 0), password=password)  # type: ignore[no-untyped-call]
+
+
+def build(url: str, queue_name: str, options: dict[str, Any]) -> RedisStreamBroker:
+    """The broker ``MODALKIT["BROKER"]`` names: a worker merges the ``run_job`` wake-ups
+    it reads together, and holds as many as it runs at once; ``OPTIONS`` override."""
+    from . import RUN_JOB, RUN_JOBS
+
+    defaults: dict[str, Any] = {"merge": {RUN_JOB: RUN_JOBS}, "max_in_hand": get_settings().worker.wake_ups_in_hand}
+    return RedisStreamBroker(url, queue_name=queue_name, **{**defaults, **options})
+
+
+async def ping(url: str, timeout: float) -> None:
+    """``PING`` the Redis server at ``url`` on a connection of its own, then close it."""
+    pool: ConnectionPool
+    if url.startswith(SENTINEL_SCHEME):
+        pool = sentinel_pool(url)
+        client = Redis(connection_pool=pool)
+    else:
+        client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        pool = client.connection_pool
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+        await pool.disconnect()
+        if isinstance(pool, SentinelConnectionPool):
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
 
 
 def _raise_if_cancelled() -> None:
