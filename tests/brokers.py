@@ -131,7 +131,7 @@ class NatsPeer:
     forget = lose
 
 
-PEERS: dict[str, type[RedisPeer | RabbitMQPeer | NatsPeer]] = {"redis": RedisPeer, "rabbitmq": RabbitMQPeer, "nats": NatsPeer}
+PEERS: dict[str, type[Peer]] = {"redis": RedisPeer, "rabbitmq": RabbitMQPeer, "nats": NatsPeer}
 SHARED_URLS = {"redis": "REDIS_URL", "rabbitmq": "RABBITMQ_URL", "nats": "NATS_URL"}
 
 
