@@ -39,6 +39,7 @@ from taskiq import AckableMessage, AsyncBroker, BrokerMessage
 from taskiq_nats import PullBasedJetStreamBroker
 
 from ..redaction import redact_url
+from . import outages
 
 __all__ = ["NatsJetStreamBroker", "build", "ping", "stream_name"]
 
@@ -77,7 +78,8 @@ class NatsJetStreamBroker(PullBasedJetStreamBroker):
     ) -> None:
         name = stream_name(queue_name)
         durable = f"{name}-workers"
-        kwargs.setdefault("max_reconnect_attempts", -1)
+        # Forever once connected; the first connection gives up (nats-py would retry it forever too).
+        self._reconnect_attempts = kwargs.pop("max_reconnect_attempts", -1)
         kwargs.setdefault("reconnect_time_wait", 0.5)
         # nats-py logs a traceback for every failed reconnection attempt (two a second):
         # here one line when NATS goes, one when it is back.
@@ -102,12 +104,13 @@ class NatsJetStreamBroker(PullBasedJetStreamBroker):
         # Since when NATS has not answered, if it did not at startup: listen() waits for it.
         self._away_since: float | None = None
         self._lost_since: float | None = None  # since when the connection is lost
+        self._closing = False  # nats-py calls disconnected_cb on close() too
 
     async def _on_error(self, exc: Exception) -> None:
         logger.debug("NATS: %s: %s", type(exc).__name__, exc)
 
     async def _on_disconnected(self) -> None:
-        if self._lost_since is None and self._away_since is None:
+        if self._lost_since is None and self._away_since is None and not self._closing:
             self._lost_since = time.monotonic()
             logger.error("Lost NATS at %s; reconnecting, the jobs in the database run meanwhile", self._where)
 
@@ -125,23 +128,18 @@ class NatsJetStreamBroker(PullBasedJetStreamBroker):
         except NATS_GONE as exc:
             if not self.is_worker_process:
                 raise
-            self._away_since = time.monotonic()
-            logger.error(
-                "NATS at %s does not answer (%s: %s); retrying in the background, and running the jobs "
-                "in the database meanwhile",
-                self._where,
-                type(exc).__name__,
-                exc,
-            )
+            self._away_since = outages.log_away(logger, "NATS", self._where, exc)
 
     async def _connect(self) -> None:
         if not self.client.is_connected:
-            await self.client.connect(self.servers, **self.connection_kwargs)
+            await self.client.connect(self.servers, **{**self.connection_kwargs, "max_reconnect_attempts": 1})
+            self.client.options["max_reconnect_attempts"] = self._reconnect_attempts
         self.js = self.client.jetstream()
         await self._add_or_reuse_stream()
         await self._startup_consumer()
 
     async def shutdown(self) -> None:
+        self._closing = True
         if not self.client.is_closed:
             await self.client.close()
         await AsyncBroker.shutdown(self)
@@ -198,19 +196,10 @@ class NatsJetStreamBroker(PullBasedJetStreamBroker):
     async def _wait_for_nats(self) -> None:
         """Until NATS answers (startup said it did not): then make the stream and the consumer."""
         assert self._away_since is not None
-        backoff = 0.1
-        while True:
-            try:
-                await self._connect()
-            except NATS_GONE:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            logger.warning(
-                "NATS at %s answers after %.1fs; reading wake-ups", self._where, time.monotonic() - self._away_since
-            )
-            self._away_since = None
-            return
+        await outages.wait_for(
+            self._connect, NATS_GONE, logger=logger, name="NATS", where=self._where, since=self._away_since
+        )
+        self._away_since = None
 
 
 async def ping(url: str, timeout: float) -> None:

@@ -21,7 +21,7 @@ changed:
   ``listen()`` ends, which ends the worker. Here the queue is declared again and read on;
   the wake-ups lost with it are found by the workers' polls.
 - **A worker holds as many wake-ups as it runs at once** (``qos``, the prefetch count:
-  ``WORKER["WAKE_UPS_IN_HAND"]``, as TaskIQ's ``--max-async-tasks``; upstream's is 10).
+  as many as TaskIQ's ``--max-async-tasks``, 400 by default; upstream's is 10).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -41,6 +40,7 @@ from taskiq_aio_pika import AioPikaBroker, Exchange, Queue, QueueType
 
 from ..conf import get_settings
 from ..redaction import redact_url
+from . import outages
 
 __all__ = ["RabbitMQBroker", "build", "ping"]
 
@@ -88,19 +88,19 @@ class RabbitMQBroker(AioPikaBroker):
         try:
             await self._connect()
         except RABBITMQ_GONE as exc:
-            await self._close()
             if not self.is_worker_process:
                 raise
-            self._away_since = time.monotonic()
-            logger.error(
-                "RabbitMQ at %s does not answer (%s: %s); retrying in the background, and running the jobs "
-                "in the database meanwhile",
-                self._where,
-                type(exc).__name__,
-                exc,
-            )
+            self._away_since = outages.log_away(logger, "RabbitMQ", self._where, exc)
 
     async def _connect(self) -> None:
+        """Upstream's startup after the hooks; what it opened is closed if it fails."""
+        try:
+            await self._open()
+        except RABBITMQ_GONE:
+            await self._close()
+            raise
+
+    async def _open(self) -> None:
         self.write_conn = await aio_pika.connect_robust(self.url, loop=self._loop, **self._conn_kwargs)
         self.write_channel = await self.write_conn.channel()
         if self.is_worker_process:
@@ -148,20 +148,10 @@ class RabbitMQBroker(AioPikaBroker):
     async def _wait_for_rabbitmq(self) -> None:
         """Until RabbitMQ answers (startup said it did not): then connect and declare."""
         assert self._away_since is not None
-        backoff = 0.1
-        while True:
-            try:
-                await self._connect()
-            except RABBITMQ_GONE:
-                await self._close()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            logger.warning(
-                "RabbitMQ at %s answers after %.1fs; reading wake-ups", self._where, time.monotonic() - self._away_since
-            )
-            self._away_since = None
-            return
+        await outages.wait_for(
+            self._connect, RABBITMQ_GONE, logger=logger, name="RabbitMQ", where=self._where, since=self._away_since
+        )
+        self._away_since = None
 
 
 async def ping(url: str, timeout: float) -> None:

@@ -49,6 +49,7 @@ from taskiq import AckableMessage, BrokerMessage, TaskiqMessage
 
 from ..conf import get_settings
 from ..redaction import redact_url
+from . import outages
 
 __all__ = ["SENTINEL_SCHEME", "RedisStreamBroker", "build", "ping", "sentinel_pool"]
 
@@ -162,13 +163,7 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
         except (RedisConnectionError, RedisTimeoutError) as exc:  # the group, after the hooks
             if not self.is_worker_process:
                 raise
-            self._away_since = time.monotonic()
-            logger.error(
-                "Redis at %s does not answer (%s); retrying in the background, and running the jobs "
-                "in the database meanwhile",
-                self._where,
-                exc,
-            )
+            self._away_since = outages.log_away(logger, "Redis", self._where, exc)
 
     async def shutdown(self) -> None:
         await super().shutdown()
@@ -269,20 +264,16 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
     async def _wait_for_redis(self) -> None:
         """Until Redis answers (startup said it did not): then make the consumer group."""
         assert self._away_since is not None
-        backoff = 0.1
-        while True:
-            try:
-                await self._recreate_consumer_group()
-            except REDIS_GONE:
-                _raise_if_cancelled()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            logger.warning(
-                "Redis at %s answers after %.1fs; reading wake-ups", self._where, time.monotonic() - self._away_since
-            )
-            self._away_since = None
-            return
+        await outages.wait_for(
+            self._recreate_consumer_group,
+            REDIS_GONE,
+            logger=logger,
+            name="Redis",
+            where=self._where,
+            since=self._away_since,
+            on_failure=_raise_if_cancelled,
+        )
+        self._away_since = None
 
     async def _recreate_consumer_group(self) -> None:
         """From the stream's start: messages sent since Redis came back are read too."""
