@@ -39,7 +39,23 @@ def _wait(predicate: object, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-class PrivateRedis:
+class _ServerProcess:
+    """A server process of a test's own, and the folder it keeps its data in."""
+
+    directory: str
+    process: subprocess.Popen[bytes] | None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class PrivateRedis(_ServerProcess):
     """``redis-server`` keeping nothing on disk: killed and started again, it is empty."""
 
     def __init__(self) -> None:
@@ -76,15 +92,6 @@ class PrivateRedis:
         except redis.RedisError:
             return False
 
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        self.kill()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
 
 def _accepts(port: int) -> bool:
     try:
@@ -94,7 +101,7 @@ def _accepts(port: int) -> bool:
         return False
 
 
-class PrivateNats:
+class PrivateNats(_ServerProcess):
     """``nats-server`` with JetStream, storing in a folder of its own: killed and started
     again, it has its streams and consumers back."""
 
@@ -108,15 +115,6 @@ class PrivateNats:
         command = ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.directory]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(lambda: _accepts(self.port), "nats-server")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        self.kill()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class PrivateRabbitMQ:
