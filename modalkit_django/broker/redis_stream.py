@@ -406,19 +406,27 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
     async def _flush_acks(self, batches: dict[str, list[tuple[str, asyncio.Future[None]]]]) -> None:
         for queue_name, waiting in batches.items():
             ids = [id for id, _ in waiting]
-            try:
-                async with (
-                    Redis(connection_pool=self.connection_pool) as redis,
-                    redis.pipeline(transaction=False) as pipe,
-                ):
-                    pipe.xack(queue_name, self.consumer_group_name, *ids)
-                    # Deleted too: acknowledged entries otherwise stay in the stream forever.
-                    pipe.xdel(queue_name, *ids)
-                    await pipe.execute()
-            except (*REDIS_GONE, ResponseError) as exc:
-                # The work is stored in the database: an unacknowledged message is at worst
-                # read again later, and its job is then found done.
-                logger.warning("Could not acknowledge %d messages: %s", len(ids), exc)
+            # Twice: the first command after Redis restarted goes out on a pooled connection
+            # from before, which fails (seen in tests/test_faults.py); the second gets a new one.
+            for attempt in (1, 2):
+                try:
+                    async with (
+                        Redis(connection_pool=self.connection_pool) as redis,
+                        redis.pipeline(transaction=False) as pipe,
+                    ):
+                        pipe.xack(queue_name, self.consumer_group_name, *ids)
+                        # Deleted too: acknowledged entries otherwise stay in the stream forever.
+                        pipe.xdel(queue_name, *ids)
+                        await pipe.execute()
+                    break
+                except REDIS_GONE as exc:
+                    if attempt == 2:
+                        # The work is stored in the database: an unacknowledged message is at
+                        # worst read again later, and its job is then found done.
+                        logger.warning("Could not acknowledge %d messages: %s", len(ids), exc)
+                except ResponseError as exc:
+                    logger.warning("Could not acknowledge %d messages: %s", len(ids), exc)
+                    break
             for _, done in waiting:
                 if not done.done():
                     done.set_result(None)
