@@ -20,7 +20,7 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 from . import conf
-from .broker import REDIS_SCHEMES
+from .broker import TRANSPORTS, transport_for, url_forms
 from .exceptions import ModalkitImproperlyConfigured
 from .inference.config import DEFAULT_APP_PREFIX, ModalkitConfig, unknown_keys
 from .metrics.checks import check_metrics
@@ -33,8 +33,7 @@ EXTRAS = {
     "boto3": "sqs",
     "botocore": "sqs",
     "modal": "modal",
-    "taskiq_redis": "redis",
-    "redis": "redis",
+    **{module: transport.extra for transport in TRANSPORTS for module in transport.requires},
     "httpx": "webhook",
 }
 
@@ -88,8 +87,9 @@ CHECKS = {
         "Define it in MODALKIT['QUEUES'], or fix modalkit.yaml queue_config.backend / QUEUE_ROUTES.",
     ),
     "modalkit_django.E007": _error(
-        "The broker URL is not a Redis URL.",
-        "Use redis://host:port/db or redis+sentinel://sentinel:26379/service, or None (in-process).",
+        "The broker URL names no broker: it is not a Redis, RabbitMQ or NATS URL.",
+        "Use redis://host:port/db, redis+sentinel://sentinel:26379/service, amqp://user:password@host:5672/vhost, "
+        "nats://host:4222, or None (in-process).",
     ),
     "modalkit_django.E008": _error(
         "A backend refuses its `OPTIONS`.", "Fix OPTIONS: see the backend's page in the documentation."
@@ -138,7 +138,8 @@ CHECKS = {
         "Use the new path; the old one goes away in 1.0.",
     ),
     "modalkit_django.W002": _warning(
-        "The broker's stream is named after ModalKit's default `app_prefix`, which other deployments would share.",
+        "The broker's stream or queue is named after ModalKit's default `app_prefix`, which other deployments "
+        "would share.",
         "Set app_settings.app_prefix in modalkit.yaml, or MODALKIT['BROKER']['QUEUE_NAME'].",
     ),
     "modalkit_django.W003": _warning(
@@ -354,7 +355,7 @@ def _check_timers(worker: conf.WorkerSettings) -> list[checks.CheckMessage]:
 def _check_memory_queues(settings: conf.ModalkitSettings, default_alias: str) -> list[checks.CheckMessage]:
     """A memory backend keeps what it is sent in the sending process: with workers of their
     own, that is a worker, where nobody reads it, and the delivery is marked sent."""
-    if settings.broker.url is None or not settings.broker.url.startswith(REDIS_SCHEMES):  # E007 says so
+    if settings.broker.url is None or transport_for(settings.broker.url) is None:  # E007 says so
         return []
     # The aliases a queue name can be routed to: the routes' up to a catch-all, else the default too.
     reachable: list[str] = []
@@ -384,13 +385,16 @@ def _check_memory_queues(settings: conf.ModalkitSettings, default_alias: str) ->
 def _check_broker(broker: conf.BrokerSettings, app_prefix: str) -> list[checks.CheckMessage]:
     if broker.url is None:
         return []
-    if not broker.url.startswith(REDIS_SCHEMES):
-        return [_report("modalkit_django.E007", f"MODALKIT['BROKER']['URL'] {broker.url!r} is not a Redis URL.")]
-    errors = [_missing_extra(module, "MODALKIT['BROKER']") for module in ("taskiq_redis",) if find_spec(module) is None]
+    transport = transport_for(broker.url)
+    if transport is None:
+        message = f"MODALKIT['BROKER']['URL'] {broker.url!r} is not a {url_forms()} URL."
+        return [_report("modalkit_django.E007", message)]
+    missing = [module for module in transport.requires if find_spec(module) is None]
+    errors = [_missing_extra(module, "MODALKIT['BROKER']") for module in missing[:1]]
     if broker.queue_name is None and app_prefix == DEFAULT_APP_PREFIX:
         shared = (
-            f"The broker's stream is named after app_settings.app_prefix, still ModalKit's default "
-            f"{DEFAULT_APP_PREFIX!r}: another deployment on the same Redis would take this one's wake-ups."
+            f"The broker's {transport.holds} is named after app_settings.app_prefix, still ModalKit's default "
+            f"{DEFAULT_APP_PREFIX!r}: another deployment on the same broker would take this one's wake-ups."
         )
         errors.append(_report("modalkit_django.W002", shared))
     return errors

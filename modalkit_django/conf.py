@@ -109,19 +109,25 @@ class BrokerSettings(_Setting):
 
     url: str | None = Field(
         default=None,
-        description="`redis://…`, `rediss://…`, `unix://…` or `redis+sentinel://…` selects the acknowledged "
-        "Redis stream broker and workers of their own; `None` runs jobs inside the web process.",
+        description="The broker that wakes workers of their own, chosen by the URL's scheme: "
+        "`redis://host:6379/0`, `rediss://…` (TLS), `unix://…` or "
+        "`redis+sentinel://[:password@]host:26379[,host:26379…]/service[/db]`: the acknowledged Redis stream "
+        "broker (extra `redis`); `amqp://user:password@host:5672/vhost` or `amqps://…` (TLS): RabbitMQ, a quorum "
+        "queue (extra `rabbitmq`); `nats://[user:password@]host:4222[,nats://host2:4222…]`: NATS JetStream, a "
+        "durable pull consumer on a work-queue stream (extra `nats`). `None` runs jobs inside the web process.",
     )
-    # Named after the app by default so that deployments sharing a Redis do not share a stream.
+    # Named after the app by default so that deployments sharing a broker do not share a stream.
     queue_name: str | None = Field(
         default=None,
-        description="The Redis stream. `None`: the Modal app's name (`app_prefix` + `MODALKIT_APP_POSTFIX`) "
-        "followed by `:jobs`.",
+        description="The Redis stream, the RabbitMQ queue (and its direct exchange), or the NATS JetStream stream "
+        "and subject (`.`, `*`, `>`, `/`, `\\` and spaces made `_`). `None`: the Modal app's name "
+        "(`app_prefix` + `MODALKIT_APP_POSTFIX`) followed by `:jobs`.",
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Keyword arguments for the broker class: TaskIQ's `InMemoryBroker`, or the Redis stream "
-        "broker (e.g. `max_in_hand`, `merge`).",
+        description="Keyword arguments for the broker class: TaskIQ's `InMemoryBroker`, the Redis stream broker "
+        "(e.g. `max_in_hand`, `merge`), the RabbitMQ broker (e.g. `queue_type`, `qos`) or the NATS broker "
+        "(e.g. `batch`, `ack_wait`).",
     )
 
     def stream_name(self) -> str:

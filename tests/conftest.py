@@ -27,6 +27,7 @@ from modalkit_django.queues import queues
 from modalkit_django.queues.memory import MemoryBackend
 from modalkit_django.worker import database
 
+from .brokers import BROKERS, peer
 from .private_services import PrivatePgBouncer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,6 +186,18 @@ def redis_broker(redis_client: redis.Redis) -> Iterator[dict[str, str]]:
     redis_client.delete(queue)
 
 
+@pytest.fixture(params=BROKERS)
+def any_broker(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Switch this process to each broker in turn (its shared server), on a queue of the test's own."""
+    kind = request.param
+    server = peer(kind)
+    queue = f"modalkit-test-{uuid.uuid4().hex[:8]}"
+    modalkit = {**settings.MODALKIT, "BROKER": {"URL": server.url, "QUEUE_NAME": queue}}
+    with override_settings(MODALKIT=modalkit):
+        yield {"kind": kind, "url": server.url, "queue": queue}
+    server.forget(queue)
+
+
 class WorkerProcess:
     """``manage.py taskiq worker`` in a subprocess, on the test database and stream."""
 
@@ -242,13 +255,13 @@ class WorkerProcess:
         self.log.close()
 
 
-@pytest.fixture
-def start_worker(redis_broker: dict[str, str], redis_client: redis.Redis) -> Iterator[Callable[..., WorkerProcess]]:
+def starting_workers(broker: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
+    """Yields ``start``, which starts a worker on ``broker``; stops them all afterwards."""
     workers: list[WorkerProcess] = []
 
     def start(worker_settings: dict[str, Any] | None = None, **extra_env: str) -> WorkerProcess:
         """A worker on the shipped timers, or on ``worker_settings`` (``MODALKIT["WORKER"]`` keys)."""
-        worker = WorkerProcess(redis_broker, extra_env, worker_settings)
+        worker = WorkerProcess(broker, extra_env, worker_settings)
         workers.append(worker)
         worker.check_alive()
         return worker
@@ -264,3 +277,14 @@ def start_worker(redis_broker: dict[str, str], redis_client: redis.Redis) -> Ite
             if PrivatePgBouncer.LOST_SESSION_STATE.search(line)
         ]
         assert lost == [], "session state lost through PgBouncer"
+
+
+@pytest.fixture
+def start_worker(redis_broker: dict[str, str], redis_client: redis.Redis) -> Iterator[Callable[..., WorkerProcess]]:
+    yield from starting_workers(redis_broker)
+
+
+@pytest.fixture
+def start_any_worker(any_broker: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
+    """Workers on ``any_broker``: each broker in turn."""
+    yield from starting_workers(any_broker)

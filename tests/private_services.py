@@ -1,4 +1,5 @@
-"""A Redis, a PostgreSQL and a PgBouncer of a test's own, on free loopback ports, to kill and restart.
+"""A Redis, a PostgreSQL, a PgBouncer, a NATS and a RabbitMQ of a test's own, on free
+loopback ports, to kill and restart.
 
 Fault tests stop and start these, never the shared servers the rest of the suite (and
 CI) runs against. PostgreSQL and PgBouncer refuse to run as root, so when the tests run as
@@ -23,7 +24,7 @@ from typing import Any
 import psycopg
 import redis
 
-__all__ = ["PrivatePgBouncer", "PrivatePostgres", "PrivateRedis", "free_port"]
+__all__ = ["PrivateNats", "PrivatePgBouncer", "PrivatePostgres", "PrivateRabbitMQ", "PrivateRedis", "free_port"]
 
 
 def free_port() -> int:
@@ -40,7 +41,23 @@ def _wait(predicate: object, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-class PrivateRedis:
+class _ServerProcess:
+    """A server process of a test's own, and the folder it keeps its data in."""
+
+    directory: str
+    process: subprocess.Popen[bytes] | None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class PrivateRedis(_ServerProcess):
     """``redis-server`` keeping nothing on disk: killed and started again, it is empty."""
 
     def __init__(self) -> None:
@@ -77,10 +94,87 @@ class PrivateRedis:
         except redis.RedisError:
             return False
 
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class PrivateNats(_ServerProcess):
+    """``nats-server`` with JetStream, storing in a folder of its own: killed and started
+    again, it has its streams and consumers back."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.directory = tempfile.mkdtemp(prefix="modalkit-nats-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.directory]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(lambda: _accepts(self.port), "nats-server")
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node of its own (``rabbitmq-server``: a node name, ports, a database and
+    logs of its own), started in 6 to 10 s. Killed and started again, it has its durable
+    queues back. Debian's script runs the node as the ``rabbitmq`` user."""
+
+    def __init__(self) -> None:
+        self.port, self.dist_port = free_port(), free_port()
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        self.directory = Path(tempfile.mkdtemp(prefix="modalkit-rabbitmq-"))
+        self.node = f"modalkit{self.port}@localhost"
+        (self.directory / "rabbitmq.conf").write_text(
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\nloopback_users = none\n"
+        )
+        (self.directory / "enabled_plugins").write_text("[].\n")
+        for name in ("mnesia", "log"):
+            (self.directory / name).mkdir()
+        if os.geteuid() == 0:
+            for path in [self.directory, *self.directory.iterdir()]:
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.directory / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.directory / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": str(self.directory / "feature_flags"),
+            "RABBITMQ_PID_FILE": str(self.directory / "pid"),
+        }
+        self.process = subprocess.Popen(
+            ["rabbitmq-server"],
+            cwd=self.directory,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait(lambda: _accepts(self.port), "rabbitmq-server", timeout=60)
+
     def kill(self) -> None:
+        """SIGKILL to the node (and the script that started it): no clean shutdown."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+        pid_file = self.directory / "pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+            pid_file.unlink()
+        _wait(lambda: not _accepts(self.port), "rabbitmq-server to stop")
 
     def stop(self) -> None:
         self.kill()

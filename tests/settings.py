@@ -32,6 +32,9 @@ if "MODALKIT_TEST_DATABASE_NAME" in os.environ:
     DATABASES["default"]["NAME"] = os.environ["MODALKIT_TEST_DATABASE_NAME"]
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# The other brokers' shared servers (scripts/ensure-services starts them).
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+NATS_URL = os.environ.get("NATS_URL", "nats://127.0.0.1:4222")
 
 MODALKIT = {
     **MODALKIT,

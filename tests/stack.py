@@ -1,8 +1,10 @@
 """The service as its users run it, as processes: the web server (`make serve`) and workers on a PostgreSQL and a
-Redis of its own, which tests may stop, kill and start again."""
+Redis of its own (or a NATS or a RabbitMQ as the broker: ``broker_stack``), which tests may stop, kill and start
+again."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,14 +15,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import psycopg
 import pytest
 
 from .conftest import ROOT
-from .private_services import PrivatePgBouncer, PrivatePostgres, PrivateRedis, free_port
+from .private_services import PrivateNats, PrivatePgBouncer, PrivatePostgres, PrivateRabbitMQ, PrivateRedis, free_port
 
 # The target of the engine's design: after any single fault, every accepted job settled
 # within 60 s of the fault ending.
@@ -28,12 +30,27 @@ SETTLED_WITHIN = 60.0
 FINAL = ("succeeded", "failed", "expired", "canceled")
 
 
-class Stack:
-    """The service as its users run it: a web server and workers, on private PostgreSQL and Redis."""
+class BrokerServer(Protocol):
+    url: str
 
-    def __init__(self, postgres: PrivatePostgres, redis: PrivateRedis, tmp: Path) -> None:
+    def start(self) -> None: ...
+    def kill(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+BROKER_QUEUE = "modalkit-faults"
+
+
+class Stack:
+    """The service as its users run it: a web server and workers, on private PostgreSQL and Redis,
+    and a broker: that Redis, or a server of its own."""
+
+    def __init__(
+        self, postgres: PrivatePostgres, redis: PrivateRedis, tmp: Path, broker: BrokerServer | None = None
+    ) -> None:
         self.postgres = postgres
         self.redis = redis
+        self.broker: BrokerServer = broker or redis
         self.tmp = tmp
         database = f"faults_{uuid.uuid4().hex[:8]}"
         self.database_url = postgres.create_database(database)
@@ -48,10 +65,11 @@ class Stack:
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "TEST_DATABASE_URL": self.bouncer.url(database) if self.bouncer else self.database_url,
             "MODALKIT_TEST_DATABASE_NAME": database,
-            "MODALKIT_TEST_BROKER_URL": redis.url,
-            "MODALKIT_TEST_BROKER_QUEUE": "modalkit-faults",
+            "MODALKIT_TEST_BROKER_URL": self.broker.url,
+            "MODALKIT_TEST_BROKER_QUEUE": BROKER_QUEUE,
             "MODALKIT_TEST_WORKER": "{}",  # the shipped timers
         }
+        self.broker_kind = "redis"
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs: list[Any] = []
         self.manage("migrate", "--noinput")
@@ -183,21 +201,48 @@ def children(pid: int) -> set[int]:
     return {int(line) for line in result.stdout.split()}
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+@contextlib.contextmanager
+def running_stack(tmp_path: Path, broker: BrokerServer | None = None) -> Iterator[Stack]:
     postgres, redis = PrivatePostgres(), PrivateRedis()
     postgres.start()
     redis.start()
     built = None
     try:
-        built = Stack(postgres, redis, tmp_path)
+        if broker is not None:
+            broker.start()
+        built = Stack(postgres, redis, tmp_path, broker)
         yield built
         assert built.session_state_errors() == []
     finally:
         if built is not None:
             built.stop()
+        if broker is not None:
+            broker.stop()
         redis.stop()
         postgres.destroy()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with running_stack(tmp_path) as built:
+        yield built
+
+
+# The brokers a stack can run on: Redis (the stack's own), or a NATS or RabbitMQ server of its own.
+PRIVATE_BROKERS: dict[str, type[PrivateNats] | type[PrivateRabbitMQ] | None] = {
+    "redis": None,
+    "nats": PrivateNats,
+    "rabbitmq": PrivateRabbitMQ,
+}
+
+
+@pytest.fixture(params=list(PRIVATE_BROKERS))
+def broker_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """A stack on each broker in turn."""
+    server = PRIVATE_BROKERS[request.param]
+    with running_stack(tmp_path, server() if server is not None else None) as built:
+        built.broker_kind = request.param
+        yield built
 
 
 class Submitter(threading.Thread):

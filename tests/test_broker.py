@@ -8,9 +8,14 @@ import sys
 
 import pytest
 import redis
+from django.conf import settings
+from django.test import override_settings
+from nats.js.api import RetentionPolicy
 from taskiq import InMemoryBroker
 
 from modalkit_django import broker
+from modalkit_django.broker.jetstream import NatsJetStreamBroker
+from modalkit_django.broker.rabbitmq import RabbitMQBroker
 from modalkit_django.broker.redis_stream import RedisStreamBroker
 from modalkit_django.conf import BrokerSettings, get_settings
 from modalkit_django.exceptions import ModalkitImproperlyConfigured
@@ -40,8 +45,61 @@ def test_broker_options_override_the_stream_defaults() -> None:
 
 
 def test_other_urls_are_refused() -> None:
-    with pytest.raises(ModalkitImproperlyConfigured, match="must be a redis:// URL"):
-        broker.build_broker(BrokerSettings(url="amqp://localhost"))
+    with pytest.raises(
+        ModalkitImproperlyConfigured, match=r"must be a redis://, rediss://.* amqp://, amqps://, nats://"
+    ):
+        broker.build_broker(BrokerSettings(url="kafka://localhost"))
+
+
+def test_an_amqp_url_is_rabbitmq_on_a_queue_and_exchange_of_the_deployments_own() -> None:
+    built = broker.build_broker(BrokerSettings(url=settings.RABBITMQ_URL, queue_name="app:jobs"))
+    assert isinstance(built, RabbitMQBroker)
+    assert [(queue.name, queue.type.value) for queue in built._task_queues] == [("app:jobs", "classic")]
+    assert (built._exchange.name, built._exchange.type.value) == ("app:jobs", "direct")
+    assert built._dead_letter_queue.name == "app:jobs.dead_letter"
+    assert built._qos == get_settings().worker.wake_ups_in_hand  # as many as --max-async-tasks
+
+
+def test_a_nats_url_is_a_durable_pull_consumer_on_a_work_queue_stream() -> None:
+    spec = BrokerSettings(url="nats://a:4222, nats://b:4222", queue_name="app.jobs", options={"batch": 50})
+    built = broker.build_broker(spec)
+    assert isinstance(built, NatsJetStreamBroker)
+    assert built.servers == ["nats://a:4222", "nats://b:4222"]
+    assert (built.stream_config.name, built.stream_config.subjects, built.durable) == (
+        "app_jobs",
+        ["app_jobs"],
+        "app_jobs-workers",
+    )
+    assert built.stream_config.retention is RetentionPolicy.WORK_QUEUE
+    assert built.pull_consume_batch == 50
+
+
+@pytest.mark.parametrize(
+    ("url", "module", "extra"),
+    [("amqp://localhost", "taskiq_aio_pika", "rabbitmq"), ("nats://localhost", "taskiq_nats", "nats")],
+)
+def test_a_broker_whose_extra_is_missing_names_the_extra(
+    url: str, module: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it fails
+    for name in ("modalkit_django.broker.rabbitmq", "modalkit_django.broker.jetstream"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(ModalkitImproperlyConfigured, match=rf'pip install "modalkit-django\[{extra}\]"'):
+        broker.build_broker(BrokerSettings(url=url))
+
+
+@pytest.mark.parametrize(
+    ("url", "line"),
+    [
+        ("redis://:pw@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0 (stream app:jobs)"),
+        ("amqp://ops:pw@127.0.0.1:5672/", "amqp://ops:***@127.0.0.1:5672/ (queue app:jobs)"),
+        ("nats://ops:pw@127.0.0.1:4222", "nats://ops:***@127.0.0.1:4222 (stream app_jobs)"),
+    ],
+)
+def test_a_worker_names_its_broker_and_what_it_reads(url: str, line: str) -> None:
+    modalkit = {**settings.MODALKIT, "BROKER": {"URL": url, "QUEUE_NAME": "app.jobs" if "nats" in url else "app:jobs"}}
+    with override_settings(MODALKIT=modalkit):
+        assert broker.describe_broker() == line
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")

@@ -63,8 +63,30 @@ def test_e006_queue_alias_used_but_not_defined() -> None:
     assert ids_with(QUEUE_ROUTES=[("ml_*", "kafka")]) == ["modalkit_django.E006"]
 
 
-def test_e007_broker_url_not_redis() -> None:
-    assert ids_with(BROKER={"URL": "amqp://guest@localhost"}) == ["modalkit_django.E007"]
+def test_e007_broker_url_of_no_broker() -> None:
+    assert ids_with(BROKER={"URL": "kafka://localhost:9092"}) == ["modalkit_django.E007"]
+
+
+@pytest.mark.parametrize(("url", "extra"), [("amqp://guest@localhost", "rabbitmq"), ("nats://localhost:4222", "nats")])
+def test_e011_a_broker_whose_extra_is_not_installed(url: str, extra: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.util import find_spec
+
+    from modalkit_django import checks
+    from modalkit_django.broker import transport_for
+
+    # As if installed without the extra: its modules cannot be found.
+    hidden = transport_for(url).requires  # type: ignore[union-attr]
+    monkeypatch.setattr(checks, "find_spec", lambda name, *a: None if name in hidden else find_spec(name, *a))
+    # A memory queue beside a broker of its own is E017: route the results to Redis.
+    redis = {"BACKEND": "modalkit_django.queues.redis.RedisBackend", "OPTIONS": {"url": settings.REDIS_URL}}
+    queues = {**settings.MODALKIT["QUEUES"], "redis": redis}
+    with override_settings(
+        MODALKIT={**settings.MODALKIT, "BROKER": {"URL": url}, "QUEUES": queues, "QUEUE_ROUTES": [("*", "redis")]}
+    ):
+        messages = check_modalkit()
+    assert [(message.id, message.hint) for message in messages] == [
+        ("modalkit_django.E011", f'Install it: pip install "modalkit-django[{extra}]"')
+    ]
 
 
 @pytest.mark.django_db(databases=["default", "embedded"])  # the JSONField check asks SQLite

@@ -103,15 +103,35 @@ def test_the_redis_broker_is_pinged() -> None:
     assert (body["checks"]["broker"]["status"], body["checks"]["broker"]["detail"]) == ("ok", "redis")
 
 
-def test_errors_never_show_credentials(caplog: pytest.LogCaptureFixture) -> None:
-    with with_modalkit(BROKER={"URL": "amqp://ops:s3cret-pw@mq.internal:5672/?token=t0ken"}):
+@pytest.mark.parametrize(
+    ("url", "name"), [(settings.RABBITMQ_URL, "rabbitmq"), (settings.NATS_URL, "nats")], ids=["rabbitmq", "nats"]
+)
+def test_the_broker_the_url_chooses_is_reached(url: str, name: str) -> None:
+    with with_modalkit(BROKER={"URL": url}):
         status, body = ready()
-    assert status == 503  # not a Redis URL: a configuration error (E007), not only a broker away
+    assert status == 200
+    assert (body["checks"]["broker"]["status"], body["checks"]["broker"]["detail"]) == ("ok", name)
+
+
+@pytest.mark.parametrize("url", ["amqp://ops:s3cret-pw@127.0.0.1:1/", "nats://ops:s3cret-pw@127.0.0.1:1"])
+def test_a_rabbitmq_or_nats_broker_away_degrades_the_process(url: str) -> None:
+    with with_modalkit(BROKER={"URL": url}):
+        status, body = ready()
+    assert (status, body["status"]) == (200, "degraded")
+    broker = body["checks"]["broker"]
+    assert (broker["status"], broker["required"]) == ("error", False)
+    assert "s3cret-pw" not in broker["error"]
+
+
+def test_errors_never_show_credentials(caplog: pytest.LogCaptureFixture) -> None:
+    with with_modalkit(BROKER={"URL": "kafka://ops:s3cret-pw@mq.internal:9092/?token=t0ken"}):
+        status, body = ready()
+    assert status == 503  # no broker's URL: a configuration error (E007), not only a broker away
     for name in ("broker", "configuration"):
         error = body["checks"][name]["error"]
         assert "s3cret-pw" not in error and "t0ken" not in error
         assert "ops:***@mq.internal" in error
-    assert "not a Redis URL" in body["checks"]["broker"]["error"]
+    assert "not a redis://, rediss://" in body["checks"]["broker"]["error"]
     assert "modalkit_django.E007" in body["checks"]["configuration"]["error"]
     assert "s3cret-pw" not in caplog.text and "ops:***@mq.internal" in caplog.text
 

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,9 +17,10 @@ import redis
 from django.conf import settings
 from taskiq import AckableMessage, BrokerMessage, TaskiqEvents, TaskiqMessage
 
+from modalkit_django.broker.jetstream import NatsJetStreamBroker
 from modalkit_django.broker.redis_stream import RedisStreamBroker
 
-from .private_services import PrivateRedis
+from .private_services import PrivateNats, PrivateRedis
 
 
 @pytest.fixture
@@ -330,11 +331,20 @@ def test_an_entry_a_live_consumer_holds_past_the_idle_timeout_is_never_taken_ove
     assert taken_over == [b"2"]
 
 
-def test_a_worker_starts_while_redis_is_away_and_reads_once_it_answers(
-    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+# A broker whose server a test starts in a moment: (the server, the broker on it, its name, its logger).
+AWAY: dict[str, tuple[Any, Callable[[str], Any], str]] = {
+    "redis": (PrivateRedis, lambda url: RedisStreamBroker(url, queue_name="q", xread_block=100), "Redis"),
+    "nats": (PrivateNats, lambda url: NatsJetStreamBroker(url, queue_name="q", fetch_timeout=0.5), "NATS"),
+}
+
+
+@pytest.mark.parametrize("kind", list(AWAY))
+def test_a_worker_starts_while_its_broker_is_away_and_reads_once_it_answers(
+    kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    private_redis.kill()
-    stream = RedisStreamBroker(private_redis.url, queue_name="q", xread_block=100)
+    server_class, build, name = AWAY[kind]
+    server = server_class()  # not started yet
+    stream = build(server.url)
     stream.is_worker_process = True
     started: list[bool] = []
     stream.add_event_handler(TaskiqEvents.WORKER_STARTUP, lambda state: started.append(True))
@@ -343,19 +353,27 @@ def test_a_worker_starts_while_redis_is_away_and_reads_once_it_answers(
         await stream.startup()  # does not raise: the worker goes on with what the database holds
         assert started == [True]
         async with reading(stream) as received:
-            await asyncio.sleep(1)  # listening, waiting for Redis
-            private_redis.start()
-            await stream.kick_many([broker_message(n) for n in range(3)])
+            await asyncio.sleep(1)  # listening, waiting for the broker
+            server.start()
+            await asyncio.sleep(0.5)  # a sender starts once the broker answers
+            sender = build(server.url)
+            await sender.startup()
+            for n in range(3):
+                await sender.kick(broker_message(n))
             got = await take(received, 3)
+            await sender.shutdown()
         await stream.shutdown()
         return got
 
-    assert asyncio.run(scenario()) == [b"0", b"1", b"2"]
-    lines = [record.getMessage() for record in caplog.records if record.name == "modalkit_django.broker.redis_stream"]
+    try:
+        assert asyncio.run(scenario()) == [b"0", b"1", b"2"]
+    finally:
+        server.stop()
+    lines = [record.getMessage() for record in caplog.records if record.name == type(stream).__module__]
     assert len(lines) == 2, lines
-    assert lines[0].startswith(f"Redis at {private_redis.url} does not answer (Error 111 connecting to")
+    assert lines[0].startswith(f"{name} at {server.url} does not answer (")
     assert lines[0].endswith("); retrying in the background, and running the jobs in the database meanwhile")
-    assert re.fullmatch(rf"Redis at {re.escape(private_redis.url)} answers after \d+\.\ds; reading wake-ups", lines[1])
+    assert re.fullmatch(rf"{name} at {re.escape(server.url)} answers after \d+\.\ds; reading wake-ups", lines[1])
 
 
 def test_a_sender_is_told_that_redis_is_away(private_redis: PrivateRedis) -> None:

@@ -68,8 +68,8 @@ def test_a_worker_without_a_broker_to_read_refuses_to_start() -> None:
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         "CommandError: Not starting: MODALKIT['BROKER']['URL'] is None, so jobs run inside the web process (the "
-        "in-process broker) and a worker would have nothing to read. Set it to a redis:// URL to run workers of "
-        "their own."
+        "in-process broker) and a worker would have nothing to read. Set it to a redis://, amqp:// or nats:// URL "
+        "to run workers of their own."
     ]
 
 

@@ -4,10 +4,19 @@
 
 - ``None`` (the embedded default): TaskIQ's ``InMemoryBroker``; tasks run in this
   process on a background event loop, next to the web server.
-- ``redis://…``: an acknowledged Redis stream broker (:class:`RedisStreamBroker`), so a
-  worker that dies mid-task leaves its messages for another.
+- ``redis://…`` (``rediss://``, ``unix://``, ``redis+sentinel://``): an acknowledged Redis
+  stream broker (``redis_stream.py``, the ``redis`` extra), so a worker that dies
+  mid-task leaves its messages for another.
+- ``amqp://…`` (``amqps://``): RabbitMQ, a quorum queue (``rabbitmq.py``, the
+  ``rabbitmq`` extra).
+- ``nats://…``: NATS JetStream, a durable pull consumer on a work-queue stream
+  (``jetstream.py``, the ``nats`` extra).
 
-This module knows TaskIQ and Redis, nothing of jobs: tasks are registered on TaskIQ's
+Each is only a wake-up: workers claim the oldest runnable jobs from the database,
+whatever a message names, and look there at every poll anyway. The URL's scheme picks
+the module (:data:`TRANSPORTS`), imported only when chosen: the extras are optional.
+
+This module knows TaskIQ, nothing of jobs: tasks are registered on TaskIQ's
 shared broker, which hands them to the broker built here, and what a worker does when
 it starts and stops is registered by the app (:func:`add_worker_hook`).
 
@@ -26,36 +35,101 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import django
 from asgiref.sync import sync_to_async
 from django.apps import apps
 from django.db import connections
+from django.utils.module_loading import import_string
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqEvents, TaskiqMessage, TaskiqState
 from taskiq.brokers.shared_broker import async_shared_broker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from ..conf import BrokerSettings, get_settings
 from ..exceptions import ModalkitImproperlyConfigured
+from ..redaction import redact_url
 
 __all__ = [
+    "TRANSPORTS",
+    "Transport",
     "add_worker_hook",
     "akick",
     "akick_many",
     "build_broker",
+    "describe_broker",
     "get_broker",
     "kick",
     "reaches_workers",
     "reset",
     "start",
     "submit",
+    "transport_for",
 ]
 
 logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT_SECONDS = 10.0
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+
+
+@dataclass(frozen=True)
+class Transport:
+    """A broker chosen by the scheme of ``MODALKIT["BROKER"]["URL"]``."""
+
+    name: str  # as the health check reports it
+    schemes: tuple[str, ...]
+    build: str  # dotted path: (url, queue name, settings' OPTIONS) -> the broker
+    ping: str  # dotted path: async (url, timeout), raises if the broker does not answer
+    extra: str  # pip install "modalkit-django[extra]"
+    requires: tuple[str, ...]  # the modules the extra installs
+    holds: str  # what QUEUE_NAME names there: "stream", "queue"
+
+
+TRANSPORTS = (
+    Transport(
+        "redis",
+        REDIS_SCHEMES,
+        "modalkit_django.broker.redis_stream.build",
+        "modalkit_django.broker.redis_stream.ping",
+        "redis",
+        ("taskiq_redis", "redis"),
+        "stream",
+    ),
+    Transport(
+        "rabbitmq",
+        ("amqp://", "amqps://"),
+        "modalkit_django.broker.rabbitmq.build",
+        "modalkit_django.broker.rabbitmq.ping",
+        "rabbitmq",
+        ("taskiq_aio_pika", "aio_pika"),
+        "queue",
+    ),
+    Transport(
+        "nats",
+        ("nats://",),
+        "modalkit_django.broker.jetstream.build",
+        "modalkit_django.broker.jetstream.ping",
+        "nats",
+        ("taskiq_nats", "nats"),
+        "stream",
+    ),
+)
+
+
+def transport_for(url: str) -> Transport | None:
+    """The transport a broker URL selects; ``None`` for a scheme none takes."""
+    for transport in TRANSPORTS:
+        if url.startswith(transport.schemes):
+            return transport
+    return None
+
+
+def url_forms() -> str:
+    """The schemes every transport takes, for error messages."""
+    return ", ".join(scheme for transport in TRANSPORTS for scheme in transport.schemes)
+
 
 # The tasks' names on the wire (see tasks.py). A Redis stream worker hands the run_job
 # messages of one read to TaskIQ as one run_jobs: one pass of TaskIQ's receiver for the
@@ -105,20 +179,38 @@ def build_broker(spec: BrokerSettings) -> AsyncBroker:
     broker: AsyncBroker
     if spec.url is None:
         broker = InMemoryBroker(await_inplace=False, **spec.options)
-    elif spec.url.startswith(REDIS_SCHEMES):
-        from .redis_stream import RedisStreamBroker
-
-        defaults = {"merge": {RUN_JOB: RUN_JOBS}, "max_in_hand": get_settings().worker.wake_ups_in_hand}
-        broker = RedisStreamBroker(spec.url, queue_name=spec.stream_name(), **{**defaults, **spec.options})
     else:
-        raise ModalkitImproperlyConfigured(
-            f"MODALKIT['BROKER']['URL'] must be a redis:// URL or None, not {spec.url!r}"
-        )
+        transport = transport_for(spec.url)
+        if transport is None:
+            raise ModalkitImproperlyConfigured(
+                f"MODALKIT['BROKER']['URL'] must be a {url_forms()} URL, or None, not {spec.url!r}"
+            )
+        try:
+            build = import_string(transport.build)
+        except ImportError as exc:
+            if (exc.name or "").partition(".")[0] not in transport.requires:
+                raise
+            raise ModalkitImproperlyConfigured(
+                f"MODALKIT['BROKER']['URL'] {spec.url!r} needs {exc.name!r}, which is not installed: "
+                f'pip install "modalkit-django[{transport.extra}]"'
+            ) from exc
+        broker = build(spec.url, spec.stream_name(), dict(spec.options))
     for event, hooks in _hooks.items():
         for hook in hooks:
             broker.add_event_handler(event, hook)
     broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, _own_loop)
     return broker
+
+
+def describe_broker() -> str:
+    """The broker as a worker's start-up line names it: the URL, its credentials masked,
+    and the stream or queue it reads (``redis://127.0.0.1:6379/0 (stream app:jobs)``)."""
+    spec = get_settings().broker
+    if spec.url is None:
+        return "in-process"
+    transport = transport_for(spec.url)
+    holds = transport.holds if transport is not None else "queue"
+    return f"{redact_url(spec.url)} ({holds} {getattr(get_broker(), 'queue_name', spec.stream_name())})"
 
 
 async def _own_loop(state: TaskiqState) -> None:

@@ -40,16 +40,18 @@ from typing import Any
 from urllib.parse import unquote
 
 import taskiq_redis
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, BrokerMessage, TaskiqMessage
 
+from ..conf import get_settings
 from ..redaction import redact_url
+from . import outages
 
-__all__ = ["SENTINEL_SCHEME", "RedisStreamBroker", "sentinel_pool"]
+__all__ = ["SENTINEL_SCHEME", "RedisStreamBroker", "build", "ping", "sentinel_pool"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,34 @@ def sentinel_pool(url: str) -> SentinelConnectionPool:
     password = unquote(credentials.partition(":")[2]) or None
     sentinel = Sentinel(sentinels)  # type: ignore[no-untyped-call]
     return SentinelConnectionPool(service, sentinel, db=int(db or 0), password=password)  # type: ignore[no-untyped-call]
+
+
+def build(url: str, queue_name: str, options: dict[str, Any]) -> RedisStreamBroker:
+    """The broker ``MODALKIT["BROKER"]`` names: a worker merges the ``run_job`` wake-ups
+    it reads together, and holds as many as it runs at once; ``OPTIONS`` override."""
+    from . import RUN_JOB, RUN_JOBS
+
+    defaults: dict[str, Any] = {"merge": {RUN_JOB: RUN_JOBS}, "max_in_hand": get_settings().worker.wake_ups_in_hand}
+    return RedisStreamBroker(url, queue_name=queue_name, **{**defaults, **options})
+
+
+async def ping(url: str, timeout: float) -> None:
+    """``PING`` the Redis server at ``url`` on a connection of its own, then close it."""
+    pool: ConnectionPool
+    if url.startswith(SENTINEL_SCHEME):
+        pool = sentinel_pool(url)
+        client = Redis(connection_pool=pool)
+    else:
+        client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        pool = client.connection_pool
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+        await pool.disconnect()
+        if isinstance(pool, SentinelConnectionPool):
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
 
 
 def _raise_if_cancelled() -> None:
@@ -133,13 +163,7 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
         except (RedisConnectionError, RedisTimeoutError) as exc:  # the group, after the hooks
             if not self.is_worker_process:
                 raise
-            self._away_since = time.monotonic()
-            logger.error(
-                "Redis at %s does not answer (%s); retrying in the background, and running the jobs "
-                "in the database meanwhile",
-                self._where,
-                exc,
-            )
+            self._away_since = outages.log_away(logger, "Redis", self._where, exc)
 
     async def shutdown(self) -> None:
         await super().shutdown()
@@ -240,20 +264,16 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
     async def _wait_for_redis(self) -> None:
         """Until Redis answers (startup said it did not): then make the consumer group."""
         assert self._away_since is not None
-        backoff = 0.1
-        while True:
-            try:
-                await self._recreate_consumer_group()
-            except REDIS_GONE:
-                _raise_if_cancelled()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            logger.warning(
-                "Redis at %s answers after %.1fs; reading wake-ups", self._where, time.monotonic() - self._away_since
-            )
-            self._away_since = None
-            return
+        await outages.wait_for(
+            self._recreate_consumer_group,
+            REDIS_GONE,
+            logger=logger,
+            name="Redis",
+            where=self._where,
+            since=self._away_since,
+            on_failure=_raise_if_cancelled,
+        )
+        self._away_since = None
 
     async def _recreate_consumer_group(self) -> None:
         """From the stream's start: messages sent since Redis came back are read too."""
@@ -386,19 +406,27 @@ class RedisStreamBroker(taskiq_redis.RedisStreamBroker):
     async def _flush_acks(self, batches: dict[str, list[tuple[str, asyncio.Future[None]]]]) -> None:
         for queue_name, waiting in batches.items():
             ids = [id for id, _ in waiting]
-            try:
-                async with (
-                    Redis(connection_pool=self.connection_pool) as redis,
-                    redis.pipeline(transaction=False) as pipe,
-                ):
-                    pipe.xack(queue_name, self.consumer_group_name, *ids)
-                    # Deleted too: acknowledged entries otherwise stay in the stream forever.
-                    pipe.xdel(queue_name, *ids)
-                    await pipe.execute()
-            except (*REDIS_GONE, ResponseError) as exc:
-                # The work is stored in the database: an unacknowledged message is at worst
-                # read again later, and its job is then found done.
-                logger.warning("Could not acknowledge %d messages: %s", len(ids), exc)
+            # Twice: the first command after Redis restarted goes out on a pooled connection
+            # from before, which fails (seen in tests/test_faults.py); the second gets a new one.
+            for attempt in (1, 2):
+                try:
+                    async with (
+                        Redis(connection_pool=self.connection_pool) as redis,
+                        redis.pipeline(transaction=False) as pipe,
+                    ):
+                        pipe.xack(queue_name, self.consumer_group_name, *ids)
+                        # Deleted too: acknowledged entries otherwise stay in the stream forever.
+                        pipe.xdel(queue_name, *ids)
+                        await pipe.execute()
+                    break
+                except REDIS_GONE as exc:
+                    if attempt == 2:
+                        # The work is stored in the database: an unacknowledged message is at
+                        # worst read again later, and its job is then found done.
+                        logger.warning("Could not acknowledge %d messages: %s", len(ids), exc)
+                except ResponseError as exc:
+                    logger.warning("Could not acknowledge %d messages: %s", len(ids), exc)
+                    break
             for _, done in waiting:
                 if not done.done():
                     done.set_result(None)

@@ -16,8 +16,9 @@ rotation (``/ready?strict=1`` counts them too).
     before it starts), once per process: an error fails it, naming the check's id;
     warnings are listed.
 ``broker``
-    Redis ``PING`` through ``MODALKIT["BROKER"]["URL"]`` (Sentinel included); the
-    in-process broker is this process, so it is ``ok``.
+    A connection to ``MODALKIT["BROKER"]["URL"]``: Redis ``PING`` (Sentinel included),
+    RabbitMQ's connection handshake, NATS's JetStream account info; the detail names the
+    broker. The in-process broker is this process, so it is ``ok``.
 ``queue.<alias>``
     Each backend of ``MODALKIT["QUEUES"]`` that can be checked without sending: a Redis
     backend is ``PING``\\ed, the in-process memory backend is ``ok``. The others (SQS,
@@ -48,9 +49,10 @@ from django.core import checks as system_checks
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.executor import MigrationExecutor
+from django.utils.module_loading import import_string
 
 from ..api.threads import run_sync
-from ..broker import REDIS_SCHEMES
+from ..broker import REDIS_SCHEMES, transport_for, url_forms
 from ..checks import CHECK_TAG, one_line
 from ..clients import get_inference_backend
 from ..clients.modal import ModalBackend
@@ -309,8 +311,13 @@ async def _broker(timeout: float) -> Finding:
     url = get_settings().broker.url
     if url is None:
         return "ok", "in-process"
-    await _ping(url, timeout)
-    return "ok", "redis"
+    transport = transport_for(url)
+    if transport is None:
+        raise ValueError(f"not a {url_forms()} URL: {url}")
+    # Imported only for the broker chosen: its extra may be the only one installed.
+    ping: Callable[[str, float], Awaitable[None]] = import_string(transport.ping)
+    await ping(url, timeout)
+    return "ok", transport.name
 
 
 def _queue(alias: str) -> Probe:
@@ -341,26 +348,9 @@ async def _inference(timeout: float) -> Finding:
 
 async def _ping(url: str, timeout: float) -> None:
     """``PING`` the Redis server at ``url`` on a connection of its own, then close it."""
-    # Here, not at the top: a Redis URL is configured only with the redis extra installed.
-    from redis.asyncio import ConnectionPool, Redis
-    from redis.asyncio.sentinel import SentinelConnectionPool
-
-    from ..broker.redis_stream import SENTINEL_SCHEME, sentinel_pool
-
-    pool: ConnectionPool
-    if url.startswith(SENTINEL_SCHEME):
-        pool = sentinel_pool(url)
-        client = Redis(connection_pool=pool)
-    elif url.startswith(REDIS_SCHEMES):
-        client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-        pool = client.connection_pool
-    else:
+    if not url.startswith(REDIS_SCHEMES):
         raise ValueError(f"not a Redis URL: {url}")
-    try:
-        await client.ping()
-    finally:
-        await client.aclose()
-        await pool.disconnect()
-        if isinstance(pool, SentinelConnectionPool):
-            for sentinel in pool.sentinel_manager.sentinels:
-                await sentinel.aclose()
+    # Here, not at the top: a Redis URL is configured only with the redis extra installed.
+    from ..broker.redis_stream import ping
+
+    await ping(url, timeout)

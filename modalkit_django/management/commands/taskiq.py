@@ -17,8 +17,9 @@ database, the models, how much at once), and it:
 - waits, saying why once, while the database does not answer or lacks migrations
   (``migrate`` not run yet): every query of a worker would fail meanwhile.
 
-A Redis that does not answer is not waited for: the worker processes start, find their
-jobs in the database, and read the broker once it answers (see ``broker/redis_stream.py``).
+A broker (Redis, RabbitMQ, NATS) that does not answer is not waited for: the worker
+processes start, find their jobs in the database, and read the broker once it answers
+(see ``broker/redis_stream.py``, ``broker/rabbitmq.py``, ``broker/jetstream.py``).
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.utils import load_backend
 
+from modalkit_django.broker import describe_broker
 from modalkit_django.checks import one_line
 from modalkit_django.conf import default_model_name, get_config, get_settings
 from modalkit_django.health.probes import unapplied_migrations
-from modalkit_django.redaction import redact_text, redact_url
+from modalkit_django.redaction import redact_text
 
 BROKER_FACTORY = "modalkit_django.broker:get_broker"
 TASK_MODULES = ["modalkit_django.worker.tasks"]
@@ -49,7 +51,8 @@ DJANGO_FLAGS = ("--traceback", "--no-color", "--force-color", "--skip-checks")
 
 NO_BROKER = (
     "Not starting: MODALKIT['BROKER']['URL'] is None, so jobs run inside the web process (the in-process "
-    "broker) and a worker would have nothing to read. Set it to a redis:// URL to run workers of their own."
+    "broker) and a worker would have nothing to read. Set it to a redis://, amqp:// or nats:// URL to run "
+    "workers of their own."
 )
 
 # The waits for the database: from the first to the longest, doubling.
@@ -181,7 +184,7 @@ def describe(worker_args: Any) -> str:
     settings = get_settings()
     worker = settings.worker
     processes = f"{worker_args.workers} worker process{'es' if worker_args.workers != 1 else ''}"
-    broker = f"{redact_url(settings.broker.url or '')} (stream {settings.broker.stream_name()})"
+    broker = describe_broker()
     return (
         f"Starting {processes}: broker {broker}; database {_database()}; models {_models()}; each process runs "
         f"{worker.batches_in_flight} batches of up to {worker.batch_size} jobs at once and holds up to "
