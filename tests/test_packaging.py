@@ -89,6 +89,8 @@ def test_the_wheel_holds_the_app_only(dist: Path) -> None:
     assert pinned == []  # ranges a host project's own pins fit in
     assert set(metadata.get_all("Provides-Extra") or []) == {
         "redis",
+        "rabbitmq",
+        "nats",
         "sqs",
         "modal",
         "webhook",
