@@ -456,3 +456,13 @@ def test_queued_and_scheduled_jobs_are_listed_apart(staff: Client) -> None:
     page = staff.get(url, {"status__exact": "scheduled"}).content.decode()
     assert str(later.id) in page and str(due.id) not in page
     assert "?status__exact=scheduled" in page  # a choice of the status filter
+
+
+def test_the_batch_list_searches_by_batch_id_and_says_what_it_takes(staff: Client) -> None:
+    batches = reverse("admin:modalkit_django_batch_changelist")
+    by_id = staff.get(batches, {"q": "6f1c1bd4-3b8f-4c55-9a3c-9e2b0e3a7c11"})
+    assert by_id.status_code == 200
+    assert [str(message) for message in get_messages(by_id.wsgi_request)] == []
+    by_name = staff.get(batches, {"q": "my batch"}, follow=True)
+    assert by_name.status_code == 200
+    assert [str(message) for message in get_messages(by_name.wsgi_request)] == ["Search takes a batch id (a UUID)."]

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import subprocess
 import sys
+import time
+import uuid
+from collections.abc import Callable
 
 import pytest
 import redis
 from django.conf import settings
 from django.test import override_settings
 from nats.js.api import RetentionPolicy
-from taskiq import InMemoryBroker
+from taskiq import AsyncBroker, BrokerMessage, InMemoryBroker, TaskiqEvents
 
 from modalkit_django import broker
 from modalkit_django.broker.jetstream import NatsJetStreamBroker
@@ -21,7 +26,9 @@ from modalkit_django.conf import BrokerSettings, get_settings
 from modalkit_django.exceptions import ModalkitImproperlyConfigured
 from modalkit_django.worker import tasks
 
+from .brokers import peer
 from .conftest import ROOT
+from .private_services import free_port
 
 
 def test_no_url_is_the_in_process_broker() -> None:
@@ -130,3 +137,81 @@ def test_get_broker_sets_django_up_in_a_fresh_interpreter() -> None:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# --- A worker's broker, in this process, against the real servers ---------------------
+
+
+def worker_side(spec: BrokerSettings) -> AsyncBroker:
+    """The broker as a worker process has it, without the worker's own start-up hooks
+    (the engine): only the transport is tested here."""
+    built = broker.build_broker(spec)
+    built.is_worker_process = True
+    built.event_handlers[TaskiqEvents.WORKER_STARTUP].clear()
+    built.event_handlers[TaskiqEvents.WORKER_SHUTDOWN].clear()
+    return built
+
+
+async def _received_after_losing_the_queue(built: AsyncBroker, lose: Callable[[], None]) -> list[bytes]:
+    """Read one wake-up, lose the queue under the reader, send until one arrives again."""
+    received: list[bytes] = []
+
+    async def read() -> None:
+        async for message in built.listen():
+            received.append(message.data)
+            if message.ack is not None:
+                acked = message.ack()
+                if inspect.isawaitable(acked):
+                    await acked
+
+    def wake_up(data: bytes) -> BrokerMessage:
+        return BrokerMessage(task_id=uuid.uuid4().hex, task_name="t", message=data, labels={})
+
+    await built.startup()
+    reader = asyncio.create_task(read())
+    try:
+        for data in (b"before", b"after"):
+            if data == b"after":
+                await asyncio.to_thread(lose)
+            deadline = time.monotonic() + 30
+            while data not in received:
+                assert time.monotonic() < deadline, f"{data!r} never arrived: {received}"
+                await built.kick(wake_up(data))  # the sender makes the queue again where it can
+                await asyncio.sleep(0.5)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await built.shutdown()
+    return received
+
+
+@pytest.mark.parametrize("kind", ["rabbitmq", "nats"])
+def test_a_workers_broker_reads_on_after_its_queue_is_deleted(kind: str) -> None:
+    queue = f"modalkit-inproc-{uuid.uuid4().hex[:6]}"
+    built = worker_side(BrokerSettings(url=getattr(settings, f"{kind.upper()}_URL"), queue_name=queue))
+    server = peer(kind)
+    try:
+        received = asyncio.run(_received_after_losing_the_queue(built, lambda: server.lose(queue)))
+    finally:
+        server.forget(queue)
+    assert received[0] == b"before" and b"after" in received
+
+
+@pytest.mark.parametrize("scheme", ["amqp://guest:guest@", "nats://"])
+def test_a_workers_broker_started_while_its_server_is_away_says_so_once(
+    scheme: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"{scheme}127.0.0.1:{free_port()}"
+    built = worker_side(BrokerSettings(url=url, queue_name="modalkit-nobody"))
+
+    async def start_and_stop() -> None:
+        await built.startup()  # a worker starts anyway, and runs the jobs in the database
+        await built.shutdown()
+
+    asyncio.run(start_and_stop())
+    away = [record for record in caplog.records if "does not answer" in record.getMessage()]
+    assert len(away) == 1, caplog.text
+
+    built = broker.build_broker(BrokerSettings(url=url, queue_name="modalkit-nobody"))
+    with pytest.raises(Exception):  # noqa: B017, PT011 - a sender raises, each client its own error
+        asyncio.run(built.startup())

@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 import modalkit_django
+from modalkit_django import clients
 from modalkit_django.clients import get_inference_backend
 from modalkit_django.exceptions import InferenceUnavailable
 from modalkit_django.models import Job, SweepState
@@ -269,3 +270,19 @@ def test_cancel_reaches_the_call_a_worker_waits_on(start_worker: Any, fresh_moda
     assert not job.deliveries.filter(route="success").exists()
     stats = fresh_modal_fake.stats
     assert (stats.function_maps, stats.method_calls) == (1, 0)  # no second call, and the first never ran
+
+
+def test_calls_cannot_be_canceled_through_a_backend_without_detached_calls(
+    run_async: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The local backend runs in the worker: nothing of it runs apart to cancel, and the
+    log says so instead of failing the cancel."""
+    assert type(get_inference_backend()).__name__ == "LocalBackend"
+    clients.cancel_calls(["fc-1", "fc-2"])
+    run_async(clients.acancel_calls, ["fc-3"])
+    clients.cancel_calls([])  # nothing to cancel: nothing to say
+    said = [record.getMessage() for record in caplog.records if "Cannot cancel" in record.getMessage()]
+    assert said == [
+        "Cannot cancel 2 calls: LocalBackend has no detached calls",
+        "Cannot cancel 1 calls: LocalBackend has no detached calls",
+    ]

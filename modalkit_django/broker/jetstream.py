@@ -147,8 +147,9 @@ class NatsJetStreamBroker(PullBasedJetStreamBroker):
     async def kick(self, message: BrokerMessage) -> None:
         try:
             await super().kick(message)
-        except nats.errors.NoRespondersError:
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
             # No stream takes the subject (deleted): make it again, and send once more.
+            # (JetStream's publish reports it as the second.)
             logger.warning("The stream %s is gone (deleted?); creating it again", self.queue_name)
             await self._add_or_reuse_stream()
             await super().kick(message)
