@@ -35,7 +35,12 @@ os.environ["DATABASE_URL"] = DATABASE
 os.environ.setdefault("BENCH_QUEUE", f"bench-retention-{uuid.uuid4().hex[:6]}")
 os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
 
-from bench.history import SEED_DELIVERIES, SEED_HISTORY, SERVER_ENV  # noqa: E402
+from bench.history import SEED_DELIVERIES, SEED_HISTORY  # noqa: E402
+
+# bench/history.py points the environment at its own database when imported: this one's.
+os.environ["BENCH_DATABASE_URL"] = DATABASE
+os.environ["DATABASE_URL"] = DATABASE
+SERVER_ENV = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.serve_settings"}
 from bench.submit import prepare, read_body, request_bytes, serve  # noqa: E402
 from bench.submit import stop as stop_server  # noqa: E402
 
