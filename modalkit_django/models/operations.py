@@ -25,7 +25,7 @@ since PostgreSQL builds concurrently only outside a transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import NotSupportedError, migrations, models
@@ -177,9 +177,9 @@ class AddConstraintNotValid(migrations.AddConstraint):
             schema_editor.execute(f"{self.constraint.create_sql(model, schema_editor)} NOT VALID")
 
 
-class ValidateConstraint(migrations.operations.base.Operation):
-    """``VALIDATE CONSTRAINT``: reads the table under a lock that lets reads and writes
-    through. Nothing to do on other databases (their constraints are valid when added)."""
+class _AlterOnPostgreSQL(migrations.operations.base.Operation):
+    """A catalogue statement on a model's table, on PostgreSQL only, with no state to
+    change and nothing to undo: what ``ValidateConstraint`` and ``DropTemporaryDefault`` share."""
 
     reduces_to_sql = True
     reversible = True
@@ -191,24 +191,35 @@ class ValidateConstraint(migrations.operations.base.Operation):
     def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
         return type(self).__name__, [], {"model_name": self.model_name, "name": self.name}
 
-    def describe(self) -> str:
-        return f"Validate constraint {self.name} on {self.model_name}"
-
     def state_forwards(self, app_label: str, state: ProjectState) -> None:
         pass
+
+    def alter(self, model: type[models.Model], quote: Callable[[str], str]) -> str:
+        """The ``ALTER TABLE`` statement."""
+        raise NotImplementedError
 
     def database_forwards(
         self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: ProjectState, to_state: ProjectState
     ) -> None:
         model = from_state.apps.get_model(app_label, self.model_name)
         if on_postgresql(schema_editor) and self.allow_migrate_model(schema_editor.connection.alias, model):
-            quote = schema_editor.quote_name
-            schema_editor.execute(f"ALTER TABLE {quote(model._meta.db_table)} VALIDATE CONSTRAINT {quote(self.name)}")
+            schema_editor.execute(self.alter(model, schema_editor.quote_name))
 
     def database_backwards(
         self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: ProjectState, to_state: ProjectState
     ) -> None:
         pass
+
+
+class ValidateConstraint(_AlterOnPostgreSQL):
+    """``VALIDATE CONSTRAINT``: reads the table under a lock that lets reads and writes
+    through. Nothing to do on other databases (their constraints are valid when added)."""
+
+    def describe(self) -> str:
+        return f"Validate constraint {self.name} on {self.model_name}"
+
+    def alter(self, model: type[models.Model], quote: Callable[[str], str]) -> str:
+        return f"ALTER TABLE {quote(model._meta.db_table)} VALIDATE CONSTRAINT {quote(self.name)}"
 
 
 class AddFieldSafely(migrations.AddField):
@@ -279,39 +290,14 @@ class AddFieldSafely(migrations.AddField):
                 field.default = default
 
 
-class DropTemporaryDefault(migrations.operations.base.Operation):
+class DropTemporaryDefault(_AlterOnPostgreSQL):
     """Drop the database default an ``AddFieldSafely`` left for the released code.
 
     A catalogue change only. Nothing to do on other databases (``AddFieldSafely`` left none)."""
 
-    reduces_to_sql = True
-    reversible = True
-
-    def __init__(self, model_name: str, name: str) -> None:
-        self.model_name = model_name
-        self.name = name
-
-    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
-        return type(self).__name__, [], {"model_name": self.model_name, "name": self.name}
-
     def describe(self) -> str:
         return f"Drop the temporary database default of {self.model_name}.{self.name}"
 
-    def state_forwards(self, app_label: str, state: ProjectState) -> None:
-        pass
-
-    def database_forwards(
-        self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: ProjectState, to_state: ProjectState
-    ) -> None:
-        model = from_state.apps.get_model(app_label, self.model_name)
-        if on_postgresql(schema_editor) and self.allow_migrate_model(schema_editor.connection.alias, model):
-            quote = schema_editor.quote_name
-            column = model._meta.get_field(self.name).column
-            schema_editor.execute(
-                f"ALTER TABLE {quote(model._meta.db_table)} ALTER COLUMN {quote(column)} DROP DEFAULT"
-            )
-
-    def database_backwards(
-        self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: ProjectState, to_state: ProjectState
-    ) -> None:
-        pass
+    def alter(self, model: type[models.Model], quote: Callable[[str], str]) -> str:
+        field: Any = model._meta.get_field(self.name)
+        return f"ALTER TABLE {quote(model._meta.db_table)} ALTER COLUMN {quote(field.column)} DROP DEFAULT"
